@@ -1,0 +1,256 @@
+"""Patient geometry: the voxel grid, the CT and the structures.
+
+Arrays are indexed ``[z, y, x]`` (slice, row, column). Positions are in the DICOM patient
+coordinate system (LPS, mm). ``Grid.origin_mm`` is the position of the *centre* of voxel
+``[0, 0, 0]`` and, like ``spacing_mm``, is given in ``(z, y, x)`` order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import GeometryError
+
+ROLES = ("target", "oar", "other")
+
+# HU -> relative electron density (electron density relative to water), piecewise linear.
+# Representative bilinear CT calibration of the kind described by Schneider, Pedroni & Lomax,
+# Phys Med Biol 1996;41:111 and tabulated for commissioning in AAPM TG-66 (Mutic et al., Med Phys
+# 2003;30:2762): air 0.001, lung ~0.2-0.3, water 1.0, cortical bone ~1.7. Every scanner must be
+# commissioned with its own phantom; pass ``table`` to override.
+HU_TO_RED_TABLE = np.array(
+    [
+        [-1000.0, 0.001],  # air
+        [-800.0, 0.20],  # inflated lung
+        [-100.0, 0.93],  # adipose
+        [0.0, 1.00],  # water
+        [100.0, 1.07],  # muscle / soft tissue
+        [1000.0, 1.58],  # dense bone
+        [3000.0, 2.60],  # metal-like extreme, keeps the curve monotone
+    ]
+)
+
+
+def hu_to_red(hu: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
+    """Relative electron density (water = 1) from CT numbers in HU.
+
+    Linear interpolation in ``table`` (N x 2: HU, density), clamped at the ends.
+    """
+    t = HU_TO_RED_TABLE if table is None else np.asarray(table, dtype=float)
+    if t.ndim != 2 or t.shape[1] != 2 or np.any(np.diff(t[:, 0]) <= 0):
+        raise ValueError("table: expected an (N, 2) array of strictly increasing HU and density")
+    return np.interp(np.asarray(hu, dtype=float), t[:, 0], t[:, 1]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular voxel grid.
+
+    Parameters
+    ----------
+    shape : (nz, ny, nx)
+    spacing_mm : (dz, dy, dx) voxel size in mm
+    origin_mm : (z, y, x) patient position (LPS, mm) of the centre of voxel [0, 0, 0]
+    """
+
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self):
+        shape = tuple(int(s) for s in np.atleast_1d(self.shape))
+        spacing = tuple(float(s) for s in np.atleast_1d(self.spacing_mm))
+        origin = tuple(float(s) for s in np.atleast_1d(self.origin_mm))
+        if len(shape) != 3 or min(shape) < 1:
+            raise GeometryError(f"shape: expected 3 positive ints (nz, ny, nx), got {self.shape}")
+        if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+            raise GeometryError(
+                f"spacing_mm: expected 3 positive finite values (dz, dy, dx), got {self.spacing_mm}"
+            )
+        if len(origin) != 3 or not all(np.isfinite(origin)):
+            raise GeometryError(f"origin_mm: expected 3 finite values (z, y, x), got {self.origin_mm}")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "spacing_mm", spacing)
+        object.__setattr__(self, "origin_mm", origin)
+
+    @property
+    def n_voxels(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def voxel_volume_cc(self) -> float:
+        """Volume of one voxel in cm^3."""
+        return float(np.prod(self.spacing_mm)) / 1000.0
+
+    def axes_mm(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Voxel-centre coordinates (z, y, x) along each axis, mm."""
+        return tuple(
+            o + s * np.arange(n) for o, s, n in zip(self.origin_mm, self.spacing_mm, self.shape)
+        )
+
+    def positions_mm(self, flat_index: np.ndarray | None = None) -> np.ndarray:
+        """(N, 3) array of voxel-centre positions in (x, y, z) LPS order, mm.
+
+        ``flat_index`` selects voxels by their C-order flat index into ``shape``; all voxels
+        when omitted.
+        """
+        if flat_index is None:
+            flat_index = np.arange(self.n_voxels)
+        iz, iy, ix = np.unravel_index(np.asarray(flat_index), self.shape)
+        oz, oy, ox = self.origin_mm
+        sz, sy, sx = self.spacing_mm
+        return np.stack([ox + ix * sx, oy + iy * sy, oz + iz * sz], axis=1)
+
+    def centre_mm(self) -> np.ndarray:
+        """Geometric centre of the grid, (x, y, z) LPS mm."""
+        return np.array(
+            [o + s * (n - 1) / 2 for o, s, n in zip(self.origin_mm, self.spacing_mm, self.shape)]
+        )[::-1]
+
+
+@dataclass
+class Structure:
+    """A named region of interest.
+
+    ``mask`` is a boolean array of the grid shape; ``role`` is one of "target", "oar", "other".
+    """
+
+    name: str
+    mask: np.ndarray
+    role: str = "other"
+    color: tuple[float, float, float] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise GeometryError("Structure.name: expected a non-empty string")
+        if self.role not in ROLES:
+            raise GeometryError(f"Structure '{self.name}'.role: expected one of {ROLES}, got {self.role!r}")
+        self.mask = np.asarray(self.mask, dtype=bool)
+        if self.mask.ndim != 3:
+            raise GeometryError(f"Structure '{self.name}'.mask: expected a 3-D [z, y, x] boolean array")
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.mask.sum())
+
+
+def _normalize(name: str) -> str:
+    return "".join(name.split()).lower()
+
+
+@dataclass
+class Patient:
+    """A planning geometry: grid, CT (HU) and structures.
+
+    Parameters
+    ----------
+    grid : Grid
+    ct_hu : float array of ``grid.shape``, CT numbers in HU (no NaN)
+    structures : list of Structure, masks of ``grid.shape``, non-empty, unique names
+    name : a label used in reports and file names
+    """
+
+    grid: Grid
+    ct_hu: np.ndarray
+    structures: list[Structure] = field(default_factory=list)
+    name: str = "patient"
+
+    def __post_init__(self):
+        self.ct_hu = np.asarray(self.ct_hu, dtype=np.float32)
+        if self.ct_hu.shape != self.grid.shape:
+            raise GeometryError(
+                f"ct_hu: shape {self.ct_hu.shape} does not match grid.shape {self.grid.shape}"
+            )
+        if not np.all(np.isfinite(self.ct_hu)):
+            n_bad = int((~np.isfinite(self.ct_hu)).sum())
+            raise GeometryError(f"ct_hu: contains {n_bad} NaN or infinite values; expected finite HU")
+        structures, self.structures = list(self.structures), []
+        for s in structures:
+            self.add_structure(s)
+
+    # -- structures -------------------------------------------------------------------------
+    def add_structure(self, structure: Structure, replace: bool = False) -> Structure:
+        """Add a structure; an existing name is only replaced with ``replace=True``."""
+        if structure.mask.shape != self.grid.shape:
+            raise GeometryError(
+                f"Structure '{structure.name}'.mask: shape {structure.mask.shape} does not match "
+                f"grid.shape {self.grid.shape}"
+            )
+        if structure.n_voxels == 0:
+            raise GeometryError(f"Structure '{structure.name}': mask is empty (no voxels)")
+        key = _normalize(structure.name)
+        existing = [i for i, s in enumerate(self.structures) if _normalize(s.name) == key]
+        if existing and not replace:
+            raise GeometryError(
+                f"Structure '{structure.name}': a structure of that name exists; pass replace=True"
+            )
+        for i in existing:
+            self.structures.pop(i)
+        self.structures.append(structure)
+        return structure
+
+    @property
+    def structure_names(self) -> list[str]:
+        return [s.name for s in self.structures]
+
+    def structure(self, name: str) -> Structure:
+        """Look a structure up by name, ignoring case and whitespace."""
+        if not isinstance(name, str):
+            raise GeometryError(f"structure name: expected a string, got {type(name).__name__}")
+        key = _normalize(name)
+        for s in self.structures:
+            if _normalize(s.name) == key:
+                return s
+        raise GeometryError(
+            f"structure '{name}' not found; known structures: {', '.join(self.structure_names)}"
+        )
+
+    def __contains__(self, name: str) -> bool:
+        return any(_normalize(s.name) == _normalize(name) for s in self.structures)
+
+    def voxel_volumes_cc(self, name: str) -> np.ndarray:
+        """Volume (cm^3) of each voxel of a structure, in flat-index order."""
+        return np.full(self.structure(name).n_voxels, self.grid.voxel_volume_cc)
+
+    def flat_indices(self, name: str) -> np.ndarray:
+        """Flat (C-order) grid indices of a structure's voxels, ascending."""
+        return np.flatnonzero(self.structure(name).mask.ravel())
+
+    def relative_electron_density(self, table: np.ndarray | None = None) -> np.ndarray:
+        return hu_to_red(self.ct_hu, table)
+
+    # -- derived structures -----------------------------------------------------------------
+    def _distance_outside(self, mask: np.ndarray) -> np.ndarray:
+        return ndimage.distance_transform_edt(~mask, sampling=self.grid.spacing_mm)
+
+    def _distance_inside(self, mask: np.ndarray) -> np.ndarray:
+        return ndimage.distance_transform_edt(mask, sampling=self.grid.spacing_mm)
+
+    def expand(self, name: str, margin_mm: float) -> np.ndarray:
+        """Mask of a structure grown (margin > 0) or shrunk (margin < 0) isotropically, mm.
+
+        Uses the exact Euclidean distance transform with the grid spacing, so the margin is
+        correct for anisotropic voxels.
+        """
+        if not np.isfinite(margin_mm):
+            raise GeometryError("margin_mm: expected a finite number of mm")
+        mask = self.structure(name).mask
+        if margin_mm >= 0:
+            return self._distance_outside(mask) <= margin_mm
+        return self._distance_inside(mask) > -margin_mm
+
+    def ring(self, name: str, inner_mm: float, outer_mm: float, within: str | None = None) -> np.ndarray:
+        """Shell between ``inner_mm`` and ``outer_mm`` outside a structure, optionally clipped
+        to another structure (usually the body)."""
+        if not (0 <= inner_mm < outer_mm):
+            raise GeometryError(
+                f"ring: expected 0 <= inner_mm < outer_mm, got inner_mm={inner_mm}, outer_mm={outer_mm}"
+            )
+        d = self._distance_outside(self.structure(name).mask)
+        mask = (d > inner_mm) & (d <= outer_mm)
+        if within is not None:
+            mask &= self.structure(within).mask
+        return mask
