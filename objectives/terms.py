@@ -90,6 +90,11 @@ class Term:
         return self.weight is None
 
     # -- to override ---------------------------------------------------------------------------
+    def refresh(self, ctx: TermContext) -> None:
+        """Recompute derived Parameter values (e.g. a dose floor from a BED prescription and
+        alpha/beta) from the user-facing inputs. Called before every solve, so users can
+        change inputs between solves without recompiling. Default: nothing to do."""
+
     def violation(self, dose: cp.Expression, ctx: TermContext) -> cp.Expression:
         """Convex expression that is <= 0 (element-wise) exactly when the term is met."""
         raise NotImplementedError
