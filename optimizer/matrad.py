@@ -1,0 +1,356 @@
+"""Import of matRad patients (``ct`` and ``cst``) from MATLAB .mat files, v5 and v7.3.
+
+matRad (https://github.com/e0404/matRad) keeps a patient in two variables:
+
+- ``ct``: a struct with ``cubeHU`` (a cell of 3-D arrays, HU) or ``cube`` (a cell of relative
+  electron / water-equivalent density cubes), ``resolution`` (struct with ``x``, ``y``, ``z`` in
+  mm), ``cubeDim`` = [ny nx nz] and, optionally, world coordinate vectors ``x``, ``y``, ``z``
+  (voxel centres, mm) or ``dicomInfo.ImagePositionPatient``.
+- ``cst``: an N x >=6 cell array, one row per structure: {index (0-based), name, type
+  ('TARGET' / 'OAR' / 'IGNORED'), {voxel indices}, properties struct, objectives}. The voxel
+  indices are 1-based MATLAB linear indices into the cube in column-major order.
+
+**Index order.** A matRad cube is indexed ``(y, x, z)``: rows are y, columns x, slices z, so a
+linear index ``L`` (1-based) is ``L - 1 = iy + ny * (ix + nx * iz)``. bioplan arrays are
+``[z, y, x]``; the cube is transposed accordingly and indices are unravelled in Fortran order with
+shape ``(ny, nx, nz)``.
+
+**Coordinates.** matRad's world coordinates are taken as DICOM patient coordinates (LPS, mm), as
+matRad's own DICOM importer does. When ``ct.x/y/z`` are absent, positions follow
+``matRad_getWorldAxes``: first voxel at ``ct.dicomInfo.ImagePositionPatient`` if present,
+otherwise at ``-(cubeDim / 2) .* [res.x res.y res.z]`` (matRad multiplies ``cubeDim = [ny nx nz]``
+element-wise with ``[res.x res.y res.z]``; the same is done here so positions match matRad's).
+
+**File formats.** v4-v7 files are read with :func:`scipy.io.loadmat`. v7.3 files are HDF5
+(read with ``h5py``, an optional dependency): MATLAB stores every array transposed (HDF5 is
+row-major), cell arrays as datasets of object references (targets usually in the ``#refs#``
+group), structs as groups, char arrays as uint16 code units, each with a ``MATLAB_class``
+attribute, and empty arrays as their dimensions with ``MATLAB_empty`` = 1. Only 1 x 1 structs
+are read (enough for ``ct`` and ``cst{i,5}``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from objectives.errors import BioplanError
+
+from .geometry import HU_TO_RED_TABLE, Grid, Patient, Structure
+
+__all__ = ["MatradError", "load_matrad"]
+
+_ROLES = {"TARGET": "target", "OAR": "oar", "IGNORED": "other"}
+
+
+class MatradError(BioplanError):
+    """A matRad .mat file lacks what bioplan needs, or its contents are inconsistent."""
+
+
+# -- reading MATLAB files into plain Python -----------------------------------------------------
+# Neutral form: struct -> dict, cell -> object ndarray (MATLAB shape), char -> str,
+# numeric/logical -> ndarray (MATLAB shape).
+
+
+def _from_v5(obj):
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.names:  # struct array; 1 x 1 expected
+            if obj.size != 1:
+                return [_from_v5(o) for o in obj.ravel(order="F")]
+            rec = obj.ravel()[0]
+            return {n: _from_v5(rec[n]) for n in obj.dtype.names}
+        if obj.dtype.kind in "US":
+            return "".join(str(s) for s in obj.ravel(order="F"))
+        if obj.dtype == object:
+            out = np.empty(obj.shape, dtype=object)
+            for idx in np.ndindex(obj.shape):
+                out[idx] = _from_v5(obj[idx])
+            return out
+        return obj
+    if isinstance(obj, (str, bytes)):
+        return obj if isinstance(obj, str) else obj.decode("latin-1")
+    return obj
+
+
+def _load_v5(path: str) -> dict:
+    from scipy.io import loadmat
+
+    try:
+        raw = loadmat(path, variable_names=["ct", "cst"], squeeze_me=False, chars_as_strings=True)
+    except NotImplementedError as exc:  # scipy's message for v7.3 files
+        raise MatradError(f"{path}: MATLAB v7.3 file but h5py could not read it ({exc})") from exc
+    except Exception as exc:
+        raise MatradError(f"{path}: not a readable MATLAB .mat file ({type(exc).__name__}: {exc})") from exc
+    return {k: _from_v5(raw[k]) for k in ("ct", "cst") if k in raw}
+
+
+def _attr_str(node, name: str) -> str:
+    v = node.attrs.get(name)
+    if v is None:
+        return ""
+    if isinstance(v, np.ndarray):
+        v = v.ravel()[0] if v.size else b""
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _from_h5(node, f, depth: int = 0):
+    import h5py
+
+    if depth > 32:
+        raise MatradError(f"{f.filename}: nesting deeper than 32 levels at {node.name}")
+    if isinstance(node, h5py.Group):
+        return {k: _from_h5(v, f, depth + 1) for k, v in node.items() if not k.startswith("#")}
+    cls = _attr_str(node, "MATLAB_class")
+    empty = "MATLAB_empty" in node.attrs and bool(np.asarray(node.attrs["MATLAB_empty"]).ravel()[0])
+    if empty:
+        dims = np.asarray(node[()]).ravel()
+        shape = tuple(int(d) for d in dims) if dims.size else (0, 0)
+        return "" if cls == "char" else np.empty(shape, dtype=object if cls == "cell" else float)
+    data = node[()]
+    if cls == "cell" or (isinstance(data, np.ndarray) and data.dtype == h5py.ref_dtype):
+        refs = np.asarray(data).T  # MATLAB shape
+        out = np.empty(refs.shape, dtype=object)
+        for idx in np.ndindex(refs.shape):
+            out[idx] = _from_h5(f[refs[idx]], f, depth + 1)
+        return out
+    arr = np.asarray(data).T  # HDF5 holds MATLAB arrays transposed
+    if cls == "char":
+        arr = np.atleast_2d(arr)
+        return "\n".join("".join(chr(int(c)) for c in row) for row in arr)
+    if cls == "logical":
+        return arr.astype(bool)
+    return arr
+
+
+def _load_v73(path: str) -> dict:
+    try:
+        import h5py
+    except ImportError as exc:
+        raise MatradError(f"{path}: MATLAB v7.3 (HDF5) file; install h5py to read it") from exc
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: _from_h5(f[k], f) for k in ("ct", "cst") if k in f}
+    except MatradError:
+        raise
+    except Exception as exc:
+        raise MatradError(f"{path}: cannot read MATLAB v7.3 file ({type(exc).__name__}: {exc})") from exc
+
+
+def _is_hdf5(path: str) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    sig = b"\x89HDF\r\n\x1a\n"
+    return any(head[o: o + 8] == sig for o in (0, 512, 1024, 2048))
+
+
+# -- interpreting ct and cst ------------------------------------------------------------------
+
+
+def _first_cell(value):
+    """The first element of a cell (object array), or the value itself."""
+    while isinstance(value, np.ndarray) and value.dtype == object:
+        if value.size == 0:
+            return None
+        value = value.ravel(order="F")[0]
+    return value
+
+
+def _scalar(value, what: str, path: str) -> float:
+    v = _first_cell(value)
+    try:
+        arr = np.asarray(v, dtype=float).ravel()
+    except (TypeError, ValueError) as exc:
+        raise MatradError(f"{path}: {what}: expected a number, got {v!r}") from exc
+    if arr.size != 1 or not np.isfinite(arr[0]):
+        raise MatradError(f"{path}: {what}: expected one finite number, got {v!r}")
+    return float(arr[0])
+
+
+def _cube(ct: dict, path: str) -> tuple[np.ndarray, str]:
+    for key in ("cubeHU", "cube"):
+        if key in ct:
+            cell = ct[key]
+            if isinstance(cell, np.ndarray) and cell.dtype == object and cell.size > 1:
+                warnings.warn(f"{path}: ct.{key} has {cell.size} phases/scenarios; using the first",
+                              stacklevel=3)
+            cube = _first_cell(cell)
+            if cube is None:
+                continue
+            try:
+                cube = np.asarray(cube, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise MatradError(f"{path}: ct.{key}: not a numeric array") from exc
+            if cube.ndim == 2:  # MATLAB drops a trailing singleton dimension (one slice)
+                cube = cube[:, :, None]
+            if cube.ndim != 3 or cube.size == 0:
+                raise MatradError(
+                    f"{path}: ct.{key}: expected a 3-D (y, x, z) array, got shape {cube.shape}"
+                )
+            if not np.all(np.isfinite(cube)):
+                raise MatradError(f"{path}: ct.{key}: contains NaN or infinite values")
+            return cube, key
+    raise MatradError(f"{path}: ct has neither cubeHU nor cube (fields: {sorted(ct)})")
+
+
+def _axis(ct: dict, key: str, n: int, res: float, first: float, path: str) -> float:
+    """Position of the first voxel centre along one axis, checked against ct.<key> if present."""
+    if key not in ct or ct[key] is None or np.asarray(ct[key]).size == 0:
+        return first
+    try:
+        v = np.asarray(ct[key], dtype=float).ravel()
+    except (TypeError, ValueError) as exc:
+        raise MatradError(f"{path}: ct.{key}: expected a numeric coordinate vector") from exc
+    if v.size != n or not np.all(np.isfinite(v)):
+        raise MatradError(f"{path}: ct.{key}: {v.size} coordinates for {n} voxels along {key}")
+    if n > 1 and np.max(np.abs(np.diff(v) - res)) > 0.01 * res:
+        raise MatradError(
+            f"{path}: ct.{key}: coordinate spacing {np.diff(v)[:3]} mm differs from "
+            f"ct.resolution.{key} = {res} mm"
+        )
+    return float(v[0])
+
+
+def _role(kind: str) -> str:
+    return _ROLES.get(str(kind).strip().upper(), "other")
+
+
+def _indices(value, n_total: int, name: str, path: str) -> np.ndarray:
+    v = _first_cell(value)
+    if v is None:
+        return np.zeros(0, dtype=np.int64)
+    try:
+        idx = np.asarray(v, dtype=float).ravel()
+    except (TypeError, ValueError) as exc:
+        raise MatradError(f"{path}: cst '{name}': voxel indices are not numeric") from exc
+    if idx.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not np.all(np.isfinite(idx)) or np.any(idx != np.round(idx)):
+        raise MatradError(f"{path}: cst '{name}': voxel indices must be integers")
+    idx = idx.astype(np.int64)
+    if idx.min() < 1 or idx.max() > n_total:
+        raise MatradError(
+            f"{path}: cst '{name}': voxel indices {idx.min()}..{idx.max()} outside 1..{n_total} "
+            "(1-based MATLAB linear indices into ct.cube)"
+        )
+    return idx
+
+
+def _color(props) -> tuple[float, float, float] | None:
+    if not isinstance(props, dict) or "visibleColor" not in props:
+        return None
+    try:
+        c = np.asarray(props["visibleColor"], dtype=float).ravel()
+    except (TypeError, ValueError):
+        return None
+    if c.size != 3 or not np.all(np.isfinite(c)):
+        return None
+    return tuple(float(min(max(v, 0.0), 1.0)) for v in c)
+
+
+def load_matrad(path: str | os.PathLike, name: str | None = None) -> Patient:
+    """Read a matRad patient (``ct`` and ``cst``) from a MATLAB .mat file (v5 or v7.3).
+
+    Parameters
+    ----------
+    path : the .mat file (e.g. matRad's ``TG119.mat``, ``PROSTATE.mat`` or a CORT case).
+    name : patient label; default the file name without extension.
+
+    Returns
+    -------
+    Patient
+        CT in HU (``ct.cubeHU``; when only ``ct.cube`` (relative electron density) is present it
+        is converted to HU by inverting :data:`~optimizer.geometry.HU_TO_RED_TABLE`, with a
+        warning), grid ``[z, y, x]`` with spacing from ``ct.resolution`` and origin as described
+        in the module docstring, and one structure per non-empty ``cst`` row (TARGET -> "target",
+        OAR -> "oar", anything else -> "other"). Empty structures are skipped with a warning;
+        repeated names get a suffix " (2)", ...
+
+    Raises
+    ------
+    FileNotFoundError if the file does not exist; MatradError for unreadable or inconsistent
+    content (named field).
+    """
+    path = str(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    data = _load_v73(path) if _is_hdf5(path) else _load_v5(path)
+    for key in ("ct", "cst"):
+        if key not in data:
+            raise MatradError(f"{path}: no variable '{key}' (a matRad patient file holds ct and cst)")
+    ct = data["ct"]
+    if isinstance(ct, list):
+        ct = ct[0] if ct else None
+    if not isinstance(ct, dict):
+        raise MatradError(f"{path}: ct: expected a struct")
+    cube, key = _cube(ct, path)
+    ny, nx, nz = cube.shape
+    if "resolution" not in ct or not isinstance(ct["resolution"], dict):
+        raise MatradError(f"{path}: ct.resolution: expected a struct with x, y, z (mm)")
+    res = {a: _scalar(ct["resolution"].get(a), f"ct.resolution.{a}", path) for a in "xyz"}
+    if any(v <= 0 for v in res.values()):
+        raise MatradError(f"{path}: ct.resolution: voxel sizes must be positive, got {res}")
+    if "cubeDim" in ct and np.asarray(ct["cubeDim"]).size:
+        dim = np.asarray(ct["cubeDim"], dtype=float).ravel()
+        expected = [ny, nx, nz] if dim.size == 3 else [ny, nx]
+        if list(dim.astype(int)) != expected[: dim.size]:
+            raise MatradError(f"{path}: ct.cubeDim {list(dim.astype(int))} does not match ct.{key} "
+                              f"size [{ny} {nx} {nz}] (y, x, z)")
+    dicom_info = ct.get("dicomInfo")
+    first = None
+    if isinstance(dicom_info, dict) and "ImagePositionPatient" in dicom_info:
+        ipp = np.asarray(dicom_info["ImagePositionPatient"], dtype=float).ravel()
+        if ipp.size == 3 and np.all(np.isfinite(ipp)):
+            first = ipp
+    if first is None:  # matRad_getWorldAxes: -(cubeDim / 2) .* [res.x res.y res.z]
+        first = -np.array([ny, nx, nz], dtype=float) / 2 * np.array([res["x"], res["y"], res["z"]])
+    x0 = _axis(ct, "x", nx, res["x"], float(first[0]), path)
+    y0 = _axis(ct, "y", ny, res["y"], float(first[1]), path)
+    z0 = _axis(ct, "z", nz, res["z"], float(first[2]), path)
+    grid = Grid(shape=(nz, ny, nx), spacing_mm=(res["z"], res["y"], res["x"]), origin_mm=(z0, y0, x0))
+    values = np.transpose(cube, (2, 0, 1))  # (y, x, z) -> [z, y, x]
+    if key == "cube":
+        warnings.warn(
+            f"{path}: ct has no cubeHU; HU derived from ct.cube (relative electron density) by "
+            "inverting the default HU_TO_RED_TABLE",
+            stacklevel=2,
+        )
+        values = np.interp(values, HU_TO_RED_TABLE[:, 1], HU_TO_RED_TABLE[:, 0])
+    ct_hu = np.ascontiguousarray(values, dtype=np.float32)
+
+    cst = data["cst"]
+    if not isinstance(cst, np.ndarray) or cst.dtype != object or cst.ndim != 2:
+        raise MatradError(f"{path}: cst: expected an N x 6 cell array")
+    if cst.shape[1] < 4 and cst.shape[0] >= 4:
+        cst = cst.T  # tolerate a transposed cst
+    if cst.shape[1] < 4:
+        raise MatradError(
+            f"{path}: cst: expected at least 4 columns (index, name, type, voxels), got {cst.shape}"
+        )
+    structures: list[Structure] = []
+    used: set[str] = set()
+    n_total = nx * ny * nz
+    for i in range(cst.shape[0]):
+        raw_name = _first_cell(cst[i, 1])
+        sname = str(raw_name).strip() if raw_name is not None else ""
+        sname = sname or f"structure {i + 1}"
+        idx = _indices(cst[i, 3], n_total, sname, path)
+        if idx.size == 0:
+            warnings.warn(f"{path}: cst '{sname}' has no voxels; skipped", stacklevel=2)
+            continue
+        iy, ix, iz = np.unravel_index(idx - 1, (ny, nx, nz), order="F")
+        mask = np.zeros(grid.shape, dtype=bool)
+        mask[iz, iy, ix] = True
+        unique, k = sname, 2
+        while "".join(unique.split()).lower() in used:
+            unique, k = f"{sname} ({k})", k + 1
+        if unique != sname:
+            warnings.warn(f"{path}: cst name '{sname}' repeated; renamed '{unique}'", stacklevel=2)
+        used.add("".join(unique.split()).lower())
+        kind = _first_cell(cst[i, 2])
+        props = _first_cell(cst[i, 4]) if cst.shape[1] > 4 else None
+        role = _role(kind if kind is not None else "")
+        structures.append(Structure(unique, mask, role=role, color=_color(props)))
+    return Patient(grid=grid, ct_hu=ct_hu, structures=structures, name=name or Path(path).stem)
