@@ -107,6 +107,8 @@ def _read_dataset(path: str | os.PathLike) -> Dataset:
                     raise DicomError(
                         f"{path}: not a DICOM file (no 'DICM' header and no SOP Class UID)"
                     ) from None
+            for _ in ds.iterall():  # decode every element now, so damage surfaces here
+                pass
     except DicomError:
         raise
     except Exception as exc:  # pydicom raises many types on damaged input
@@ -117,6 +119,9 @@ def _read_dataset(path: str | os.PathLike) -> Dataset:
 def _kind(ds: Dataset) -> str:
     """'CT', 'RTSTRUCT', 'RTDOSE', 'RTPLAN', ... from the SOP class, else from Modality."""
     sop = str(ds.get("SOPClassUID", "") or "")
+    meta = getattr(ds, "file_meta", None)
+    if not sop and meta is not None:
+        sop = str(meta.get("MediaStorageSOPClassUID", "") or "")
     by_sop = {
         CT_IMAGE_STORAGE: "CT",
         RT_STRUCTURE_SET_STORAGE: "RTSTRUCT",
@@ -277,6 +282,8 @@ def _scan_folder(folder: str | os.PathLike) -> dict[str, list[tuple[str, Dataset
             kind = _kind(ds)
         except Exception as exc:
             raise DicomError(f"{p}: cannot read SOP Class UID / Modality ({exc})") from exc
+        if kind == "UNKNOWN":
+            raise DicomError(f"{p}: DICOM file without SOP Class UID or Modality (truncated?)")
         groups.setdefault(kind, []).append((str(p), ds))
     return groups
 

@@ -206,6 +206,7 @@ def test_default_world_axes_follow_matrad(tmp_path, fmt):
     assert p.grid.origin_mm == (z0, y0, x0)
 
 
+@pytest.mark.filterwarnings("ignore:.*has no voxels")
 @pytest.mark.parametrize("fmt", sorted(WRITERS))
 def test_density_cube_is_converted_to_hu(tmp_path, fmt):
     ct, cst = _patient_vars(hu=False)
