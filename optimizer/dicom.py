@@ -26,6 +26,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from objectives.errors import BioplanError
@@ -138,7 +139,7 @@ def _floats(ds: Dataset, keyword: str, n: int, path: str) -> np.ndarray:
     if keyword not in ds or ds[keyword].value is None or ds[keyword].value == "":
         raise DicomError(f"{path}: missing {keyword}")
     value = ds[keyword].value
-    values = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
     try:
         arr = np.array([float(v) for v in values], dtype=float)
     except (TypeError, ValueError) as exc:

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
@@ -42,6 +43,7 @@ from .geometry import Grid, Patient
 
 __all__ = ["write_ct_series", "write_rtstruct", "write_rtdose", "write_rt_ion_plan"]
 
+_PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
 _STUDY_COMPONENT_SOP = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (as TPSs reference a study)
 _MANUFACTURER = "bioplan"
 _SOFTWARE_VERSION = "0.1.0"
@@ -126,7 +128,11 @@ def _new_dataset(sop_class: str, sop_uid: str, modality: str, series_uid: str, s
 
 def _save(ds: FileDataset, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    if _PYDICOM_MAJOR >= 3:
+        ds.save_as(path, enforce_file_format=True)
+    else:  # pydicom 2.x
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(str(path), write_like_original=False)
 
 
 def _check_ct_info(ct_info: CTInfo, grid: Grid, what: str) -> None:
