@@ -1,0 +1,477 @@
+"""Proton pencil-beam scanning (PBS): spot placement, dose-influence and LET x dose matrices.
+
+Beam model (physics and sources in :mod:`optimizer.beams.proton_physics`)
+--------------------------------------------------------------------------
+Each beam scans spots on a regular (u, v) grid in the isocentre plane, one grid per beam shared
+by all its energy layers; a spot's central ray runs from a virtual source at ``virtual_sad_mm``
+through its grid position. The dose of spot j (energy E) at a voxel with water-equivalent depth w
+(WEPL along the voxel's own ray from the virtual source, :func:`~optimizer.beams.raytrace.
+radiological_depth` on the relative-stopping-power cube) is
+
+    D_ij = c IDD_E(w) exp(-r^2 / (2 s^2)) / (2 pi s^2),   s^2 = s_air^2 + s_MCS,E(w)^2,
+
+with r the distance of the voxel from the spot's central ray in the plane through the voxel
+(iso-plane offset x t / SAD), IDD the Bortfeld depth dose per proton and c =
+:data:`~optimizer.beams.proton_physics.GY_MM2_PER_UNIT_WEIGHT` (one unit of weight =
+1e8 protons). The Gaussian is truncated at ``cutoff_sigma`` (default 3) sigmas. **No explicit
+inverse-square factor**: the laterally integrated dose of a spot does not depend on the distance
+from the source (no protons are lost), and the 1/r^2 fall-off of a broad field follows from the
+divergence of the spot positions. Heterogeneities act through the WEPL only (no lateral
+heterogeneity scatter); the MCS sigma is that of water at the same WEPL; the dose is dose to water.
+
+The LET x dose matrix has the same sparsity: entry LETd_E(w) D_ij (keV/um x Gy), with the
+dose-averaged LET of the spot's primaries at that depth, laterally constant. The LETd of a plan
+x in voxel i is (L x)_i / (D x)_i.
+
+Spot placement
+--------------
+* Energy layers: CSDA ranges (R80, within 0.02 mm) from the deepest WEPL of the target grown by
+  ``margin_mm`` down to its shallowest, spaced by ``layer_spacing_mm`` of WEPL; by default each
+  gap is 2.2 range-straggling sigmas of the deeper layer, about the pristine peak's 80 % width
+  (1.1 mm at 70 MeV, 4.0 mm at 150 MeV, 7.8 mm at 225 MeV), which keeps a spread-out peak smooth.
+  Layers below 70 MeV (WEPL < 40.8 mm) are dropped with a warning (no range shifter modelled);
+  a target deeper than the 230 MeV range raises :class:`~optimizer.errors.BeamError`.
+* Spots: grid spacing ``spot_spacing_mm`` (default 1.2 x the in-air sigma: the sum of Gaussians
+  on such a grid is flat to < 0.1 %); in layer k a spot is kept when a voxel of the grown target
+  whose WEPL lies within half a layer gap of the layer's range (at least half a voxel) projects
+  within max(spacing, voxel size) / sqrt 2 of the spot, i.e. only spots whose Bragg peak falls
+  in the target (+ margin) along their ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.spatial import cKDTree
+
+from ..errors import BeamError
+from ..geometry import Patient
+from ..influence import InfluenceMatrix
+from ..stopping_power import hu_to_rsp
+from . import proton_physics as pp
+from .raytrace import BeamGeometry, radiological_depth
+
+#: Default virtual source-axis distance of a PBS nozzle, mm (scanning magnets about 2-3 m
+#: upstream of isocentre; verify per machine).
+DEFAULT_VIRTUAL_SAD_MM = 2000.0
+#: Default layer gap in units of the range-straggling sigma (about the 80 % peak width).
+LAYER_GAP_SIGMAS = 2.2
+#: Default spot spacing in units of the in-air spot sigma.
+SPOT_SPACING_SIGMAS = 1.2
+#: Depth-dose tables are sampled every this many mm of WEPL.
+_TABLE_STEP_MM = 0.1
+#: Depth beyond the range (in straggling sigmas) after which a spot deposits nothing.
+_DISTAL_CUT_SIGMAS = 5.0
+
+
+def _positive(value, name: str, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise BeamError(f"{name}: expected a positive number of mm, got {value!r}") from None
+    if not (np.isfinite(v) and v > 0):
+        raise BeamError(f"{name}: expected a positive number of mm, got {value!r}")
+    return v
+
+
+class ProtonBeams:
+    """Coplanar proton PBS beams: spot placement and dose / LET x dose influence matrices.
+
+    Parameters
+    ----------
+    gantry_deg : gantry angles, degrees (IEC 61217)
+    spot_spacing_mm : lateral spot spacing in the isocentre plane, mm; default 1.2 x
+        ``spot_sigma_air_mm``
+    layer_spacing_mm : WEPL gap between energy layers, mm; default 2.2 range-straggling sigmas
+        of each layer (module docstring)
+    margin_mm : isotropic margin around the target in which Bragg peaks are placed, mm
+    spot_sigma_air_mm : in-air spot sigma at isocentre, mm (clinical nozzles 3-7 mm)
+    energy_spread_pct : 1-sigma energy spread of the beam, % of E
+    virtual_sad_mm : virtual source-axis distance, mm
+    energies_MeV : optional fixed list of layer energies (70-230 MeV) used by every beam instead
+        of the automatic layers (e.g. a single energy for commissioning-type checks)
+    cutoff_sigma : lateral truncation of each spot, in sigmas
+    rsp_table : optional HU -> RSP calibration, (N, 2); default
+        :data:`optimizer.stopping_power.HU_TO_RSP_TABLE`
+    """
+
+    def __init__(
+        self,
+        gantry_deg: Iterable[float] | float,
+        spot_spacing_mm: float | None = None,
+        layer_spacing_mm: float | None = None,
+        margin_mm: float = 5.0,
+        spot_sigma_air_mm: float = pp.DEFAULT_SPOT_SIGMA_AIR_MM,
+        energy_spread_pct: float = pp.DEFAULT_ENERGY_SPREAD_PCT,
+        virtual_sad_mm: float = DEFAULT_VIRTUAL_SAD_MM,
+        energies_MeV: Iterable[float] | None = None,
+        cutoff_sigma: float = 3.0,
+        rsp_table: np.ndarray | None = None,
+    ):
+        try:
+            self.gantry_deg = [float(g) for g in gantry_deg]
+        except TypeError:
+            try:
+                self.gantry_deg = [float(gantry_deg)]
+            except (TypeError, ValueError):
+                raise BeamError(f"gantry_deg: expected angles in degrees, got {gantry_deg!r}") from None
+        except ValueError:
+            raise BeamError(f"gantry_deg: expected angles in degrees, got {gantry_deg!r}") from None
+        if not self.gantry_deg:
+            raise BeamError("gantry_deg: expected at least one gantry angle")
+        if not all(np.isfinite(self.gantry_deg)):
+            raise BeamError(f"gantry_deg: expected finite angles, got {self.gantry_deg}")
+        self.spot_sigma_air_mm = _positive(spot_sigma_air_mm, "spot_sigma_air_mm")
+        self.spot_spacing_mm = _positive(spot_spacing_mm, "spot_spacing_mm", allow_none=True)
+        if self.spot_spacing_mm is None:
+            self.spot_spacing_mm = SPOT_SPACING_SIGMAS * self.spot_sigma_air_mm
+        self.layer_spacing_mm = _positive(layer_spacing_mm, "layer_spacing_mm", allow_none=True)
+        try:
+            margin = float(margin_mm)
+        except (TypeError, ValueError):
+            raise BeamError(f"margin_mm: expected a margin >= 0 mm, got {margin_mm!r}") from None
+        if not (np.isfinite(margin) and margin >= 0):
+            raise BeamError(f"margin_mm: expected a margin >= 0 mm, got {margin_mm!r}")
+        self.margin_mm = margin
+        self.energy_spread_pct = pp._spread(energy_spread_pct)
+        self.virtual_sad_mm = _positive(virtual_sad_mm, "virtual_sad_mm")
+        self.cutoff_sigma = _positive(cutoff_sigma, "cutoff_sigma")
+        if energies_MeV is not None:
+            e = pp._energy(np.atleast_1d(np.asarray(energies_MeV, dtype=float)), "energies_MeV")
+            energies_MeV = sorted({float(v) for v in e.ravel()}, reverse=True)
+        self.energies_MeV = energies_MeV
+        self.rsp_table = rsp_table
+        self._cache: tuple | None = None
+
+    # -- public ---------------------------------------------------------------------------------
+    def influence(self, patient: Patient, target: str | None = None,
+                  isocenter_mm: tuple[float, float, float] | None = None,
+                  dose_mask: np.ndarray | None = None, progress: bool = False) -> InfluenceMatrix:
+        """Dose-influence matrix, Gy per fraction per unit spot weight (1e8 protons).
+
+        Parameters
+        ----------
+        patient : geometry; its CT is converted to RSP with ``rsp_table``
+        target : structure the Bragg peaks cover (default: the first structure with role
+            "target", e.g. "PTV")
+        isocenter_mm : (x, y, z) LPS, mm; default the target's centroid
+        dose_mask : [z, y, x] voxels to compute dose in; default RSP > 0.05 (inside the patient)
+        progress : print one line per beam
+
+        Returns an :class:`~optimizer.influence.InfluenceMatrix` with modality "proton"; the
+        beamlet table has ``beam, layer, energy_MeV, range_mm, u_mm, v_mm, row, col`` (layer 0 is
+        the deepest of its beam; row indexes v, col indexes u on the beam's spot grid).
+        """
+        return self._compute(patient, target, isocenter_mm, dose_mask, progress, with_let=False)[0]
+
+    def let_dose_influence(self, patient: Patient, target: str | None = None,
+                           isocenter_mm: tuple[float, float, float] | None = None,
+                           dose_mask: np.ndarray | None = None,
+                           progress: bool = False) -> InfluenceMatrix:
+        """LET x dose matrix matching :meth:`influence` entry by entry (same rows, columns and
+        sparsity), keV/um x Gy per fraction per unit spot weight. Computed together with the dose
+        and cached: call this (or :meth:`compute`) first, then :meth:`influence` with the same
+        arguments returns the cached dose matrix without recomputing."""
+        return self.compute(patient, target, isocenter_mm, dose_mask, progress)[1]
+
+    def compute(self, patient: Patient, target: str | None = None,
+                isocenter_mm: tuple[float, float, float] | None = None,
+                dose_mask: np.ndarray | None = None,
+                progress: bool = False) -> tuple[InfluenceMatrix, InfluenceMatrix]:
+        """Both matrices ``(dose, let_dose)``; see :meth:`influence` for the arguments."""
+        return self._compute(patient, target, isocenter_mm, dose_mask, progress, with_let=True)
+
+    def _compute(self, patient, target, isocenter_mm, dose_mask, progress, with_let):
+        if not isinstance(patient, Patient):
+            raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
+        grid = patient.grid
+        if target is None:
+            targets = [s.name for s in patient.structures if s.role == "target"]
+            if not targets:
+                raise BeamError("target: the patient has no structure with role 'target'; name one")
+            target = targets[0]
+        target_mask = patient.structure(target).mask
+        if not target_mask.any():
+            raise BeamError(f"target '{target}': structure is empty (no voxels)")
+        rsp = hu_to_rsp(patient.ct_hu, self.rsp_table)
+        if dose_mask is None:
+            dose_mask = rsp > 0.05
+        dose_mask = np.asarray(dose_mask, dtype=bool)
+        if dose_mask.shape != grid.shape:
+            raise BeamError(f"dose_mask: shape {dose_mask.shape} does not match grid.shape {grid.shape}")
+        if not dose_mask.any():
+            raise BeamError("dose_mask: no voxels to compute dose in")
+        if isocenter_mm is None:
+            isocenter_mm = tuple(grid.positions_mm(np.flatnonzero(target_mask.ravel())).mean(axis=0))
+        iso = tuple(float(v) for v in isocenter_mm)
+        key = self._key(patient, target, iso, dose_mask, rsp)
+        if self._cache is not None and self._cache[0] == key and (self._cache[2] is not None or not with_let):
+            return self._cache[1], self._cache[2]
+
+        grown = patient.expand(target, self.margin_mm) if self.margin_mm > 0 else target_mask
+        voxels = np.flatnonzero(dose_mask.ravel())
+        grown_idx = np.flatnonzero(grown.ravel())
+        dose_blocks, let_blocks = [], []
+        table = {k: [] for k in ("beam", "layer", "energy_MeV", "range_mm", "u_mm", "v_mm", "row", "col")}
+        beams, n_cols = [], 0
+        for b, gantry in enumerate(self.gantry_deg):
+            t0 = time.perf_counter()
+            geom = BeamGeometry(gantry, iso, sad_mm=self.virtual_sad_mm)
+            spots, info = self._place_spots(b, geom, rsp, patient, grown_idx, target)
+            db, lb = self._beam_dose(geom, rsp, patient, voxels, spots, with_let)
+            dose_blocks.extend(db)
+            let_blocks.extend(lb)
+            n = len(spots["layer"])
+            for k in table:
+                table[k].append(np.full(n, b) if k == "beam" else spots[k])
+            info.update({"gantry_deg": gantry, "couch_deg": 0.0, "isocenter_mm": list(iso)})
+            beams.append(info)
+            n_cols += n
+            if progress:
+                print(f"  beam {b + 1}/{len(self.gantry_deg)} gantry {gantry:5.1f} deg: "
+                      f"{len(info['energies'])} layers, {n} spots, {sum(x.nnz for x in db)} nonzeros, "
+                      f"{time.perf_counter() - t0:.1f} s", flush=True)
+        beamlets = {k: np.concatenate(v) for k, v in table.items()}
+        dose = _assemble(dose_blocks, len(voxels))
+        del dose_blocks
+        letd = _assemble(let_blocks, len(voxels)) if with_let else None
+        del let_blocks
+        # rows: dose-mask voxels that any spot reaches (identical in both matrices)
+        counts = np.diff(dose.indptr)
+        reached = np.flatnonzero(counts > 0)
+        voxel_index = voxels[reached]
+        dose = _select_rows(dose, reached)
+        dose_inf = InfluenceMatrix(dose, voxel_index, grid, beamlets, beams, "proton")
+        let_inf = None
+        if with_let:
+            letd = _select_rows(letd, reached)
+            let_beams = [dict(bm, quantity="let_dose_keVum_Gy") for bm in beams]
+            let_inf = InfluenceMatrix(letd, voxel_index.copy(), grid,
+                                      {k: v.copy() for k, v in beamlets.items()}, let_beams, "proton")
+        self._cache = (key, dose_inf, let_inf)
+        return dose_inf, let_inf
+
+    # -- internals ------------------------------------------------------------------------------
+    def _key(self, patient, target, iso, dose_mask, rsp) -> tuple:
+        h = hashlib.blake2b(digest_size=16)
+        for arr in (rsp, dose_mask, patient.structure(target).mask):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        params = (tuple(self.gantry_deg), self.spot_spacing_mm, self.layer_spacing_mm, self.margin_mm,
+                  self.spot_sigma_air_mm, self.energy_spread_pct, self.virtual_sad_mm,
+                  None if self.energies_MeV is None else tuple(self.energies_MeV), self.cutoff_sigma)
+        return (id(patient), patient.grid, patient.structure(target).name, iso, params, h.hexdigest())
+
+    def _layer_ranges(self, w_min: float, w_max: float, b: int) -> list[float]:
+        """CSDA ranges (mm WEPL) of the layers covering [w_min, w_max], deepest first."""
+        r_lo, r_hi = pp.csda_range_mm(pp.E_MIN_MEV), pp.csda_range_mm(pp.E_MAX_MEV)
+        if w_max > r_hi:
+            raise BeamError(
+                f"energy_MeV: beam {b} needs a range of {w_max:.1f} mm WEPL to reach the distal edge of "
+                f"the target (+ margin), more than the {pp.E_MAX_MEV:g} MeV maximum ({r_hi:.1f} mm)")
+        if w_max < r_lo:
+            raise BeamError(
+                f"energy_MeV: beam {b}: the target (+ margin) lies shallower than {r_lo:.1f} mm WEPL, the "
+                f"range of the lowest energy {pp.E_MIN_MEV:g} MeV; a range shifter is not modelled")
+        ranges, r = [], w_max
+        while True:
+            ranges.append(r)
+            if r <= w_min:
+                break
+            e = pp.energy_from_range_mm(r)
+            gap = self.layer_spacing_mm or LAYER_GAP_SIGMAS * pp.range_straggling_sigma_mm(
+                e, self.energy_spread_pct)
+            r = r - gap
+            if r < r_lo:
+                warnings.warn(
+                    f"beam {b}: target (+ margin) reaches {w_min:.1f} mm WEPL, shallower than the "
+                    f"{pp.E_MIN_MEV:g} MeV range ({r_lo:.1f} mm); the proximal layers are dropped "
+                    "(no range shifter modelled)", stacklevel=4)
+                break
+        return ranges
+
+    def _place_spots(self, b, geom, rsp, patient, grown_idx, target):
+        grid = patient.grid
+        pos = grid.positions_mm(grown_idx)
+        u, v, t, w = radiological_depth(rsp, grid, geom, pos)
+        if self.energies_MeV is not None:
+            energies = np.array(self.energies_MeV)
+            ranges = np.asarray(pp.csda_range_mm(energies), dtype=float)
+        else:
+            ranges = np.array(self._layer_ranges(float(w.min()), float(w.max()), b))
+            energies = np.asarray(pp.energy_from_range_mm(ranges), dtype=float)
+        # acceptance half-width of each layer in WEPL: half the gap to its neighbours
+        h_vox = 0.5 * max(grid.spacing_mm)
+        gaps = np.abs(np.diff(ranges)) if len(ranges) > 1 else np.array([])
+        half = np.full(len(ranges), h_vox)
+        if len(gaps):
+            half[:-1] = np.maximum(half[:-1], gaps / 2)
+            half[1:] = np.maximum(half[1:], gaps / 2)
+        s = self.spot_spacing_mm
+        h_lat = max(grid.spacing_mm) * self.virtual_sad_mm / float(t.min())
+        r_keep = max(s, h_lat) / np.sqrt(2.0) + 1e-9
+        iu0 = int(np.floor(u.min() / s)) - 1
+        iv0 = int(np.floor(v.min() / s)) - 1
+        nu = int(np.ceil(u.max() / s)) + 1 - iu0 + 1
+        nv = int(np.ceil(v.max() / s)) + 1 - iv0 + 1
+        gr, gc = np.meshgrid(np.arange(nv), np.arange(nu), indexing="ij")
+        gr, gc = gr.ravel(), gc.ravel()
+        cand = np.stack([(iu0 + gc) * s, (iv0 + gr) * s], axis=1)
+        out = {k: [] for k in ("layer", "energy_MeV", "range_mm", "u_mm", "v_mm", "row", "col")}
+        kept_e, kept_r = [], []
+        for k, (e, r) in enumerate(zip(energies, ranges)):
+            sel = np.abs(w - r) <= half[k]
+            if not sel.any():
+                continue
+            tree = cKDTree(np.stack([u[sel], v[sel]], axis=1))
+            dist, _ = tree.query(cand, k=1, distance_upper_bound=r_keep)
+            hit = np.flatnonzero(np.isfinite(dist))
+            if len(hit) == 0:
+                continue
+            layer = len(kept_e)
+            kept_e.append(float(e))
+            kept_r.append(float(r))
+            out["layer"].append(np.full(len(hit), layer))
+            out["energy_MeV"].append(np.full(len(hit), float(e)))
+            out["range_mm"].append(np.full(len(hit), float(r)))
+            out["u_mm"].append(cand[hit, 0])
+            out["v_mm"].append(cand[hit, 1])
+            out["row"].append(gr[hit])
+            out["col"].append(gc[hit])
+        if not kept_e:
+            what = "energies_MeV" if self.energies_MeV is not None else "target"
+            raise BeamError(f"{what}: beam {b} (gantry {geom.gantry_deg:g} deg) has no spot whose Bragg "
+                            f"peak falls in target '{target}' (+ margin)")
+        spots = {k: np.concatenate(vv) for k, vv in out.items()}
+        info = {"sad_mm": self.virtual_sad_mm, "map_shape": [nv, nu], "spot_spacing_mm": s,
+                "u0_mm": iu0 * s, "v0_mm": iv0 * s, "energies": kept_e, "ranges_mm": kept_r,
+                "spot_sigma_air_mm": self.spot_sigma_air_mm, "energy_spread_pct": self.energy_spread_pct,
+                "energy": "protons"}
+        return spots, info
+
+    def _beam_dose(self, geom, rsp, patient, voxels, spots, with_let=True):
+        """Per-layer CSC blocks (rows: position in ``voxels``; columns: the layer's spots) of the
+        dose and of the LET x dose of one beam, with identical sparsity."""
+        grid = patient.grid
+        spread = self.energy_spread_pct
+        energies = np.unique(spots["energy_MeV"])
+        e_max = float(energies.max())
+        r_max = pp.csda_range_mm(e_max)
+        sig_max = float(pp.lateral_sigma_mm(e_max, r_max, self.spot_sigma_air_mm))
+        positions = grid.positions_mm(voxels)
+        u, v, t = geom.to_beam(positions)
+        reach = self.cutoff_sigma * sig_max * self.virtual_sad_mm / float(t.min())
+        near = ((u >= spots["u_mm"].min() - reach) & (u <= spots["u_mm"].max() + reach)
+                & (v >= spots["v_mm"].min() - reach) & (v <= spots["v_mm"].max() + reach))
+        pts = np.flatnonzero(near)
+        u, v, t, w = radiological_depth(rsp, grid, geom, positions[pts])
+        w_cut_all = r_max + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(e_max, spread)
+        keep = w <= w_cut_all
+        pts, u, v, t, w = pts[keep], u[keep], v[keep], t[keep], w[keep]
+        vox_tree = cKDTree(np.stack([u, v], axis=1))
+        scale = t / self.virtual_sad_mm  # iso-plane -> physical distance at the voxel
+        cut2 = self.cutoff_sigma**2
+        n_vox = len(voxels)
+        dose_blocks, let_blocks = [], []
+        for layer in range(int(spots["layer"].max()) + 1):
+            in_layer = np.flatnonzero(spots["layer"] == layer)
+            e = float(spots["energy_MeV"][in_layer[0]])
+            n_spots = len(in_layer)
+            sig_r = pp.range_straggling_sigma_mm(e, spread)
+            w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * sig_r
+            depth_tab = np.arange(0.0, w_cut + 2 * _TABLE_STEP_MM, _TABLE_STEP_MM)
+            sig_tab = pp.lateral_sigma_mm(e, depth_tab, self.spot_sigma_air_mm)
+            reach_e = self.cutoff_sigma * float(sig_tab.max()) * self.virtual_sad_mm / float(t.min())
+            spot_xy = np.stack([spots["u_mm"][in_layer], spots["v_mm"][in_layer]], axis=1)
+            pairs = cKDTree(spot_xy).sparse_distance_matrix(vox_tree, reach_e, output_type="ndarray")
+            # per-voxel depth quantities of this layer, then gathered per pair
+            shallow = w <= w_cut
+            vmap = np.cumsum(shallow) - 1
+            ws = w[shallow]
+            idd_tab = pp.pristine_peak(e, depth_tab, spread)[1] * pp.GY_MM2_PER_UNIT_WEIGHT
+            idd_v = np.interp(ws, depth_tab, idd_tab)
+            sig_v = np.interp(ws, depth_tab, sig_tab)
+            inv2s2_v = 0.5 / sig_v**2
+            amp_v = idd_v / (2 * np.pi * sig_v**2)
+            let_v = np.interp(ws, depth_tab, pp.let_d(e, depth_tab, spread))
+            js, vi, d_iso = pairs["i"], pairs["j"], pairs["v"]
+            ok = shallow[vi]
+            js, vi, d_iso = js[ok], vi[ok], d_iso[ok]
+            k = vmap[vi]
+            x = (d_iso * scale[vi]) ** 2 * inv2s2_v[k]  # r^2 / (2 sigma^2)
+            ok = x <= 0.5 * cut2
+            js, vi, k, x = js[ok], vi[ok], k[ok], x[ok]
+            dose = amp_v[k] * np.exp(-x)
+            rows = pts[vi].astype(np.int32)
+            js = js.astype(np.int32)
+            # same (row, col) arrays -> the deterministic COO -> CSC conversion gives the same pattern
+            dose_blocks.append(sp.csc_matrix((dose.astype(np.float32), (rows, js)), shape=(n_vox, n_spots)))
+            if with_let:
+                let_blocks.append(sp.csc_matrix(((dose * let_v[k]).astype(np.float32), (rows, js)),
+                                                shape=(n_vox, n_spots)))
+        return dose_blocks, let_blocks
+
+
+def _assemble(blocks: list[sp.csc_matrix], n_rows: int) -> sp.csr_matrix:
+    """Join per-layer CSC blocks column-wise and convert to CSR (sorted indices)."""
+    if not blocks:
+        return sp.csr_matrix((n_rows, 0), dtype=np.float32)
+    return sp.hstack(blocks, format="csc").tocsr()
+
+
+def _select_rows(m: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """Rows of a CSR matrix (ascending ``rows`` that hold every nonzero)."""
+    indptr = np.concatenate([[0], m.indptr[rows + 1]]).astype(m.indptr.dtype)
+    return sp.csr_matrix((m.data, m.indices, indptr), shape=(len(rows), m.shape[1]))
+
+
+def spot_maps(influence: InfluenceMatrix, weights: np.ndarray) -> list[dict[int, np.ndarray]]:
+    """Spot weights arranged as maps: one dict per beam, ``{layer: 2-D array}`` of the beam's
+    ``map_shape`` (rows = v, cols = u on its spot grid), zero where a layer has no spot.
+
+    Parameters
+    ----------
+    influence : a proton :class:`~optimizer.influence.InfluenceMatrix` (beamlet table with
+        ``beam``, ``layer``, ``row``, ``col``)
+    weights : spot weights, one per column (units of 1e8 protons)
+    """
+    if not isinstance(influence, InfluenceMatrix):
+        raise BeamError(f"influence: expected an InfluenceMatrix, got {type(influence).__name__}")
+    for key in ("layer", "row", "col"):
+        if key not in influence.beamlets:
+            raise BeamError(f"influence: beamlet table has no '{key}' column; expected a proton matrix")
+    w = influence._check_weights(weights)
+    bl = influence.beamlets
+    maps = []
+    for b, beam in enumerate(influence.beams):
+        shape = tuple(int(s) for s in beam["map_shape"])
+        in_beam = np.asarray(bl["beam"]) == b
+        layers = {}
+        for layer in np.unique(np.asarray(bl["layer"])[in_beam]):
+            sel = in_beam & (np.asarray(bl["layer"]) == layer)
+            m = np.zeros(shape)
+            m[np.asarray(bl["row"])[sel], np.asarray(bl["col"])[sel]] = w[sel]
+            layers[int(layer)] = m
+        maps.append(layers)
+    return maps
+
+
+def let_d_map(influence: InfluenceMatrix, let_dose: InfluenceMatrix, weights: np.ndarray,
+              min_dose_Gy: float = 1e-3) -> np.ndarray:
+    """Dose-averaged LET of a plan on the full grid, keV/um: (L x) / (D x) where the dose per
+    fraction is at least ``min_dose_Gy``, NaN elsewhere."""
+    if let_dose.matrix.shape != influence.matrix.shape or not np.array_equal(
+            let_dose.voxel_index, influence.voxel_index):
+        raise BeamError("let_dose: rows and columns must match the dose influence matrix")
+    d = influence.dose_per_fraction(weights)
+    ld = let_dose.dose_per_fraction(weights)
+    out = np.full(d.shape, np.nan)
+    ok = d >= min_dose_Gy
+    out[ok] = ld[ok] / d[ok]
+    return out
