@@ -1,5 +1,17 @@
 """bioplan objectives: radiobiology and the planning terms (soft objectives, hard constraints)."""
 
+from .biological import (
+    BEDCVaRMax,
+    BEDFloor,
+    BEDMax,
+    EQD2Floor,
+    EQD2Max,
+    GARDFloor,
+    GEUDEQD2Max,
+    MeanBEDMax,
+    MeanEQD2Max,
+    SquaredBEDOverdose,
+)
 from .errors import BiologyError, BioplanError, TermError
 from .physical import (
     DVHMax,
@@ -12,10 +24,35 @@ from .physical import (
     SquaredOverdose,
     SquaredUnderdose,
 )
+from .radiobiology import (
+    LQ,
+    NTCP_PARAMETERS,
+    alpha_from_rsi,
+    alpha_map_from_hypoxia,
+    bed,
+    bed_protracted,
+    bed_with_repopulation,
+    dose_for_bed,
+    dose_for_eqd2,
+    dose_for_gard,
+    eqd2,
+    g_factor,
+    gard,
+    gard_prescription,
+    log_tcp,
+    ntcp_lkb,
+    oer,
+    tcp_poisson,
+)
 from .terms import Term, TermContext
 
 __all__ = [
     "BioplanError", "BiologyError", "TermError", "Term", "TermContext",
     "MaxDose", "MinDose", "MeanDose", "SquaredUnderdose", "SquaredOverdose", "SquaredDeviation",
     "DVHMax", "DVHMin", "GEUDMax",
+    "BEDMax", "EQD2Max", "MeanBEDMax", "MeanEQD2Max", "SquaredBEDOverdose", "BEDCVaRMax",
+    "GEUDEQD2Max", "BEDFloor", "EQD2Floor", "GARDFloor",
+    "LQ", "NTCP_PARAMETERS", "alpha_from_rsi", "alpha_map_from_hypoxia", "bed", "bed_protracted",
+    "bed_with_repopulation", "dose_for_bed", "dose_for_eqd2", "dose_for_gard", "eqd2", "g_factor",
+    "gard", "gard_prescription", "log_tcp", "ntcp_lkb", "oer", "tcp_poisson",
 ]

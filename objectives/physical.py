@@ -59,8 +59,8 @@ class SquaredUnderdose(_DoseLimitTerm):
 
     soft_only = True
 
-    def penalty(self, dose, ctx):
-        return self.weight * (ctx.volumes @ cp.square(cp.pos(self.dose_Gy - dose)))
+    def cost(self, dose, ctx):
+        return ctx.volumes @ cp.square(cp.pos(self.dose_Gy - dose))
 
 
 class SquaredOverdose(_DoseLimitTerm):
@@ -68,8 +68,8 @@ class SquaredOverdose(_DoseLimitTerm):
 
     soft_only = True
 
-    def penalty(self, dose, ctx):
-        return self.weight * (ctx.volumes @ cp.square(cp.pos(dose - self.dose_Gy)))
+    def cost(self, dose, ctx):
+        return ctx.volumes @ cp.square(cp.pos(dose - self.dose_Gy))
 
 
 class SquaredDeviation(_DoseLimitTerm):
@@ -77,8 +77,8 @@ class SquaredDeviation(_DoseLimitTerm):
 
     soft_only = True
 
-    def penalty(self, dose, ctx):
-        return self.weight * (ctx.volumes @ cp.square(dose - self.dose_Gy))
+    def cost(self, dose, ctx):
+        return ctx.volumes @ cp.square(dose - self.dose_Gy)
 
 
 class DVHMax(Term):

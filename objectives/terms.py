@@ -99,13 +99,20 @@ class Term:
         """Convex expression that is <= 0 (element-wise) exactly when the term is met."""
         raise NotImplementedError
 
-    def penalty(self, dose: cp.Expression, ctx: TermContext) -> cp.Expression:
-        """Convex scalar penalty of a soft term. Default: weight x volume-weighted sum of the
-        positive part of the violation (a scalar violation is used as is)."""
+    def cost(self, dose: cp.Expression, ctx: TermContext) -> cp.Expression:
+        """Unweighted convex scalar cost of the soft form (the objective adds ``weight x cost``).
+
+        Default: volume-weighted sum of the positive part of the violation (a scalar violation
+        is used as is). The problem puts the cost in an epigraph (``cost <= t_k``, objective
+        ``weight x t_k``) so that a weight Parameter times a cost holding Parameters stays DPP."""
         g = self.violation(dose, ctx)
         if g.size == 1:
-            return self.weight * cp.pos(g)
-        return self.weight * (ctx.volumes @ cp.pos(g))
+            return cp.sum(cp.pos(g))
+        return ctx.volumes @ cp.pos(g)
+
+    def penalty(self, dose: cp.Expression, ctx: TermContext) -> cp.Expression:
+        """``weight x cost`` as one expression (convex; not DPP when the cost has Parameters)."""
+        return self.weight * self.cost(dose, ctx)
 
     def describe(self) -> str:
         """Short human-readable label used in tables and error messages."""

@@ -1,10 +1,24 @@
 """bioplan optimizer: geometry, beam models, problem assembly and solve, plans and evaluation."""
 
+from . import evaluate, phantoms, plots
+from .beams.photon import PhotonBeams, PhotonKernel
+from .beams.raytrace import BeamGeometry, radiological_depth
+from .dicom import DicomError, load_ct_series, load_dicom, load_rtdose, load_rtstruct
+from .dicom_export import write_ct_series, write_rt_ion_plan, write_rtdose, write_rtstruct
 from .errors import BeamError, GeometryError, InfeasiblePlanError, PlanError, SolverError
 from .geometry import Grid, Patient, Structure, hu_to_red
 from .influence import InfluenceMatrix
+from .matrad import MatradError, load_matrad
+from .plan import Plan
+from .problem import PlanProblem
 
 __all__ = [
+    "evaluate", "phantoms", "plots",
     "BeamError", "GeometryError", "InfeasiblePlanError", "PlanError", "SolverError",
+    "DicomError", "MatradError",
     "Grid", "Patient", "Structure", "hu_to_red", "InfluenceMatrix",
+    "BeamGeometry", "radiological_depth", "PhotonBeams", "PhotonKernel",
+    "PlanProblem", "Plan",
+    "load_ct_series", "load_dicom", "load_rtdose", "load_rtstruct", "load_matrad",
+    "write_ct_series", "write_rtstruct", "write_rtdose", "write_rt_ion_plan",
 ]

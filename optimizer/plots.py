@@ -1,0 +1,136 @@
+"""Matplotlib figures of plans: DVHs, dose colorwash slices with contours, fluence maps.
+
+Every function returns a ``matplotlib.figure.Figure``; save it with ``fig.savefig(path)``.
+The Agg backend is used unless the caller picked another one.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+    try:
+        matplotlib.use("Agg")
+    except Exception:  # pragma: no cover - an interactive backend is already running
+        pass
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import evaluate  # noqa: E402
+
+_DEFAULT_COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _color(structure, i):
+    return structure.color if structure.color else _DEFAULT_COLORS[i % len(_DEFAULT_COLORS)]
+
+
+def dvh(plans, names=None, labels=None, dose_fn=None, xlabel="Dose (Gy)", title=None):
+    """Cumulative DVHs of one plan or several (solid, dashed, dotted ... per plan).
+
+    Parameters
+    ----------
+    plans : a Plan or a list of Plans on the same patient
+    names : structures to show (default all)
+    labels : one legend label per plan
+    dose_fn : optional ``f(plan, structure_name) -> voxel values`` to plot another quantity
+        (e.g. BED); default the physical dose
+    """
+    plans = plans if isinstance(plans, (list, tuple)) else [plans]
+    labels = labels or [f"plan {i + 1}" for i in range(len(plans))] if len(plans) > 1 else [""]
+    names = names or plans[0].patient.structure_names
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    values = [[(dose_fn(p, n) if dose_fn else p.structure_dose(n)) for n in names] for p in plans]
+    top = max(float(np.max(v)) for vs in values for v in vs) * 1.05
+    bins = np.linspace(0, top, 500)
+    for k, (plan, label) in enumerate(zip(plans, labels)):
+        for i, n in enumerate(names):
+            s = plan.patient.structure(n)
+            _, vol = evaluate.dvh(values[k][i], bins=bins)
+            ax.plot(bins, vol, styles[k % 4], color=_color(s, i),
+                    label=f"{n} {label}".strip())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("Volume (%)")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title or "Cumulative DVH")
+    fig.tight_layout()
+    return fig
+
+
+def dose_slices(plan, values=None, label="Dose (Gy)", z_index=None, x_index=None, names=None,
+                cmap="jet", threshold_pct=5.0, title=None):
+    """Axial and sagittal colorwash of a 3-D map (default the plan dose) with structure contours.
+
+    Values below ``threshold_pct`` % of the maximum are transparent so the CT shows through.
+    Slices default to the centre of the first target.
+    """
+    p = plan.patient
+    values = plan.dose if values is None else np.asarray(values)
+    names = names or p.structure_names
+    targets = [s for s in p.structures if s.role == "target"] or p.structures
+    zz, yy, xx = np.nonzero(targets[0].mask)
+    z_index = int(np.median(zz)) if z_index is None else z_index
+    x_index = int(np.median(xx)) if x_index is None else x_index
+    (z, y, x) = p.grid.axes_mm()
+    vmax = float(np.max(values)) or 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8),
+                             gridspec_kw={"width_ratios": [len(x), len(z) * p.grid.spacing_mm[0]
+                                                           / p.grid.spacing_mm[2]]})
+    views = [
+        (axes[0], p.ct_hu[z_index], values[z_index], lambda m: m[z_index],
+         [x[0], x[-1], y[-1], y[0]], "x (mm)", "y (mm)", f"axial z = {z[z_index]:.1f} mm"),
+        (axes[1], p.ct_hu[:, :, x_index].T, values[:, :, x_index].T, lambda m: m[:, :, x_index].T,
+         [z[0], z[-1], y[-1], y[0]], "z (mm)", "y (mm)", f"sagittal x = {x[x_index]:.1f} mm"),
+    ]
+    im = None
+    for ax, ct, val, cut, extent, xl, yl, ttl in views:
+        ax.imshow(ct, cmap="gray", vmin=-1000, vmax=1000, extent=extent, interpolation="nearest")
+        shown = np.ma.masked_less(val, vmax * threshold_pct / 100)
+        im = ax.imshow(shown, cmap=cmap, vmin=0, vmax=vmax, alpha=0.55, extent=extent,
+                       interpolation="bilinear")
+        for i, n in enumerate(names):
+            s = p.structure(n)
+            m = cut(s.mask)
+            if m.any():
+                xs = np.linspace(extent[0], extent[1], m.shape[1])
+                ys = np.linspace(extent[3], extent[2], m.shape[0])
+                ax.contour(xs, ys, m.astype(float), levels=[0.5], colors=[_color(s, i)], linewidths=1.2)
+                ax.plot([], [], color=_color(s, i), label=n)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.set_title(ttl)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.colorbar(im, ax=axes, label=label, shrink=0.85)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def fluence_maps(plan, maps=None, title="Fluence maps (beamlet weights)"):
+    """One panel per beam with the beam's 2-D weight map (rows: v, columns: u, mm at isocentre)."""
+    maps = plan.fluence_maps() if maps is None else maps
+    n = len(maps)
+    cols = min(n, 5)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows + 0.6), squeeze=False)
+    vmax = max(float(m.max()) for m in maps) or 1.0
+    im = None
+    for i, ax in enumerate(axes.ravel()):
+        if i >= n:
+            ax.axis("off")
+            continue
+        beam = plan.beams[i]
+        w = beam.get("beamlet_mm", 1.0)
+        u0, v0 = beam.get("u0_mm", 0.0), beam.get("v0_mm", 0.0)
+        m = maps[i]
+        extent = [u0 - w / 2, u0 + (m.shape[1] - 0.5) * w, v0 - w / 2, v0 + (m.shape[0] - 0.5) * w]
+        im = ax.imshow(m, origin="lower", cmap="viridis", vmin=0, vmax=vmax, extent=extent)
+        ax.set_title(f"gantry {beam['gantry_deg']:g}°", fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="weight")
+    fig.suptitle(title)
+    return fig
