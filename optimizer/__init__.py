@@ -1,6 +1,6 @@
 """bioplan optimizer: geometry, beam models, problem assembly and solve, plans and evaluation."""
 
-from . import evaluate, phantoms, plots
+from . import evaluate, phantoms, plots, report
 from .beams.photon import PhotonBeams, PhotonKernel
 from .beams.raytrace import BeamGeometry, radiological_depth
 from .dicom import DicomError, load_ct_series, load_dicom, load_rtdose, load_rtstruct
@@ -13,7 +13,7 @@ from .plan import Plan
 from .problem import PlanProblem
 
 __all__ = [
-    "evaluate", "phantoms", "plots",
+    "evaluate", "phantoms", "plots", "report",
     "BeamError", "GeometryError", "InfeasiblePlanError", "PlanError", "SolverError",
     "DicomError", "MatradError",
     "Grid", "Patient", "Structure", "hu_to_red", "InfluenceMatrix",

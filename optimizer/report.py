@@ -1,0 +1,43 @@
+"""The ``metrics.json`` record that every example writes (one schema for all cases).
+
+Schema: ``{"case", "fractions", "structures": {NAME: {"D95_Gy", "D10_Gy", "D50_Gy", "mean_Gy",
+"max_Gy", ...}}, "goals": [{"structure", "metric", "op", "limit_Gy", "value_Gy", "met"}],
+"sizes": {"grid_voxels", "opt_voxels", "beamlets", "nnz"}, "timings_s": {"dose", "build",
+"solve", "total"}, "solver": {"name", "status", "objective"}}``; examples may add keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from . import evaluate
+
+
+def metrics(plan, case: str, goals, timings_s: dict[str, float], nnz: int | None = None) -> dict:
+    """Build the metrics record of a solved plan."""
+    s = plan.solver
+    return {
+        "case": case,
+        "fractions": plan.fractions,
+        "structures": evaluate.structure_metrics(plan),
+        "goals": [g.as_dict() for g in evaluate.evaluate_goals(plan, goals)],
+        "sizes": {
+            "grid_voxels": plan.patient.grid.n_voxels,
+            "opt_voxels": s.get("opt_voxels"),
+            "beamlets": int(len(plan.weights)),
+            "nnz": nnz if nnz is not None else (plan.influence.nnz if plan.influence is not None else None),
+        },
+        "timings_s": {k: round(float(v), 3) for k, v in timings_s.items()},
+        "solver": {"name": s.get("name"), "status": s.get("status"), "objective": s.get("objective"),
+                   "iterations": s.get("iterations"), "versions": s.get("versions")},
+    }
+
+
+def write_metrics(record: dict, out_dir: str, name: str = "metrics.json") -> str:
+    """Write a metrics record as indented JSON into ``out_dir`` (created if missing)."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+    return path
