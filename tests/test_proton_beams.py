@@ -154,6 +154,17 @@ def test_let_matrix_shares_sparsity_and_maps(cube_plan):
         spot_maps(dose, w[:-1])
 
 
+def test_shallow_target_warns_and_uses_the_lowest_energy():
+    p = phantoms.water_box(size_mm=(30, 120, 30), spacing_mm=3.0)
+    z, y, x = np.meshgrid(*p.grid.axes_mm(), indexing="ij")
+    # depth 30-55 mm below the anterior surface at y = -60 mm; 70 MeV reaches 40.8 mm
+    p.add_structure(Structure("PTV", (np.abs(x) <= 6) & (np.abs(z) <= 6) & (y >= -30) & (y <= -5), "target"))
+    with pytest.warns(UserWarning, match="range shifter"):
+        inf = ProtonBeams([0], margin_mm=0.0).influence(p, "PTV")
+    e = inf.beams[0]["energies"]
+    assert min(e) == pytest.approx(pp.E_MIN_MEV) and max(e) > 75.0
+
+
 def test_bad_input_is_a_named_beam_error():
     for bad in (0.0, -3.0, float("nan")):
         with pytest.raises(BeamError, match="spot_spacing_mm"):

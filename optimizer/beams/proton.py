@@ -282,18 +282,18 @@ class ProtonBeams:
         ranges, r = [], w_max
         while True:
             ranges.append(r)
-            if r <= w_min:
+            if r <= w_min or r <= r_lo:
                 break
             e = pp.energy_from_range_mm(r)
             gap = self.layer_spacing_mm or LAYER_GAP_SIGMAS * pp.range_straggling_sigma_mm(
                 e, self.energy_spread_pct)
-            r = r - gap
-            if r < r_lo:
-                warnings.warn(
-                    f"beam {b}: target (+ margin) reaches {w_min:.1f} mm WEPL, shallower than the "
-                    f"{pp.E_MIN_MEV:g} MeV range ({r_lo:.1f} mm); the proximal layers are dropped "
-                    "(no range shifter modelled)", stacklevel=4)
-                break
+            r = max(r - gap, r_lo)
+        if w_min < r_lo - 1e-9:
+            warnings.warn(
+                f"beam {b}: target (+ margin) reaches {w_min:.1f} mm WEPL, shallower than the "
+                f"{pp.E_MIN_MEV:g} MeV range ({r_lo:.1f} mm); the shallowest layer is {pp.E_MIN_MEV:g} MeV "
+                "(no range shifter modelled), so the proximal target is reached only by the plateau",
+                stacklevel=5)
         return ranges
 
     def _place_spots(self, b, geom, rsp, patient, grown_idx, target):
