@@ -64,15 +64,16 @@ class PhotonKernel:
 
     @property
     def _peak(self) -> float:
-        mu, k, s0 = self.mu_per_mm, self.buildup_per_mm, self.surface_dose
-        # d/dd [e^{-mu d} - (1-s0) e^{-(mu+k) d}] = 0
-        dmax = np.log((1 - s0) * (mu + k) / mu) / k
-        return float(np.exp(-mu * dmax) * (1 - (1 - s0) * np.exp(-k * dmax)))
+        dmax = self.dmax_mm
+        return float(np.exp(-self.mu_per_mm * dmax)
+                     * (1 - (1 - self.surface_dose) * np.exp(-self.buildup_per_mm * dmax)))
 
     @property
     def dmax_mm(self) -> float:
+        """Depth of maximum (mm) of P(d): where d/dd [e^{-mu d} - (1-s0) e^{-(mu+k) d}] = 0."""
         mu, k, s0 = self.mu_per_mm, self.buildup_per_mm, self.surface_dose
-        return float(np.log((1 - s0) * (mu + k) / mu) / k)
+        arg = (1 - s0) * (mu + k) / mu
+        return float(np.log(arg) / k) if arg > 1 else 0.0
 
     def sigma_mm(self, depth_mm: np.ndarray) -> np.ndarray:
         """Lateral Gaussian spread (mm, at the point) at radiological depth ``depth_mm``."""

@@ -1,0 +1,91 @@
+"""Bad input gets a clear error naming the field; margins and rings are right in mm."""
+
+import numpy as np
+import pytest
+
+from objectives import DVHMax, MaxDose, SquaredDeviation, TermError
+from optimizer import GeometryError, Grid, Patient, PlanError, PlanProblem, Structure, phantoms
+
+
+def test_ct_shape_mismatch():
+    with pytest.raises(GeometryError, match="ct_hu: shape"):
+        Patient(Grid((2, 3, 4), (1, 1, 1)), np.zeros((2, 3, 5)))
+
+
+def test_nan_in_ct():
+    ct = np.zeros((2, 3, 4))
+    ct[0, 1, 2] = np.nan
+    with pytest.raises(GeometryError, match="ct_hu: contains 1 NaN"):
+        Patient(Grid((2, 3, 4), (1, 1, 1)), ct)
+
+
+def test_empty_structure():
+    with pytest.raises(GeometryError, match="'PTV': mask is empty"):
+        Patient(Grid((2, 3, 4), (1, 1, 1)), np.zeros((2, 3, 4)), [Structure("PTV", np.zeros((2, 3, 4)))])
+
+
+def test_mask_shape_mismatch_and_bad_role():
+    with pytest.raises(GeometryError, match="'PTV'.mask: shape"):
+        Patient(Grid((2, 3, 4), (1, 1, 1)), np.zeros((2, 3, 4)), [Structure("PTV", np.ones((2, 3, 3)))])
+    with pytest.raises(GeometryError, match="role"):
+        Structure("PTV", np.ones((1, 1, 1)), role="tumour")
+
+
+def test_bad_grid():
+    with pytest.raises(GeometryError, match="spacing_mm"):
+        Grid((2, 3, 4), (1, 0, 1))
+    with pytest.raises(GeometryError, match="shape"):
+        Grid((2, 3), (1, 1, 1))
+
+
+def test_unknown_structure_lists_known_names():
+    p = phantoms.tg119_cshape(spacing_mm=8.0)
+    with pytest.raises(GeometryError, match="'Rectum' not found; known structures: PTV, Core, Body"):
+        p.structure("Rectum")
+    assert p.structure(" ptv ").name == "PTV"  # case and whitespace tolerant
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: MaxDose("PTV", -1.0), "dose_Gy"),
+    (lambda: MaxDose("PTV", float("nan")), "dose_Gy"),
+    (lambda: DVHMax("PTV", 20.0, volume_pct=0), "volume_pct"),
+    (lambda: DVHMax("PTV", 20.0, volume_pct=100), "volume_pct"),
+    (lambda: SquaredDeviation("PTV", 50.0), "needs a weight"),
+    (lambda: MaxDose("PTV", 50.0, weight=-2), "weight"),
+    (lambda: MaxDose("", 50.0), "structure"),
+])
+def test_bad_term_input(make, field):
+    with pytest.raises(TermError, match=field):
+        make()
+
+
+def test_bad_problem_input(toy):
+    patient, inf, _ = toy
+    with pytest.raises(PlanError, match="fractions"):
+        PlanProblem(patient, inf, fractions=0)
+    with pytest.raises(PlanError, match="fractions"):
+        PlanProblem(patient, inf, fractions=2.5)
+    with pytest.raises(PlanError, match="no terms"):
+        PlanProblem(patient, inf, fractions=1).solve()
+    other = phantoms.water_box((10, 10, 10), spacing_mm=5)
+    with pytest.raises(PlanError, match="grid"):
+        PlanProblem(other, inf, fractions=1)
+
+
+def test_margin_and_ring_in_mm():
+    grid = Grid((41, 41, 41), (1.0, 2.0, 1.0), (-20.0, -40.0, -20.0))
+    z, y, x = np.meshgrid(*grid.axes_mm(), indexing="ij")
+    ball = x**2 + y**2 + z**2 <= 8.0**2
+    p = Patient(grid, np.zeros(grid.shape), [Structure("B", ball, "target")])
+    grown = p.expand("B", 6.0)
+    r = np.sqrt(x**2 + y**2 + z**2)
+    # distances are between voxel centres; the voxelized ball surface lies up to the half voxel
+    # diagonal (1.23 mm here) inside the 8 mm sphere, which bounds both sides of each check
+    assert grown[r <= 14.0 - 1.23].all() and not grown[r > 14.0 + 1e-9].any()
+    shrunk = p.expand("B", -4.0)
+    assert shrunk[r < 4.0].all() and not shrunk[r > 4.0 + 1.23].any()
+    ring = p.ring("B", 2.0, 5.0)
+    assert not ring[ball].any() and ring[(r > 10.0 + 1e-9) & (r <= 13.0 - 1.23)].all()
+    assert not ring[r > 13.0 + 1e-9].any()
+    with pytest.raises(GeometryError, match="inner_mm"):
+        p.ring("B", 5.0, 2.0)
