@@ -13,6 +13,7 @@ from .biological import (
     SquaredBEDOverdose,
 )
 from .errors import BiologyError, BioplanError, TermError
+from .let import DirtyDoseMax, LETdMax, LETDoseMax, dirty_dose_matrix
 from .physical import (
     DVHMax,
     DVHMin,
@@ -44,6 +45,7 @@ from .radiobiology import (
     oer,
     tcp_poisson,
 )
+from .rbe import RBE_CONSTANT, mcnamara_rbe, mcnamara_rbe_max, mcnamara_rbe_min, rbe_weighted_dose
 from .terms import Term, TermContext
 
 __all__ = [
@@ -55,4 +57,6 @@ __all__ = [
     "LQ", "NTCP_PARAMETERS", "alpha_from_rsi", "alpha_map_from_hypoxia", "bed", "bed_protracted",
     "bed_with_repopulation", "dose_for_bed", "dose_for_eqd2", "dose_for_gard", "eqd2", "g_factor",
     "gard", "gard_prescription", "log_tcp", "ntcp_lkb", "oer", "tcp_poisson",
+    "LETDoseMax", "LETdMax", "DirtyDoseMax", "dirty_dose_matrix",
+    "RBE_CONSTANT", "mcnamara_rbe", "mcnamara_rbe_max", "mcnamara_rbe_min", "rbe_weighted_dose",
 ]

@@ -99,13 +99,13 @@ class Term:
         """Convex expression that is <= 0 (element-wise) exactly when the term is met."""
         raise NotImplementedError
 
-    def cost(self, dose: cp.Expression, ctx: TermContext) -> cp.Expression:
+    def cost(self, dose: cp.Expression, ctx: TermContext, **extras) -> cp.Expression:
         """Unweighted convex scalar cost of the soft form (the objective adds ``weight x cost``).
 
         Default: volume-weighted sum of the positive part of the violation (a scalar violation
         is used as is). The problem puts the cost in an epigraph (``cost <= t_k``, objective
         ``weight x t_k``) so that a weight Parameter times a cost holding Parameters stays DPP."""
-        g = self.violation(dose, ctx)
+        g = self.violation(dose, ctx, **extras)
         if g.size == 1:
             return cp.sum(cp.pos(g))
         return ctx.volumes @ cp.pos(g)

@@ -1,7 +1,9 @@
 """bioplan optimizer: geometry, beam models, problem assembly and solve, plans and evaluation."""
 
 from . import evaluate, phantoms, plots, report
+from .beams import proton_physics
 from .beams.photon import PhotonBeams, PhotonKernel
+from .beams.proton import ProtonBeams, let_d_map, spot_maps
 from .beams.raytrace import BeamGeometry, radiological_depth
 from .dicom import DicomError, load_ct_series, load_dicom, load_rtdose, load_rtstruct
 from .dicom_export import write_ct_series, write_rt_ion_plan, write_rtdose, write_rtstruct
@@ -11,6 +13,7 @@ from .influence import InfluenceMatrix
 from .matrad import MatradError, load_matrad
 from .plan import Plan
 from .problem import PlanProblem
+from .stopping_power import HU_TO_RSP_TABLE, hu_to_rsp
 
 __all__ = [
     "evaluate", "phantoms", "plots", "report",
@@ -18,6 +21,7 @@ __all__ = [
     "DicomError", "MatradError",
     "Grid", "Patient", "Structure", "hu_to_red", "InfluenceMatrix",
     "BeamGeometry", "radiological_depth", "PhotonBeams", "PhotonKernel",
+    "ProtonBeams", "spot_maps", "let_d_map", "proton_physics", "hu_to_rsp", "HU_TO_RSP_TABLE",
     "PlanProblem", "Plan",
     "load_ct_series", "load_dicom", "load_rtdose", "load_rtstruct", "load_matrad",
     "write_ct_series", "write_rtstruct", "write_rtdose", "write_rt_ion_plan",

@@ -46,12 +46,22 @@ class Plan:
 
     @classmethod
     def from_weights(cls, patient: Patient, influence: InfluenceMatrix, weights: np.ndarray,
-                     fractions: int, solver: dict | None = None) -> Plan:
-        """Plan of given weights: dose recomputed on the full grid from the influence matrix."""
+                     fractions: int, solver: dict | None = None,
+                     let_dose: InfluenceMatrix | None = None) -> Plan:
+        """Plan of given weights: dose recomputed on the full grid from the influence matrix.
+
+        With a proton ``let_dose`` matrix the plan's dose-averaged LET map (keV/um, 0 where
+        there is no dose) is stored in ``extras["LETd_keV_um"]``."""
         dose = influence.dose_per_fraction(weights) * fractions
+        extras = {}
+        if let_dose is not None:
+            per_fx = dose / fractions
+            ld = let_dose.dose_per_fraction(weights)
+            extras["LETd_keV_um"] = np.where(per_fx > 1e-9 * max(per_fx.max(), 1e-30),
+                                             ld / np.maximum(per_fx, 1e-30), 0.0)
         return cls(patient, np.asarray(weights, dtype=float), int(fractions), dose,
                    dict(influence.beamlets), list(influence.beams), influence.modality,
-                   dict(solver or {}), influence)
+                   dict(solver or {}), influence, extras)
 
     # -- maps ----------------------------------------------------------------------------------
     def fluence_maps(self) -> list[np.ndarray]:

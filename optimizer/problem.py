@@ -41,6 +41,8 @@ class PlanProblem:
         ``n_total / n_sample`` of the volume. Targets and OARs are never sampled. Evaluation
         always uses the full grid. ``None`` disables sampling.
     seed : seed of that sample, for reproducible plans
+    let_dose : proton LET x dose matrix of the same spots (keV/um x Gy per fraction per unit
+        weight, ``ProtonBeams.let_dose_influence``), needed by LET terms (``objectives.let``)
 
     Add terms with ``problem += term`` (or :meth:`add`), then call :meth:`solve`.
     """
@@ -52,6 +54,7 @@ class PlanProblem:
         fractions: int,
         max_voxels_per_structure: int | None = 2000,
         seed: int = 0,
+        let_dose: InfluenceMatrix | None = None,
     ):
         if not isinstance(patient, Patient):
             raise PlanError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
@@ -63,8 +66,13 @@ class PlanProblem:
             raise PlanError(f"fractions: expected an integer >= 1, got {fractions!r}")
         if max_voxels_per_structure is not None and max_voxels_per_structure < 1:
             raise PlanError("max_voxels_per_structure: expected a positive integer or None")
+        if let_dose is not None and (not isinstance(let_dose, InfluenceMatrix)
+                                     or let_dose.grid != patient.grid
+                                     or let_dose.n_beamlets != influence.n_beamlets):
+            raise PlanError("let_dose: expected an InfluenceMatrix of the same grid and spots as influence")
         self.patient = patient
         self.influence = influence
+        self.let_dose = let_dose
         self.fractions = int(fractions)
         self.max_voxels_per_structure = max_voxels_per_structure
         self.seed = int(seed)
@@ -143,14 +151,15 @@ class PlanProblem:
             ctx = TermContext(name, sd.volumes, sd.voxel_index, self.fractions, self.patient.grid.shape)
             self._contexts.append(ctx)
             term.refresh(ctx)
+            extras = self._extras(term, x, sd, ctx)
             if term.hard:
-                g = term.violation(doses[name], ctx)
+                g = term.violation(doses[name], ctx, **extras)
                 self._hard.append((term, g))
                 constraints.append(g <= 0)
             else:
                 # epigraph keeps weight x (cost with Parameters) DPP
                 t = cp.Variable(nonneg=True, name=f"cost_{len(self._contexts)}")
-                constraints.append(term.cost(doses[name], ctx) <= t)
+                constraints.append(term.cost(doses[name], ctx, **extras) <= t)
                 objective = objective + term.weight * t
         self._doses = doses
         self._x = x
@@ -159,6 +168,21 @@ class PlanProblem:
             raise PlanError("the assembled problem is not DCP; a term produced a non-convex expression")
         self.build_time_s = time.perf_counter() - t0
         return self._problem
+
+    def _extras(self, term: Term, x: cp.Variable, sd: _StructureData, ctx: TermContext) -> dict:
+        """Extra linear forms a term asks for through ``term.needs`` (e.g. LET x dose)."""
+        needs = getattr(term, "needs", ())
+        if not needs:
+            return {}
+        available = {"dose": self.influence}
+        if self.let_dose is not None:
+            available["let_dose"] = self.let_dose
+        missing = [k for k in needs if k not in available]
+        if missing:
+            raise PlanError(f"{term.describe()}: needs {', '.join(missing)} rows; pass "
+                            f"PlanProblem(..., let_dose=ProtonBeams.let_dose_influence(...))")
+        rows = {k: available[k].rows_of(sd.voxel_index) for k in needs}
+        return term.extra_expressions(x, rows, ctx)
 
     # -- solve ---------------------------------------------------------------------------------
     def _pick_solver(self, solver: str | None) -> str:
@@ -225,7 +249,8 @@ class PlanProblem:
             "terms": [repr(t) for t in self.terms],
         }
         weights = np.maximum(np.asarray(self._x.value, dtype=float), 0.0)
-        return Plan.from_weights(self.patient, self.influence, weights, self.fractions, info)
+        return Plan.from_weights(self.patient, self.influence, weights, self.fractions, info,
+                                 let_dose=self.let_dose)
 
     def diagnose_infeasibility(self, solver: str | None = None) -> list[str]:
         """Names of hard terms in conflict, from an elastic re-solve.
