@@ -246,6 +246,7 @@ class PlanProblem:
             "wall_s": wall,
             "versions": _versions(name),
             "opt_voxels": self.n_opt_voxels,
+            "certificate": _certificate(name, solver_options),
             "terms": [repr(t) for t in self.terms],
         }
         weights = np.maximum(np.asarray(self._x.value, dtype=float), 0.0)
@@ -283,6 +284,16 @@ class PlanProblem:
             elif y > 1e-4:
                 names.append(t.describe())
         return names or [t.describe() for t, _ in self._hard]
+
+
+def _certificate(solver: str, options: dict) -> str:
+    """What the solver's 'optimal' status guarantees, with the tolerances in force."""
+    if solver == "CLARABEL":
+        gap = options.get("tol_gap_rel", 1e-8)
+        feas = options.get("tol_feas", 1e-8)
+        return (f"interior point: relative duality gap <= {gap:g}, primal/dual feasibility "
+                f"residuals <= {feas:g} (CLARABEL)")
+    return f"solver {solver} reported status 'optimal' within its default tolerances"
 
 
 def _versions(solver: str) -> dict[str, str]:
