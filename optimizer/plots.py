@@ -134,3 +134,120 @@ def fluence_maps(plan, maps=None, title="Fluence maps (beamlet weights)"):
     fig.colorbar(im, ax=axes, shrink=0.8, label="weight")
     fig.suptitle(title)
     return fig
+
+
+def spot_maps(plan_or_maps, beams=None, beam=None, title=None):
+    """Spot weights of a proton plan.
+
+    With ``beam=None``: per beam, the map summed over energy layers (top; rows v, columns u, mm
+    at isocentre) and the total weight of each energy layer (bottom). With ``beam=b``: one panel
+    per energy layer of beam b (deepest first), showing where each layer's Bragg peaks are placed.
+
+    Parameters
+    ----------
+    plan_or_maps : a proton Plan (beamlet table with ``beam``, ``layer``, ``row``, ``col``), or
+        the output of :func:`optimizer.spot_maps` (one ``{layer: 2-D array}`` dict per beam)
+    beams : beam list (``plan.beams``) for axis extents, angles and layer energies; taken from
+        the plan when one is given
+    beam : index of the beam to show layer by layer, or None for the overview
+    """
+    if isinstance(plan_or_maps, (list, tuple)):
+        maps = list(plan_or_maps)
+    else:
+        plan = plan_or_maps
+        beams = plan.beams if beams is None else beams
+        bl = plan.beamlets
+        for key in ("layer", "row", "col"):
+            if key not in bl:
+                raise ValueError(f"plan_or_maps: beamlet table has no '{key}' column; expected a proton plan")
+        maps = []
+        for b, bm in enumerate(plan.beams):
+            sel = np.flatnonzero(np.asarray(bl["beam"]) == b)
+            layers = {}
+            for layer in np.unique(np.asarray(bl["layer"])[sel]):
+                s = sel[np.asarray(bl["layer"])[sel] == layer]
+                m = np.zeros(tuple(int(v) for v in bm["map_shape"]))
+                np.add.at(m, (np.asarray(bl["row"])[s], np.asarray(bl["col"])[s]), plan.weights[s])
+                layers[int(layer)] = m
+            maps.append(layers)
+    if not maps:
+        raise ValueError("plan_or_maps: no beams to show")
+    if beam is not None and not (0 <= int(beam) < len(maps)):
+        raise ValueError(f"beam: expected an index in 0..{len(maps) - 1}, got {beam!r}")
+
+    def info(b):
+        return beams[b] if beams is not None and b < len(beams) else {}
+
+    def extent(b, shape):
+        bm = info(b)
+        s = bm.get("spot_spacing_mm", 1.0)
+        u0, v0 = bm.get("u0_mm", 0.0), bm.get("v0_mm", 0.0)
+        return [u0 - s / 2, u0 + (shape[1] - 0.5) * s, v0 - s / 2, v0 + (shape[0] - 0.5) * s]
+
+    def name(b):
+        bm = info(b)
+        return f"gantry {bm['gantry_deg']:g}°" if "gantry_deg" in bm else f"beam {b + 1}"
+
+    if beam is not None:
+        b = int(beam)
+        layers = sorted(maps[b])
+        cols = min(len(layers), 6)
+        rows = int(np.ceil(len(layers) / cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 1.2, 2.3 * rows + 0.8), squeeze=False)
+        vmax = max(float(maps[b][k].max()) for k in layers) or 1.0
+        energies, ranges = info(b).get("energies"), info(b).get("ranges_mm")
+        im = None
+        for i, ax in enumerate(axes.ravel()):
+            if i >= len(layers):
+                ax.axis("off")
+                continue
+            m = maps[b][layers[i]]
+            im = ax.imshow(np.ma.masked_equal(m, 0.0), origin="lower", cmap="viridis", vmin=0, vmax=vmax,
+                           extent=extent(b, m.shape), interpolation="nearest")
+            ax.set_facecolor("0.85")
+            label = f"layer {layers[i]}"
+            if energies is not None and layers[i] < len(energies):
+                label = f"{float(energies[layers[i]]):.1f} MeV"
+                if ranges is not None and layers[i] < len(ranges):
+                    label += f", R {float(ranges[layers[i]]):.0f} mm"
+            ax.set_title(label, fontsize=8)
+            ax.tick_params(labelsize=6)
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="spot weight")
+        fig.suptitle(title or f"Spot maps by energy layer, {name(b)} (u, v in mm at isocentre)")
+        return fig
+
+    n = len(maps)
+    fig, axes = plt.subplots(2, n, figsize=(4.0 * n + 1.2, 6.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1.4], "wspace": 0.4})
+    summed = [sum(m.values()) if m else np.zeros((1, 1)) for m in maps]
+    vmax = max(float(np.max(s)) for s in summed) or 1.0
+    im = None
+    for b in range(n):
+        m = summed[b]
+        ax = axes[0, b]
+        im = ax.imshow(np.ma.masked_equal(m, 0.0), origin="lower", cmap="viridis", vmin=0, vmax=vmax,
+                       extent=extent(b, m.shape), interpolation="nearest")
+        ax.set_facecolor("0.85")
+        n_spots = sum(int(np.count_nonzero(x)) for x in maps[b].values())
+        ax.set_title(f"{name(b)}\n{len(maps[b])} layers, {n_spots} spots > 0", fontsize=9)
+        ax.set_xlabel("u (mm)", fontsize=8)
+        ax.set_ylabel("v (mm)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        layers = sorted(maps[b])
+        per_layer = [float(maps[b][k].sum()) for k in layers]
+        energies = info(b).get("energies")
+        ax2 = axes[1, b]
+        if energies is not None and len(energies) >= len(layers):
+            e = [float(energies[k]) for k in layers]
+            width = 0.8 * (min(np.abs(np.diff(e))) if len(e) > 1 else 1.0)
+            ax2.bar(e, per_layer, width=width, color="tab:blue")
+            ax2.set_xlabel("layer energy (MeV)", fontsize=8)
+        else:
+            ax2.bar(layers, per_layer, color="tab:blue")
+            ax2.set_xlabel("energy layer (0 = deepest)", fontsize=8)
+        ax2.set_ylabel("weight per layer", fontsize=8)
+        ax2.tick_params(labelsize=7)
+        ax2.grid(alpha=0.3)
+    fig.colorbar(im, ax=axes[0, :].tolist(), shrink=0.8, label="spot weight summed over layers")
+    fig.suptitle(title or "Spot maps (proton PBS), weights in units of 1e8 protons")
+    return fig
