@@ -1,6 +1,6 @@
 """bioplan optimizer: geometry, beam models, problem assembly and solve, plans and evaluation."""
 
-from . import evaluate, phantoms, plots, report
+from . import bio_evaluate, evaluate, phantoms, plots, report
 from .beams import proton_physics
 from .beams.photon import PhotonBeams, PhotonKernel
 from .beams.proton import ProtonBeams, let_d_map, spot_maps
@@ -16,7 +16,7 @@ from .problem import PlanProblem
 from .stopping_power import HU_TO_RSP_TABLE, hu_to_rsp
 
 __all__ = [
-    "evaluate", "phantoms", "plots", "report",
+    "bio_evaluate", "evaluate", "phantoms", "plots", "report",
     "BeamError", "GeometryError", "InfeasiblePlanError", "PlanError", "SolverError",
     "DicomError", "MatradError",
     "Grid", "Patient", "Structure", "hu_to_red", "InfluenceMatrix",

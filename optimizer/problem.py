@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
+import warnings
 from dataclasses import dataclass
 
 import cvxpy as cp
@@ -153,6 +154,10 @@ class PlanProblem:
             term.refresh(ctx)
             extras = self._extras(term, x, sd, ctx)
             if term.hard:
+                if len(sd.voxel_index) < sd.n_total:
+                    warnings.warn(f"{term.describe()}: hard term on a sampled structure holds only on "
+                                  f"its {len(sd.voxel_index)} sampled voxels of {sd.n_total}; check the "
+                                  f"full-grid dose or raise max_voxels_per_structure", stacklevel=3)
                 g = term.violation(doses[name], ctx, **extras)
                 self._hard.append((term, g))
                 constraints.append(g <= 0)
@@ -220,6 +225,13 @@ class PlanProblem:
         try:
             problem.solve(solver=name, verbose=verbose, **solver_options)
         except cp.error.SolverError as exc:
+            # numerical failure is often an infeasible hard set in disguise: check with the
+            # elastic problem before reporting a generic failure
+            culprits = self._violated_hard_terms(name)
+            if culprits:
+                raise InfeasiblePlanError(
+                    f"solver {name} failed ({exc}); the hard constraints cannot all hold; in conflict: "
+                    + "; ".join(culprits), culprits) from exc
             raise SolverError(f"solver {name} failed: {exc}") from exc
         wall = time.perf_counter() - t0
         status = problem.status
@@ -252,6 +264,15 @@ class PlanProblem:
         weights = np.maximum(np.asarray(self._x.value, dtype=float), 0.0)
         return Plan.from_weights(self.patient, self.influence, weights, self.fractions, info,
                                  let_dose=self.let_dose)
+
+    def _violated_hard_terms(self, solver: str) -> list[str]:
+        if not self._hard:
+            return []
+        try:
+            names = self.diagnose_infeasibility(solver)
+        except cp.error.SolverError:
+            return []
+        return [n for n in names if "violated by" in n]
 
     def diagnose_infeasibility(self, solver: str | None = None) -> list[str]:
         """Names of hard terms in conflict, from an elastic re-solve.
