@@ -39,11 +39,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pydicom
 
-from objectives import DVHMax, DVHMin, SquaredDeviation, SquaredOverdose
 from optimizer import (
     PhotonBeams,
     PlanProblem,
-    Structure,
     evaluate,
     load_ct_series,
     load_dicom,
@@ -97,12 +95,8 @@ def _photon_plan(patient, args):
                           max_voxels_per_structure=args.max_voxels)
     # as examples/tg119_cshape.py: hard PTV goals through their CVaR surrogates with 0.5 Gy of
     # room, a homogeneous PTV, then spare the core, the ring around the PTV and the rest
-    problem += DVHMin("PTV", 50.5, volume_pct=95)
-    problem += DVHMax("PTV", 54.5, volume_pct=10)
-    problem += SquaredDeviation("PTV", 52.5, weight=1.0)
-    problem += SquaredOverdose("Core", 0.0, weight=0.3)
-    problem += SquaredOverdose("Ring", 30.0, weight=1.0)
-    problem += SquaredOverdose("Tissue", 20.0, weight=1.0)
+    for term in phantoms.cshape_planning_terms():
+        problem += term
     return influence, problem, t_dose, "9 x 6 MV photons"
 
 
@@ -127,12 +121,8 @@ def _proton_plan(patient, args):
                           max_voxels_per_structure=args.max_voxels)
     # physical dose (no RBE factor): the PTV goals hard as above, squared deviation in the PTV,
     # squared overdose of the core, ring and the rest
-    problem += DVHMin("PTV", 50.5, volume_pct=95)
-    problem += DVHMax("PTV", 54.5, volume_pct=10)
-    problem += SquaredDeviation("PTV", 52.5, weight=1.0)
-    problem += SquaredOverdose("Core", 0.0, weight=0.3)
-    problem += SquaredOverdose("Ring", 30.0, weight=1.0)
-    problem += SquaredOverdose("Tissue", 20.0, weight=1.0)
+    for term in phantoms.cshape_planning_terms():
+        problem += term
     return influence, problem, t_dose, f"{len(PROTON_GANTRY_DEG)} proton PBS beams"
 
 
@@ -196,10 +186,7 @@ def main(argv=None) -> dict:
           + ", ".join(f"{k} {v:.4f}" for k, v in dice.items()) + f"; max |HU difference| {hu_max_diff:g}")
 
     # 3. plan the loaded patient ---------------------------------------------------------------
-    ring = patient.ring("PTV", 3.0, 20.0, within="Body")
-    patient.add_structure(Structure("Ring", ring, "other", (0.2, 0.7, 0.3)))
-    tissue = patient.structure("Body").mask & ~patient.expand("PTV", 20.0)
-    patient.add_structure(Structure("Tissue", tissue, "other", (0.45, 0.45, 0.45)))
+    phantoms.add_cshape_helper_structures(patient)
     make = _proton_plan if args.protons else _photon_plan
     influence, problem, t_dose, label = make(patient, args)
     print(f"{label}: {influence.matrix.shape[0]} voxels x {influence.n_beamlets} "

@@ -136,10 +136,7 @@ def tumour_lq(po2: np.ndarray, rsi: float) -> tuple[LQ, np.ndarray, np.ndarray]:
 
 def build_patient(spacing_mm: float, radius_mm: float):
     patient = phantoms.tg119_cshape(spacing_mm=spacing_mm)
-    ring = patient.ring("PTV", 3.0, 20.0, within="Body")
-    patient.add_structure(Structure("Ring", ring, "other"))
-    tissue = patient.structure("Body").mask & ~patient.expand("PTV", 20.0)
-    patient.add_structure(Structure("Tissue", tissue, "other"))
+    phantoms.add_cshape_helper_structures(patient)
     po2 = hypoxia_map(patient, radius_mm)
     hyp = (po2 < PO2_BASELINE_MMHG) & patient.structure("PTV").mask
     patient.add_structure(Structure("Hypoxic", hyp, "target", (0.6, 0.0, 0.6)))

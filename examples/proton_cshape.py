@@ -44,13 +44,10 @@ import numpy as np
 from objectives import (
     RBE_CONSTANT,
     DVHMax,
-    DVHMin,
     LETDoseMax,
-    SquaredDeviation,
-    SquaredOverdose,
     rbe_weighted_dose,
 )
-from optimizer import PlanProblem, ProtonBeams, Structure, evaluate, let_d_map, phantoms, plots, report
+from optimizer import PlanProblem, ProtonBeams, evaluate, let_d_map, phantoms, plots, report
 
 #: Gantry angles, degrees (IEC 61217): posterior and both laterals.
 GANTRY_DEG = (180.0, 90.0, 270.0)
@@ -110,10 +107,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
 
     patient = phantoms.tg119_cshape(spacing_mm=args.spacing_mm)
-    ring = patient.ring("PTV", 3.0, 20.0, within="Body")
-    patient.add_structure(Structure("Ring", ring, "other", (0.9, 0.7, 0.1)))
-    tissue = patient.structure("Body").mask & ~patient.expand("PTV", 20.0)
-    patient.add_structure(Structure("Tissue", tissue, "other", (0.5, 0.8, 0.5)))
+    phantoms.add_cshape_helper_structures(patient, ring_color=(0.9, 0.7, 0.1), tissue_color=(0.5, 0.8, 0.5))
     print(f"phantom: grid {patient.grid.shape} at {args.spacing_mm:g} mm, "
           + ", ".join(f"{s.name} {s.n_voxels} voxels" for s in patient.structures))
 
@@ -130,13 +124,9 @@ def main(argv=None) -> dict:
     n = phantoms.TG119_CSHAPE_FRACTIONS
     problem = PlanProblem(patient, dose_inf, fractions=n, max_voxels_per_structure=args.max_voxels,
                           let_dose=let_inf)
-    problem += DVHMin("PTV", 50.5, volume_pct=95)
-    problem += DVHMax("PTV", 54.5, volume_pct=10)
-    problem += SquaredDeviation("PTV", 52.5, weight=1.0)
+    for term in phantoms.cshape_planning_terms():
+        problem += term
     problem += DVHMax("Core", 24.0, volume_pct=10)  # TG-119 core goal, hard (CVaR, 1 Gy of room)
-    problem += SquaredOverdose("Core", 0.0, weight=0.3)
-    problem += SquaredOverdose("Ring", 30.0, weight=1.0)
-    problem += SquaredOverdose("Tissue", 20.0, weight=1.0)
     limit = args.let_dose_limit if args.let_dose_limit > 0 else None
     if limit is not None:
         problem += LETDoseMax("Core", limit)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from objectives import DVHMax, DVHMin, SquaredDeviation, SquaredOverdose
-from optimizer import PhotonBeams, PlanProblem, Structure, evaluate, phantoms, plots, report
+from optimizer import PhotonBeams, PlanProblem, evaluate, phantoms, plots, report
 
 
 def main(argv=None) -> dict:
@@ -23,12 +22,8 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
 
     patient = phantoms.tg119_cshape(spacing_mm=args.spacing_mm)
-    # helper structures: a 3-20 mm ring steers the fall-off around the PTV, "Tissue" is the rest
-    # of the body (optimized on a random sample, see PlanProblem.max_voxels_per_structure)
-    ring = patient.ring("PTV", 3.0, 20.0, within="Body")
-    patient.add_structure(Structure("Ring", ring, "other"))
-    tissue = patient.structure("Body").mask & ~patient.expand("PTV", 20.0)
-    patient.add_structure(Structure("Tissue", tissue, "other"))
+    # helper structures Ring (3-20 mm around the PTV) and Tissue (the rest of the body)
+    phantoms.add_cshape_helper_structures(patient)
     print(f"phantom: grid {patient.grid.shape}, "
           + ", ".join(f"{s.name} {s.n_voxels} voxels" for s in patient.structures))
 
@@ -41,14 +36,10 @@ def main(argv=None) -> dict:
 
     n = phantoms.TG119_CSHAPE_FRACTIONS
     problem = PlanProblem(patient, influence, fractions=n, max_voxels_per_structure=1500)
-    # hard: the TG-119 PTV goals through their conservative CVaR surrogates, with 0.5 Gy of room
-    problem += DVHMin("PTV", 50.5, volume_pct=95)
-    problem += DVHMax("PTV", 54.5, volume_pct=10)
-    # soft: homogeneous PTV, then spare the core and the surrounding ring
-    problem += SquaredDeviation("PTV", 52.5, weight=1.0)
-    problem += SquaredOverdose("Core", 0.0, weight=0.3)
-    problem += SquaredOverdose("Ring", 30.0, weight=1.0)
-    problem += SquaredOverdose("Tissue", 20.0, weight=1.0)
+    # hard TG-119 PTV goals (CVaR surrogates), soft homogeneity and sparing:
+    # see phantoms.cshape_planning_terms
+    for term in phantoms.cshape_planning_terms():
+        problem += term
     plan = problem.solve(solver=args.solver)
     s = plan.solver
     print(f"solver {s['name']}: {s['status']}, objective {s['objective']:.4g}, {s['iterations']} iterations, "

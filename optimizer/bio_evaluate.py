@@ -433,13 +433,8 @@ def metric(plan, structure: str, spec: str, lq=None, rsi=None) -> float:
 
 
 @dataclass
-class BioGoalResult:
-    structure: str
-    metric: str
-    op: str
-    limit: float
-    value: float
-    met: bool
+class BioGoalResult(evaluate.GoalResult):
+    """A goal result whose value may be BED / EQD2 (Gy) or GARD (unitless): plain keys."""
 
     def as_dict(self) -> dict:
         return {"structure": self.structure, "metric": self.metric, "op": self.op,

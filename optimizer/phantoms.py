@@ -102,3 +102,37 @@ def tg119_cshape(spacing_mm: float | tuple = 2.5, length_mm: float = 120.0) -> P
         ],
         name="tg119_cshape",
     )
+
+
+def add_cshape_helper_structures(
+    patient: Patient,
+    ring_color: tuple[float, float, float] = (0.2, 0.7, 0.3),
+    tissue_color: tuple[float, float, float] = (0.45, 0.45, 0.45),
+) -> None:
+    """Add the planning helper structures the C-shape examples use (role "other"):
+    "Ring", 3-20 mm around the PTV inside the body, steering the fall-off; and "Tissue", the
+    body beyond 20 mm of the PTV. Both are usually optimized on a random sample
+    (``PlanProblem.max_voxels_per_structure``)."""
+    ring = patient.ring("PTV", 3.0, 20.0, within="Body")
+    patient.add_structure(Structure("Ring", ring, "other", ring_color))
+    tissue = patient.structure("Body").mask & ~patient.expand("PTV", 20.0)
+    patient.add_structure(Structure("Tissue", tissue, "other", tissue_color))
+
+
+def cshape_planning_terms() -> list:
+    """Fresh copies of the physical-dose terms of the C-shape examples (50 Gy in 25 fractions).
+
+    Hard: the TG-119 PTV goals through their conservative CVaR surrogates, with 0.5 Gy of room
+    (D95 >= 50.5, D10 <= 54.5). Soft: a homogeneous PTV (52.5 Gy), then spare the core, the ring
+    (30 Gy) and the rest of the body (20 Gy). Needs :func:`add_cshape_helper_structures`.
+    """
+    from objectives import DVHMax, DVHMin, SquaredDeviation, SquaredOverdose
+
+    return [
+        DVHMin("PTV", 50.5, volume_pct=95),
+        DVHMax("PTV", 54.5, volume_pct=10),
+        SquaredDeviation("PTV", 52.5, weight=1.0),
+        SquaredOverdose("Core", 0.0, weight=0.3),
+        SquaredOverdose("Ring", 30.0, weight=1.0),
+        SquaredOverdose("Tissue", 20.0, weight=1.0),
+    ]
