@@ -124,27 +124,50 @@ def metric_value(dose: np.ndarray, metric: str) -> float:
     return float({"mean": d.mean, "max": d.max, "min": d.min}[metric.strip().lower()]())
 
 
-def evaluate_goals(plan, goals, tolerance: float = 0.0) -> list[GoalResult]:
+#: Smallest tolerance a goal is judged with, relative to its limit: doses printed to 0.01 Gy
+#: that differ from the limit in the 7th digit are solver round-off, not a missed goal.
+GOAL_RELATIVE_TOLERANCE = 1e-6
+
+
+def goal_tolerance(plan, limit: float, tolerance: float | None = None) -> float:
+    """Tolerance a goal with this limit is judged with: ``tolerance`` if given (in the goal's
+    unit), else the plan's certified hard-term tolerance (``plan.solver["hard_tolerance"]``, 0
+    when absent); never below ``GOAL_RELATIVE_TOLERANCE x |limit|``."""
+    if tolerance is None:
+        tolerance = float((getattr(plan, "solver", None) or {}).get("hard_tolerance", 0.0))
+    elif not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
+        raise BioplanError(f"tolerance: expected a finite number >= 0, got {tolerance!r}")
+    return max(float(tolerance), GOAL_RELATIVE_TOLERANCE * abs(float(limit)))
+
+
+def evaluate_goals(plan, goals, tolerance: float | None = None) -> list[GoalResult]:
     """Check goals ``(structure, metric, op, limit)`` on a plan's full-grid dose.
 
-    ``tolerance`` (Gy) loosens every goal by that amount (0: exact).
+    A goal is met within :func:`goal_tolerance`: by default the tolerance the solver certified
+    hard terms to (``plan.solver["hard_tolerance"]``), at least 1e-6 relative to the limit.
+    Pass ``tolerance=0`` for the exact comparison (still 1e-6 relative).
     """
     out = []
     for structure, metric, op, limit in goals:
         if op not in (">=", "<="):
             raise BioplanError(f"goal op: expected '>=' or '<=', got {op!r}")
         value = metric_value(plan.structure_dose(structure), metric)
-        met = value >= limit - tolerance if op == ">=" else value <= limit + tolerance
+        is_volume = metric.strip()[:1].upper() == "V"  # V20Gy is in %: only the relative part
+        tol = goal_tolerance(plan, limit, 0.0 if is_volume else tolerance)
+        met = value >= limit - tol if op == ">=" else value <= limit + tol
         out.append(GoalResult(structure, metric, op, float(limit), value, bool(met)))
     return out
 
 
-def goal_table(plan, goals) -> str:
-    """Plain-text table of goals with value and met / not met."""
+def goal_table(plan, goals, tolerance: float | None = None) -> str:
+    """Plain-text table of goals with value and met / not met, and the tolerance used."""
     rows = [f"{'structure':<12}{'metric':<8}{'goal':>12}{'value':>10}  met"]
-    for g in evaluate_goals(plan, goals):
+    for g in evaluate_goals(plan, goals, tolerance):
         rows.append(f"{g.structure:<12}{g.metric:<8}{g.op + ' ' + format(g.limit, 'g'):>12}"
                     f"{g.value:>10.2f}  {'yes' if g.met else 'NO'}")
+    base = goal_tolerance(plan, 0.0, tolerance)
+    rows.append(f"(met within {base:g} Gy for dose goals or {GOAL_RELATIVE_TOLERANCE:g} x the goal, "
+                f"whichever is larger)")
     return "\n".join(rows)
 
 

@@ -7,6 +7,7 @@ coordinate system (LPS, mm). ``Grid.origin_mm`` is the position of the *centre* 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,11 +112,25 @@ class Grid:
         )[::-1]
 
 
+#: Every assignment of a mask, role, name, CT or structure list draws a new number, so a problem
+#: can tell whether the geometry it was built from has changed (ids of freed arrays are reused).
+_REVISIONS = itertools.count(1)
+
+
+def _frozen(array: np.ndarray, dtype) -> np.ndarray:
+    """A read-only private copy: later changes to the caller's array cannot reach us."""
+    out = np.array(array, dtype=dtype, copy=True)
+    out.flags.writeable = False
+    return out
+
+
 @dataclass
 class Structure:
     """A named region of interest.
 
     ``mask`` is a boolean array of the grid shape; ``role`` is one of "target", "oar", "other".
+    The mask is copied and made read-only on assignment, so two structures built from one array
+    never share it; assign a new mask (``s.mask = m2``) to change a structure.
     """
 
     name: str
@@ -123,14 +138,22 @@ class Structure:
     role: str = "other"
     color: tuple[float, float, float] | None = None
 
-    def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise GeometryError("Structure.name: expected a non-empty string")
-        if self.role not in ROLES:
-            raise GeometryError(f"Structure '{self.name}'.role: expected one of {ROLES}, got {self.role!r}")
-        self.mask = np.asarray(self.mask, dtype=bool)
-        if self.mask.ndim != 3:
-            raise GeometryError(f"Structure '{self.name}'.mask: expected a 3-D [z, y, x] boolean array")
+    def __setattr__(self, key, value):
+        if key == "name" and (not isinstance(value, str) or not value.strip()):
+            raise GeometryError(f"Structure.name: expected a non-empty string, got {value!r}")
+        if key == "role" and value not in ROLES:
+            raise GeometryError(f"Structure '{self.name}'.role: expected one of {ROLES}, got {value!r}")
+        if key == "mask":
+            try:
+                value = _frozen(value, bool)
+            except (TypeError, ValueError) as exc:
+                raise GeometryError(f"Structure '{self.name}'.mask: expected a 3-D [z, y, x] boolean "
+                                    f"array ({exc})") from None
+            if value.ndim != 3:
+                raise GeometryError(f"Structure '{self.name}'.mask: expected a 3-D [z, y, x] boolean "
+                                    f"array, got {value.ndim} dimensions")
+        object.__setattr__(self, key, value)
+        object.__setattr__(self, "revision", next(_REVISIONS))
 
     @property
     def n_voxels(self) -> int:
@@ -158,22 +181,43 @@ class Patient:
     structures: list[Structure] = field(default_factory=list)
     name: str = "patient"
 
-    def __post_init__(self):
-        self.ct_hu = np.asarray(self.ct_hu, dtype=np.float32)
-        if self.ct_hu.shape != self.grid.shape:
-            raise GeometryError(
-                f"ct_hu: shape {self.ct_hu.shape} does not match grid.shape {self.grid.shape}"
-            )
-        if not np.all(np.isfinite(self.ct_hu)):
-            n_bad = int((~np.isfinite(self.ct_hu)).sum())
-            raise GeometryError(f"ct_hu: contains {n_bad} NaN or infinite values; expected finite HU")
-        structures, self.structures = list(self.structures), []
-        for s in structures:
-            self.add_structure(s)
+    def __setattr__(self, key, value):
+        if key == "grid" and not isinstance(value, Grid):
+            raise GeometryError(f"grid: expected an optimizer.Grid, got {type(value).__name__}")
+        if key == "name" and not isinstance(value, str):
+            raise GeometryError(f"name: expected a string, got {type(value).__name__}")
+        if key == "ct_hu":
+            try:
+                value = _frozen(value, np.float32)
+            except (TypeError, ValueError) as exc:
+                raise GeometryError(f"ct_hu: expected a numeric array of grid.shape ({exc})") from None
+            if value.shape != self.grid.shape:
+                raise GeometryError(f"ct_hu: shape {value.shape} does not match grid.shape {self.grid.shape}")
+            if not np.all(np.isfinite(value)):
+                n_bad = int((~np.isfinite(value)).sum())
+                raise GeometryError(f"ct_hu: contains {n_bad} NaN or infinite values; expected finite HU")
+        if key == "structures":
+            if isinstance(value, (str, Structure)) or not hasattr(value, "__iter__"):
+                raise GeometryError("structures: expected a list of Structure")
+            given, value = list(value), []
+            object.__setattr__(self, "structures", value)
+            for s in given:
+                self.add_structure(s)
+        object.__setattr__(self, key, value)
+        object.__setattr__(self, "_revision", next(_REVISIONS))
+
+    def revision(self) -> tuple:
+        """A key that changes whenever the CT, a structure or the structure list changes.
+
+        Problems built from this patient compare it before every solve and rebuild when it
+        differs, so a replaced structure is never optimized with its old voxels."""
+        return (self._revision, self.grid) + tuple(s.revision for s in self.structures)
 
     # -- structures -------------------------------------------------------------------------
     def add_structure(self, structure: Structure, replace: bool = False) -> Structure:
         """Add a structure; an existing name is only replaced with ``replace=True``."""
+        if not isinstance(structure, Structure):
+            raise GeometryError(f"structure: expected an optimizer.Structure, got {type(structure).__name__}")
         if structure.mask.shape != self.grid.shape:
             raise GeometryError(
                 f"Structure '{structure.name}'.mask: shape {structure.mask.shape} does not match "
@@ -187,9 +231,10 @@ class Patient:
             raise GeometryError(
                 f"Structure '{structure.name}': a structure of that name exists; pass replace=True"
             )
-        for i in existing:
+        for i in reversed(existing):
             self.structures.pop(i)
         self.structures.append(structure)
+        object.__setattr__(self, "_revision", next(_REVISIONS))
         return structure
 
     @property

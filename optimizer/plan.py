@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import PlanError
-from .geometry import Grid, Patient, Structure
-from .influence import InfluenceMatrix
+from objectives.errors import BioplanError
 
-ARCHIVE_VERSION = 1
+from ._archive import ARCHIVE_VERSION, read_checked_arrays, read_meta
+from ._files import atomic_write
+from .errors import PlanError
+from .geometry import Patient, Structure
+from .influence import InfluenceMatrix
 
 
 @dataclass
@@ -83,11 +85,12 @@ class Plan:
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> str:
         """Write the plan to one archive file (a zip with ``arrays.npz`` and ``plan.json``).
 
-        Raises FileExistsError if ``path`` exists and ``overwrite`` is False.
+        The file is written to a unique temporary file beside ``path`` and renamed into place, so
+        a reader never sees a partial archive and a symlink at ``path`` is never followed.
+
+        Raises FileExistsError if ``path`` exists and ``overwrite`` is False (checked atomically:
+        of two processes saving to one new path, exactly one succeeds).
         """
-        path = os.fspath(path)
-        if os.path.exists(path) and not overwrite:
-            raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
         arrays = {
             "weights": self.weights,
             "dose": self.dose,
@@ -117,34 +120,36 @@ class Plan:
         }
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        tmp = path + ".tmp"
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-            zf.writestr("plan.json", json.dumps(meta, indent=1, default=_json_default))
-            zf.writestr("arrays.npz", buf.getvalue())
-        os.replace(tmp, path)
-        return path
+        text = json.dumps(meta, indent=1, default=_json_default)
+
+        def write(f):
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+                zf.writestr("plan.json", text)
+                zf.writestr("arrays.npz", buf.getvalue())
+
+        return atomic_write(path, write, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Plan:
-        """Read a plan written by :meth:`save`."""
+    def load(cls, path: str | os.PathLike, max_mb: float = 4096.0) -> Plan:
+        """Read a plan written by :meth:`save`, checking everything before trusting it.
+
+        Array shapes are read from their headers and checked against the grid and the beamlet
+        count before any array is decompressed; an archive whose arrays would take more than
+        ``max_mb`` MB in memory is refused. Doses and weights must be finite and non-negative,
+        ``fractions`` an integer >= 1.
+        """
         path = os.fspath(path)
+        meta, grid, npz_bytes = read_meta(path)
+        arrays = read_checked_arrays(path, meta, grid, npz_bytes, max_mb)
         try:
-            with zipfile.ZipFile(path) as zf:
-                meta = json.loads(zf.read("plan.json"))
-                arrays = np.load(io.BytesIO(zf.read("arrays.npz")))
-                arrays = {k: arrays[k] for k in arrays.files}
-        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
-            raise PlanError(f"{path}: not a bioplan plan archive ({exc})") from exc
-        if meta.get("archive_version") != ARCHIVE_VERSION:
-            raise PlanError(f"{path}: archive_version {meta.get('archive_version')} is not supported")
-        g = meta["grid"]
-        grid = Grid(tuple(g["shape"]), tuple(g["spacing_mm"]), tuple(g["origin_mm"]))
-        structures = []
-        for i, s in enumerate(meta["structures"]):
-            mask = np.unpackbits(arrays[f"mask_{i}"])[: grid.n_voxels].astype(bool).reshape(grid.shape)
-            structures.append(Structure(s["name"], mask, s["role"],
-                                        tuple(s["color"]) if s["color"] else None))
-        patient = Patient(grid, arrays["ct_hu"], structures, name=meta["patient"])
+            structures = []
+            for i, s in enumerate(meta["structures"]):
+                mask = np.unpackbits(arrays[f"mask_{i}"])[: grid.n_voxels].astype(bool).reshape(grid.shape)
+                structures.append(Structure(s["name"], mask, s["role"],
+                                            tuple(s["color"]) if s["color"] else None))
+            patient = Patient(grid, arrays["ct_hu"], structures, name=str(meta["patient"]))
+        except BioplanError as exc:
+            raise PlanError(f"{path}: invalid patient in the archive ({exc})") from None
         beamlets = {k: arrays[f"beamlet_{k}"] for k in meta["beamlet_columns"]}
         extras = {k: arrays[f"extra_{k}"] for k in meta["extras"]}
         return cls(patient, arrays["weights"], int(meta["fractions"]), arrays["dose"], beamlets,

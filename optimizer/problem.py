@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-import warnings
 from dataclasses import dataclass
 
 import cvxpy as cp
@@ -22,11 +21,35 @@ DEFAULT_SOLVERS = ("CLARABEL", "ECOS", "SCS")
 
 
 @dataclass
-class _StructureData:
+class _VoxelSet:
+    """The optimization voxels of one structure for one kind of term.
+
+    ``kind`` is "all" (every voxel), "sample" (a uniform random sample of a large helper
+    structure, for soft terms) or "hard" (the sample plus the voxels that constraint generation
+    found violated, for voxelwise hard terms)."""
+
     name: str
-    voxel_index: np.ndarray  # flat grid indices of the optimization voxels
+    kind: str
+    voxel_index: np.ndarray  # flat grid indices, ascending
     volumes: np.ndarray  # relative volumes, sum 1
     n_total: int  # voxels of the structure on the grid
+
+    @property
+    def sampled(self) -> bool:
+        return len(self.voxel_index) < self.n_total
+
+
+#: Soft-term weights spanning more than this ratio are reported as a scaling problem when a
+#: solve fails (interior-point tolerances are relative: ~1e-8).
+_WEIGHT_RATIO_LIMIT = 1e8
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise PlanError(f"{name}: expected an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if not np.isfinite(value) or not float(value).is_integer() or value < minimum:
+        raise PlanError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 class PlanProblem:
@@ -34,16 +57,25 @@ class PlanProblem:
 
     Parameters
     ----------
-    patient : the planning geometry
+    patient : the planning geometry. It is not copied; instead every solve checks
+        ``patient.revision()`` and rebuilds when a structure, the CT or the structure list
+        changed since the last build.
     influence : dose-influence matrix on ``patient.grid`` (Gy per fraction per unit weight)
-    fractions : number of fractions n; terms see the total course dose ``n * A x`` in Gy
+    fractions : number of fractions n; terms see the total course dose ``n * A x`` in Gy.
+        Assigning ``problem.fractions`` later rebuilds the problem.
     max_voxels_per_structure : helper structures (role "other": body, rings) with more voxels
         are optimized on a uniform random sample of this many voxels, each then standing for
-        ``n_total / n_sample`` of the volume. Targets and OARs are never sampled. Evaluation
-        always uses the full grid. ``None`` disables sampling.
+        ``n_total / n_sample`` of the volume. Targets and OARs are never sampled. Hard terms on
+        a sampled structure still hold on every voxel: voxelwise ones (max / min dose, voxel
+        BED limits) by constraint generation (solve, check every voxel, add the violated ones,
+        re-solve), aggregate ones (mean, DVH, gEUD) by optimizing that structure unsampled.
+        ``None`` disables sampling.
     seed : seed of that sample, for reproducible plans
     let_dose : proton LET x dose matrix of the same spots (keV/um x Gy per fraction per unit
         weight, ``ProtonBeams.let_dose_influence``), needed by LET terms (``objectives.let``)
+    hard_tolerance : largest violation of a hard term (in the term's unit: Gy for dose limits)
+        on the full grid that still counts as met; a solve whose result exceeds it raises
+        :class:`SolverError` instead of returning a plan
 
     Add terms with ``problem += term`` (or :meth:`add`), then call :meth:`solve`.
     """
@@ -56,6 +88,7 @@ class PlanProblem:
         max_voxels_per_structure: int | None = 2000,
         seed: int = 0,
         let_dose: InfluenceMatrix | None = None,
+        hard_tolerance: float = 1e-3,
     ):
         if not isinstance(patient, Patient):
             raise PlanError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
@@ -63,26 +96,46 @@ class PlanProblem:
             raise PlanError(f"influence: expected an InfluenceMatrix, got {type(influence).__name__}")
         if influence.grid != patient.grid:
             raise PlanError("influence: its grid differs from patient.grid; compute it on this patient")
-        if isinstance(fractions, bool) or not float(fractions).is_integer() or fractions < 1:
-            raise PlanError(f"fractions: expected an integer >= 1, got {fractions!r}")
-        if max_voxels_per_structure is not None and max_voxels_per_structure < 1:
-            raise PlanError("max_voxels_per_structure: expected a positive integer or None")
+        if max_voxels_per_structure is not None:
+            max_voxels_per_structure = _check_int(max_voxels_per_structure, "max_voxels_per_structure", 1)
         if let_dose is not None and (not isinstance(let_dose, InfluenceMatrix)
                                      or let_dose.grid != patient.grid
                                      or let_dose.n_beamlets != influence.n_beamlets):
             raise PlanError("let_dose: expected an InfluenceMatrix of the same grid and spots as influence")
+        try:
+            hard_tolerance = float(hard_tolerance)
+        except (TypeError, ValueError):
+            raise PlanError(f"hard_tolerance: expected a number > 0, got {hard_tolerance!r}") from None
+        if not np.isfinite(hard_tolerance) or hard_tolerance <= 0:
+            raise PlanError(f"hard_tolerance: expected a finite number > 0, got {hard_tolerance!r}")
         self.patient = patient
         self.influence = influence
         self.let_dose = let_dose
-        self.fractions = int(fractions)
+        self.fractions = fractions
         self.max_voxels_per_structure = max_voxels_per_structure
-        self.seed = int(seed)
+        self.seed = _check_int(seed, "seed", 0)
+        self.hard_tolerance = hard_tolerance
         self.terms: list[Term] = []
         self._problem: cp.Problem | None = None
         self._x: cp.Variable | None = None
-        self._structures: dict[str, _StructureData] = {}
+        self._built_for = None
+        self._sets: dict[tuple[str, str], _VoxelSet] = {}
+        self._generated: dict[str, np.ndarray] = {}  # voxels added by constraint generation
+        self._unsampled: set[str] = set()  # sampled helpers that carry an aggregate hard term
         self._contexts: list[TermContext] = []
+        self._term_sets: list[_VoxelSet] = []
+        self._hard: list[tuple[Term, cp.Expression]] = []
         self.build_time_s = 0.0
+
+    @property
+    def fractions(self) -> int:
+        """Number of fractions; assigning it rebuilds the problem at the next solve."""
+        return self._fractions
+
+    @fractions.setter
+    def fractions(self, value) -> None:
+        self._fractions = _check_int(value, "fractions", 1)
+        self._problem = None
 
     # -- terms ---------------------------------------------------------------------------------
     def add(self, term: Term) -> PlanProblem:
@@ -96,85 +149,123 @@ class PlanProblem:
     def __iadd__(self, term: Term) -> PlanProblem:
         return self.add(term)
 
-    # -- assembly ------------------------------------------------------------------------------
-    def structure_data(self, name: str) -> _StructureData:
+    # -- voxel sets ----------------------------------------------------------------------------
+    def _state(self) -> tuple:
+        return (self.patient.revision(), self.fractions, self.max_voxels_per_structure, self.seed)
+
+    def _sync(self) -> None:
+        """Drop everything derived from the geometry when it changed since the last build."""
+        state = self._state()
+        if state != self._built_for:
+            self._problem = None
+            self._sets.clear()
+            self._generated.clear()
+            self._unsampled.clear()
+            self._built_for = state
+
+    def voxel_set(self, name: str, kind: str = "sample") -> _VoxelSet:
+        """Optimization voxels of a structure: ``kind`` "sample" for soft terms (a sample of
+        large helpers), "hard" for voxelwise hard terms (that sample plus the voxels constraint
+        generation added), "all" for every voxel."""
         key = self.patient.structure(name).name
-        if key not in self._structures:
-            idx = self.patient.flat_indices(key)
-            n_total = len(idx)
-            role = self.patient.structure(key).role
-            if (role == "other" and self.max_voxels_per_structure is not None
-                    and n_total > self.max_voxels_per_structure):
+        structure = self.patient.structure(key)
+        all_idx = self.patient.flat_indices(key)
+        n_total = len(all_idx)
+        sampled = (structure.role == "other" and self.max_voxels_per_structure is not None
+                   and n_total > self.max_voxels_per_structure and key not in self._unsampled)
+        if not sampled:
+            kind = "all"
+        if (key, kind) not in self._sets:
+            if kind == "all":
+                idx = all_idx
+            else:
                 rng = np.random.default_rng(self.seed)
-                idx = np.sort(rng.choice(idx, self.max_voxels_per_structure, replace=False))
-            self._structures[key] = _StructureData(key, idx, np.full(len(idx), 1.0 / len(idx)), n_total)
-        return self._structures[key]
+                idx = np.sort(rng.choice(all_idx, self.max_voxels_per_structure, replace=False))
+                if kind == "hard" and key in self._generated:
+                    idx = np.union1d(idx, self._generated[key])
+            self._sets[(key, kind)] = _VoxelSet(key, kind, idx, np.full(len(idx), 1.0 / len(idx)), n_total)
+        return self._sets[(key, kind)]
 
     @property
     def n_opt_voxels(self) -> int:
         """Distinct grid voxels that enter the optimization."""
-        if not self._structures:
+        if not self._term_sets:
             return 0
-        return len(np.unique(np.concatenate([s.voxel_index for s in self._structures.values()])))
+        return len(np.unique(np.concatenate([s.voxel_index for s in self._term_sets])))
 
+    # -- assembly ------------------------------------------------------------------------------
     def build(self) -> cp.Problem:
         """Assemble (or return the cached) cvxpy problem."""
+        self._sync()
         if self._problem is not None:
             return self._problem
         if not self.terms:
             raise PlanError("terms: the problem has no terms; add objectives or constraints first")
         t0 = time.perf_counter()
-        x = cp.Variable(self.influence.n_beamlets, nonneg=True, name="weights")
-        # one dose expression per structure; a structure used by several terms gets an auxiliary
-        # dose variable so the large matrix enters the problem once
-        uses: dict[str, int] = {}
-        for term in self.terms:
-            name = self.patient.structure(term.structure).name
-            uses[name] = uses.get(name, 0) + 1
-        doses, constraints = {}, []
-        for name, n_uses in uses.items():
-            sd = self.structure_data(name)
-            A = self.influence.rows_of(sd.voxel_index) * float(self.fractions)
-            if A.nnz == 0:
-                raise PlanError(f"structure '{name}': no beamlet reaches it; check beams and target")
-            expr = A @ x
-            if n_uses > 1:
-                d = cp.Variable(len(sd.voxel_index), name=f"dose_{name}")
-                constraints.append(d == expr)
-                expr = d
-            doses[name] = expr
-        objective = 0
-        self._contexts = []
-        self._hard: list[tuple[Term, cp.Expression]] = []
-        for term in self.terms:
-            name = self.patient.structure(term.structure).name
-            sd = self._structures[name]
-            ctx = TermContext(name, sd.volumes, sd.voxel_index, self.fractions, self.patient.grid.shape)
-            self._contexts.append(ctx)
-            term.refresh(ctx)
-            extras = self._extras(term, x, sd, ctx)
-            if term.hard:
-                if len(sd.voxel_index) < sd.n_total:
-                    warnings.warn(f"{term.describe()}: hard term on a sampled structure holds only on "
-                                  f"its {len(sd.voxel_index)} sampled voxels of {sd.n_total}; check the "
-                                  f"full-grid dose or raise max_voxels_per_structure", stacklevel=3)
-                g = term.violation(doses[name], ctx, **extras)
-                self._hard.append((term, g))
-                constraints.append(g <= 0)
-            else:
-                # epigraph keeps weight x (cost with Parameters) DPP
-                t = cp.Variable(nonneg=True, name=f"cost_{len(self._contexts)}")
-                constraints.append(term.cost(doses[name], ctx, **extras) <= t)
-                objective = objective + term.weight * t
-        self._doses = doses
-        self._x = x
-        self._problem = cp.Problem(cp.Minimize(objective), constraints)
+        while True:
+            aggregate = self._assemble()
+            if not aggregate:
+                break
+            # an aggregate hard term (mean, DVH, gEUD) on a sample says nothing about the rest of
+            # the structure: optimize those structures on every voxel
+            self._unsampled |= aggregate
+            self._sets = {k: v for k, v in self._sets.items() if k[0] not in aggregate}
         if not self._problem.is_dcp():
             raise PlanError("the assembled problem is not DCP; a term produced a non-convex expression")
         self.build_time_s = time.perf_counter() - t0
         return self._problem
 
-    def _extras(self, term: Term, x: cp.Variable, sd: _StructureData, ctx: TermContext) -> dict:
+    def _assemble(self) -> set[str]:
+        """Build the cvxpy problem; return sampled structures that carry aggregate hard terms."""
+        x = cp.Variable(self.influence.n_beamlets, nonneg=True, name="weights")
+        self._term_sets = []
+        for term in self.terms:
+            kind = "hard" if term.hard else "sample"
+            self._term_sets.append(self.voxel_set(term.structure, kind))
+        # one dose expression per voxel set; a set used by several terms gets an auxiliary dose
+        # variable so the large matrix enters the problem once
+        uses: dict[tuple[str, str], int] = {}
+        for vs in self._term_sets:
+            uses[(vs.name, vs.kind)] = uses.get((vs.name, vs.kind), 0) + 1
+        doses, constraints = {}, []
+        for key, n_uses in uses.items():
+            vs = self._sets[key]
+            A = self.influence.rows_of(vs.voxel_index) * float(self.fractions)
+            if A.nnz == 0:
+                raise PlanError(f"structure '{vs.name}': no beamlet reaches it; check beams and target")
+            expr = A @ x
+            if n_uses > 1:
+                d = cp.Variable(len(vs.voxel_index), name=f"dose_{vs.name}_{vs.kind}")
+                constraints.append(d == expr)
+                expr = d
+            doses[key] = expr
+        objective = 0
+        self._contexts, self._hard = [], []
+        aggregate = set()
+        for k, (term, vs) in enumerate(zip(self.terms, self._term_sets)):
+            ctx = TermContext(vs.name, vs.volumes, vs.voxel_index, self.fractions, self.patient.grid.shape)
+            self._contexts.append(ctx)
+            term.refresh(ctx)
+            extras = self._extras(term, x, vs.voxel_index, ctx)
+            dose = doses[(vs.name, vs.kind)]
+            if term.hard:
+                g = term.violation(dose, ctx, **extras)
+                if vs.sampled and g.size != len(vs.voxel_index):
+                    aggregate.add(vs.name)
+                self._hard.append((term, g))
+                constraints.append(g <= 0)
+            else:
+                # epigraph keeps weight x (cost with Parameters) DPP; t is free so that a cost
+                # that can be negative (a custom term) is minimised exactly, not clipped at 0
+                t = cp.Variable(name=f"cost_{k}")
+                constraints.append(term.cost(dose, ctx, **extras) <= t)
+                objective = objective + term.weight * t
+        self._doses = doses
+        self._x = x
+        self._problem = cp.Problem(cp.Minimize(objective), constraints)
+        return aggregate
+
+    def _extras(self, term: Term, x, voxel_index: np.ndarray, ctx: TermContext) -> dict:
         """Extra linear forms a term asks for through ``term.needs`` (e.g. LET x dose)."""
         needs = getattr(term, "needs", ())
         if not needs:
@@ -186,13 +277,15 @@ class PlanProblem:
         if missing:
             raise PlanError(f"{term.describe()}: needs {', '.join(missing)} rows; pass "
                             f"PlanProblem(..., let_dose=ProtonBeams.let_dose_influence(...))")
-        rows = {k: available[k].rows_of(sd.voxel_index) for k in needs}
+        rows = {k: available[k].rows_of(voxel_index) for k in needs}
         return term.extra_expressions(x, rows, ctx)
 
     # -- solve ---------------------------------------------------------------------------------
     def _pick_solver(self, solver: str | None) -> str:
         installed = cp.installed_solvers()
         if solver is not None:
+            if not isinstance(solver, str):
+                raise SolverError(f"solver: expected a solver name (str) such as 'CLARABEL', got {solver!r}")
             if solver.upper() not in installed:
                 raise SolverError(f"solver: '{solver}' is not installed; installed: {', '.join(installed)}")
             return solver.upper()
@@ -201,26 +294,87 @@ class PlanProblem:
                 return s
         raise SolverError(f"no conic solver found; install clarabel (installed: {', '.join(installed)})")
 
-    def solve(self, solver: str | None = None, verbose: bool = False, **solver_options):
+    def solve(self, solver: str | None = None, verbose: bool = False, max_rounds: int = 20,
+              **solver_options):
         """Solve to a certified optimum and return a :class:`optimizer.plan.Plan`.
 
         Parameters
         ----------
         solver : any installed cvxpy solver name; default the first of ``DEFAULT_SOLVERS``
         verbose : print the solver log
+        max_rounds : most constraint-generation rounds for voxelwise hard terms on sampled
+            helper structures (each round is one solve)
         solver_options : passed to ``cvxpy.Problem.solve``
+
+        The plan's ``solver`` record holds, besides the solver's own status, ``hard_terms``: the
+        largest violation of every hard term over all voxels of its structure on the full grid,
+        ``hard_tolerance``, and ``rounds`` (one entry per solve of the constraint generation).
 
         Raises
         ------
         InfeasiblePlanError : the hard terms cannot all hold; ``.terms`` names those in conflict
-        SolverError : unbounded, inaccurate or failed solve
+        SolverError : unbounded, inaccurate or failed solve, badly scaled weights, or a result
+            that breaks a hard term on the full grid by more than ``hard_tolerance``
         """
         from .plan import Plan  # plan imports this module's results, not the other way round
 
+        name = self._pick_solver(solver)
+        if not isinstance(verbose, bool):
+            raise SolverError(f"verbose: expected True or False, got {verbose!r}")
+        max_rounds = _check_int(max_rounds, "max_rounds", 1)
+        rounds, wall_total, solve_total, iters = [], 0.0, 0.0, 0
+        for r in range(1, max_rounds + 1):
+            problem, wall = self._solve_once(name, verbose, solver_options)
+            wall_total += wall
+            stats = problem.solver_stats
+            solve_total += stats.solve_time if stats.solve_time is not None else wall
+            iters += stats.num_iters or 0
+            weights = np.maximum(np.asarray(self._x.value, dtype=float), 0.0)
+            checks, added = self._full_grid_check(weights)
+            rounds.append({"round": r, "wall_s": wall, "objective": float(problem.value),
+                           "added_voxels": {k: int(len(v)) for k, v in added.items()}})
+            if not added:
+                break
+            for key, idx in added.items():
+                self._generated[key] = np.union1d(self._generated.get(key, np.array([], np.int64)), idx)
+                self._sets.pop((key, "hard"), None)
+            self._problem = None
+        else:
+            worst = max(c["max_violation"] for c in checks)
+            raise SolverError(f"constraint generation: hard terms on sampled structures still violated "
+                              f"after {max_rounds} rounds (worst {worst:.3g}); raise max_rounds or "
+                              f"max_voxels_per_structure")
+        bad = [c for c in checks if c["max_violation"] > self.hard_tolerance]
+        if bad:
+            raise SolverError(
+                f"solver {name} reported '{problem.status}' but hard terms are violated on the full grid "
+                f"beyond hard_tolerance={self.hard_tolerance:g}: "
+                + "; ".join(f"{c['term']} by {c['max_violation']:.3g}" for c in bad)
+                + "; try another solver or tighter solver tolerances")
+        info = {
+            "name": name,
+            "status": problem.status,
+            "objective": float(problem.value),
+            "iterations": iters,
+            "build_s": self.build_time_s,
+            "compile_s": max(wall_total - solve_total, 0.0),
+            "solve_s": float(solve_total),
+            "wall_s": wall_total,
+            "versions": _versions(name),
+            "opt_voxels": self.n_opt_voxels,
+            "certificate": _certificate(name, solver_options),
+            "hard_tolerance": self.hard_tolerance,
+            "hard_terms": checks,
+            "rounds": rounds,
+            "terms": [repr(t) for t in self.terms],
+        }
+        return Plan.from_weights(self.patient, self.influence, weights, self.fractions, info,
+                                 let_dose=self.let_dose)
+
+    def _solve_once(self, name: str, verbose: bool, solver_options: dict):
         problem = self.build()
         for term, ctx in zip(self.terms, self._contexts):
             term.refresh(ctx)
-        name = self._pick_solver(solver)
         t0 = time.perf_counter()
         try:
             problem.solve(solver=name, verbose=verbose, **solver_options)
@@ -232,38 +386,68 @@ class PlanProblem:
                 raise InfeasiblePlanError(
                     f"solver {name} failed ({exc}); the hard constraints cannot all hold; in conflict: "
                     + "; ".join(culprits), culprits) from exc
-            raise SolverError(f"solver {name} failed: {exc}") from exc
+            raise SolverError(f"solver {name} failed: {exc}{self._scaling_note()}") from exc
         wall = time.perf_counter() - t0
         status = problem.status
+        scaling = self._scaling_note()
+        if scaling and status != cp.OPTIMAL:
+            raise SolverError(f"solver {name}: status '{status}'{scaling}")
         if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
+            if not self._hard:
+                raise SolverError(f"solver {name}: status '{status}' for a problem without hard terms, "
+                                  f"which is always feasible: numerical trouble; rescale weights or "
+                                  f"try another solver")
             culprits = self.diagnose_infeasibility(name)
             raise InfeasiblePlanError(
                 "the hard constraints cannot all hold; in conflict: " + "; ".join(culprits), culprits)
         if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
-            raise SolverError(f"solver {name}: problem is unbounded; add limits on every structure")
+            raise SolverError(f"solver {name}: problem is unbounded: a soft term's cost decreases without "
+                              f"limit; add limits on every structure or check custom terms' costs")
         if status != cp.OPTIMAL:
             raise SolverError(
                 f"solver {name}: status '{status}', not a certified optimum; try another solver "
                 f"or rescale weights")
-        stats = problem.solver_stats
-        solve_s = stats.solve_time if stats.solve_time is not None else wall
-        info = {
-            "name": name,
-            "status": status,
-            "objective": float(problem.value),
-            "iterations": stats.num_iters,
-            "build_s": self.build_time_s,
-            "compile_s": max(wall - solve_s, 0.0),
-            "solve_s": float(solve_s),
-            "wall_s": wall,
-            "versions": _versions(name),
-            "opt_voxels": self.n_opt_voxels,
-            "certificate": _certificate(name, solver_options),
-            "terms": [repr(t) for t in self.terms],
-        }
-        weights = np.maximum(np.asarray(self._x.value, dtype=float), 0.0)
-        return Plan.from_weights(self.patient, self.influence, weights, self.fractions, info,
-                                 let_dose=self.let_dose)
+        return problem, wall
+
+    def _scaling_note(self) -> str:
+        """A message when soft weights span too many orders of magnitude, else ''."""
+        w = np.array([float(t.weight.value) for t in self.terms if not t.hard], dtype=float)
+        w = w[w > 0]
+        if len(w) < 2 or w.max() / w.min() <= _WEIGHT_RATIO_LIMIT:
+            return ""
+        soft = [t for t in self.terms if not t.hard and float(t.weight.value) > 0]
+        lo = min(soft, key=lambda t: float(t.weight.value))
+        hi = max(soft, key=lambda t: float(t.weight.value))
+        return (f"; the problem is badly scaled: soft weights span {w.max() / w.min():.1e} "
+                f"({hi.describe()} weight {float(hi.weight.value):g} vs {lo.describe()} weight "
+                f"{float(lo.weight.value):g}); keep weights within ~{_WEIGHT_RATIO_LIMIT:.0e} of each other")
+
+    def _full_grid_check(self, weights: np.ndarray) -> tuple[list[dict], dict[str, np.ndarray]]:
+        """Largest violation of every hard term over all voxels of its structure.
+
+        Returns the per-term records and, for voxelwise hard terms on sampled structures, the
+        grid voxels that violate them by more than a tiny tolerance (to add to the next round)."""
+        checks, added = [], {}
+        for (term, g), vs in zip(self._hard, (s for s, t in zip(self._term_sets, self.terms) if t.hard)):
+            if vs.sampled:
+                full = self.voxel_set(vs.name, "all")
+                ctx = TermContext(full.name, full.volumes, full.voxel_index, self.fractions,
+                                  self.patient.grid.shape)
+                dose = self.influence.rows_of(full.voxel_index) @ weights * float(self.fractions)
+                extras = self._extras(term, cp.Constant(weights), full.voxel_index, ctx)
+                values = np.atleast_1d(np.asarray(term.violation(cp.Constant(dose), ctx, **extras).value,
+                                                  dtype=float))
+                scale = 1e-6 * max(1.0, float(np.max(np.abs(dose))) if dose.size else 1.0)
+                new = np.setdiff1d(full.voxel_index[values > scale], vs.voxel_index)
+                if len(new):
+                    added[vs.name] = np.union1d(added.get(vs.name, np.array([], np.int64)), new)
+                n_checked = len(full.voxel_index)
+            else:
+                values = np.atleast_1d(np.asarray(g.value, dtype=float))
+                n_checked = len(vs.voxel_index)
+            checks.append({"term": term.describe(), "structure": vs.name, "voxels_checked": int(n_checked),
+                           "max_violation": float(max(np.max(values), 0.0))})
+        return checks, added
 
     def _violated_hard_terms(self, solver: str) -> list[str]:
         if not self._hard:
@@ -282,6 +466,8 @@ class PlanProblem:
         together with the others (soft terms are ignored).
         """
         self.build()
+        if not self._hard:
+            return []
         slacks, cons = [], []
         for _term, g in self._hard:
             s = cp.Variable(nonneg=True)

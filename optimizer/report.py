@@ -12,6 +12,7 @@ import json
 import os
 
 from . import evaluate
+from ._files import write_bytes
 
 
 def metrics(plan, case: str, goals, timings_s: dict[str, float], nnz: int | None = None) -> dict:
@@ -35,9 +36,9 @@ def metrics(plan, case: str, goals, timings_s: dict[str, float], nnz: int | None
 
 
 def write_metrics(record: dict, out_dir: str, name: str = "metrics.json") -> str:
-    """Write a metrics record as indented JSON into ``out_dir`` (created if missing)."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Write a metrics record as indented JSON into ``out_dir`` (created if missing).
+
+    The record replaces an earlier one atomically (examples rewrite it on every run); a symlink
+    at the path is replaced, never written through."""
     path = os.path.join(out_dir, name)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2)
-    return path
+    return write_bytes(path, json.dumps(record, indent=2).encode(), overwrite=True)

@@ -153,7 +153,7 @@ def test_body_sampling_reweights_and_is_reported():
     problem += MeanDose("Body", 0.0, weight=0.01)
     problem += MaxDose("Core", 40.0)
     plan = problem.solve()
-    sampled = problem.structure_data("Body")
+    sampled = problem.voxel_set("Body")
     assert len(sampled.voxel_index) == 500 and sampled.n_total == patient.structure("Body").n_voxels
     expected = np.unique(np.concatenate([patient.flat_indices("PTV"), patient.flat_indices("Core"),
                                          sampled.voxel_index]))

@@ -195,6 +195,6 @@ def test_bad_input_is_a_named_beam_error():
     with pytest.raises(BeamError, match="energies_MeV"):
         ProtonBeams([0], energies_MeV=[70.0]).influence(p, "Mid")
     # an emptied target
-    p.structure("Mid").mask[:] = False
+    p.structure("Mid").mask = np.zeros(p.grid.shape, bool)
     with pytest.raises(BeamError, match="empty"):
         ProtonBeams([0]).influence(p, "Mid")
