@@ -28,6 +28,7 @@ from .physical import (
 from .radiobiology import (
     LQ,
     NTCP_PARAMETERS,
+    PerFractionDoseWarning,
     alpha_from_rsi,
     alpha_map_from_hypoxia,
     bed,
@@ -54,7 +55,8 @@ __all__ = [
     "DVHMax", "DVHMin", "GEUDMax",
     "BEDMax", "EQD2Max", "MeanBEDMax", "MeanEQD2Max", "SquaredBEDOverdose", "BEDCVaRMax",
     "GEUDEQD2Max", "BEDFloor", "EQD2Floor", "GARDFloor",
-    "LQ", "NTCP_PARAMETERS", "alpha_from_rsi", "alpha_map_from_hypoxia", "bed", "bed_protracted",
+    "LQ", "NTCP_PARAMETERS", "PerFractionDoseWarning", "alpha_from_rsi", "alpha_map_from_hypoxia",
+    "bed", "bed_protracted",
     "bed_with_repopulation", "dose_for_bed", "dose_for_eqd2", "dose_for_gard", "eqd2", "g_factor",
     "gard", "gard_prescription", "log_tcp", "ntcp_lkb", "oer", "tcp_poisson",
     "LETDoseMax", "LETdMax", "DirtyDoseMax", "dirty_dose_matrix",

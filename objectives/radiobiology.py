@@ -2,10 +2,13 @@
 repopulation, incomplete repair, GARD / RSI, Poisson TCP, LKB NTCP and a hypoxia model.
 
 Conventions (see DESIGN.md): doses are the **total physical dose of the course** in Gy, delivered
-in ``fractions`` equal fractions; alpha in Gy^-1, beta in Gy^-2, alpha/beta in Gy; times in the
-unit named by the argument. Functions are vectorized (numpy broadcasting) and return a float
-when every input is a scalar. Invalid input raises :class:`~objectives.errors.BiologyError`
-naming the field.
+in ``fractions`` equal fractions (always an explicit, required argument: there is no default number
+of fractions); alpha in Gy^-1, beta in Gy^-2, alpha/beta in Gy; times in the unit named by the
+argument. Functions are vectorized (numpy broadcasting) and return a float when every input is a
+scalar. Invalid input raises :class:`~objectives.errors.BiologyError` naming the field. A course
+dose that looks like a dose per fraction (largest dose per fraction > 0 but below
+:data:`PER_FRACTION_WARNING_GY`) raises a :class:`PerFractionDoseWarning` (see
+:func:`check_course_dose`).
 
 Sources of the model formulas and constants are given next to each; values marked (verify)
 are typical literature values that a study should confirm for its own site and endpoint.
@@ -13,8 +16,13 @@ are typical literature values that a study should confirm for its own site and e
 
 from __future__ import annotations
 
+import contextvars
 import math
+import os
+import sys
+import warnings
 from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +63,85 @@ OER_K_MMHG = 3.0
 
 # Below this x the Lea-Catcheside factor is evaluated by its Taylor series (see g_factor).
 _G_SERIES_X = 0.5
+
+#: Plausibility limit of :func:`check_course_dose`, Gy per fraction: a course whose largest dose
+#: per fraction is above 0 but below this looks like a per-fraction dose passed as the course dose
+#: (e.g. 2 Gy with 30 fractions). Not a clinical limit; low-dose courses can silence the warning.
+PER_FRACTION_WARNING_GY = 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# Plausibility of course doses
+# --------------------------------------------------------------------------------------------
+
+class PerFractionDoseWarning(UserWarning):
+    """A total course dose looks like a dose per fraction (see :func:`check_course_dose`).
+
+    Silence it for a genuine low-dose course with
+    ``warnings.filterwarnings("ignore", category=PerFractionDoseWarning)``.
+    """
+
+
+# True while the caller has already checked the course dose (optimizer.bio_evaluate checks the
+# whole plan dose once, so that a low-dose organ far from a hot target does not warn).
+_COURSE_DOSE_CHECKED = contextvars.ContextVar("bioplan_course_dose_checked", default=False)
+
+_LIBRARY_DIRS = tuple(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), package) + os.sep
+    for package in ("objectives", "optimizer"))
+
+
+@contextmanager
+def _course_dose_checked():
+    """Within this context :func:`check_course_dose` is a no-op (the caller checked already)."""
+    token = _COURSE_DOSE_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _COURSE_DOSE_CHECKED.reset(token)
+
+
+def check_course_dose(total_dose_Gy, fractions, name: str = "total_dose_Gy") -> None:
+    """Warn with :class:`PerFractionDoseWarning` when a total course dose looks like a dose per
+    fraction: 0 < max(D / n) < :data:`PER_FRACTION_WARNING_GY` (0.5 Gy), i.e. for a scalar n,
+    0 < max total dose < n x 0.5 Gy. All-zero doses (and zero voxels of a dose map) never warn;
+    only the largest dose counts, so a map with a few cold voxels does not warn either.
+
+    The shared check of every public function that takes a total course dose (BED, EQD2, GARD,
+    TCP, RBE-weighted dose, ...). The warning points at the first caller outside bioplan.
+
+    Parameters
+    ----------
+    total_dose_Gy : total physical dose(s) of the course, Gy (already validated >= 0)
+    fractions : number of fractions (already validated integer >= 1), scalar or broadcastable
+    name : the argument named in the message
+    """
+    if _COURSE_DOSE_CHECKED.get():
+        return
+    D = np.asarray(total_dose_Gy, dtype=float)
+    n = np.asarray(fractions, dtype=float)
+    if D.size == 0 or n.size == 0:
+        return
+    try:
+        with np.errstate(all="ignore"):
+            per_fraction = D / n
+    except ValueError:  # shapes that do not broadcast: the calling function reports them
+        return
+    largest = float(np.max(per_fraction))
+    if not 0.0 < largest < PER_FRACTION_WARNING_GY:
+        return
+    n_text = f"{int(n.ravel()[0])}" if n.size == 1 else "the given"
+    message = (
+        f"{name}: the largest dose is {float(np.max(D)):g} Gy in {n_text} fractions, only "
+        f"{largest:.3g} Gy per fraction (< {PER_FRACTION_WARNING_GY:g} Gy); expected the total "
+        f"physical dose of the course (per-fraction dose x fractions). Was a per-fraction dose passed? "
+        f"For a genuine low-dose course silence this with warnings.filterwarnings('ignore', "
+        f"category=PerFractionDoseWarning).")
+    # point at the first frame outside the library (objectives/, optimizer/)
+    frame, level = sys._getframe(0), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, PerFractionDoseWarning, stacklevel=level)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,11 +285,29 @@ class LQ:
         repopulation calculations only.
     alpha_default : alpha in Gy^-1 for structures not in ``alpha``; None: unknown is an error.
     alpha_beta_map : 3-D array [z, y, x] of alpha/beta in Gy on the planning grid.
-    alpha_map, beta_map : 3-D arrays [z, y, x] of alpha (Gy^-1) and beta (Gy^-2); if both are
-        given (and no ``alpha_beta_map``) they define the alpha/beta map as their ratio.
+    alpha_map : 3-D array [z, y, x] of alpha (Gy^-1).
+    beta_map : 3-D array [z, y, x] of beta (Gy^-2); only together with ``alpha_map`` (and then
+        without ``alpha_beta_map``): the alpha/beta map is then alpha_map / beta_map.
     grid_shape : optional (nz, ny, nx); if given, the maps are checked against it now.
 
     Voxel maps take precedence over per-structure values. Every value must be finite and > 0.
+
+    Every voxel has **one** source of alpha/beta, used alike for BED / EQD2, TCP and GARD
+    (beta = alpha / (alpha/beta) always holds):
+
+    ========================================  ==================  ===================
+    maps given                                alpha/beta          alpha
+    ========================================  ==================  ===================
+    none                                      table / default     table / default
+    ``alpha_beta_map``                        map                 table / default
+    ``alpha_map``                             table / default     map
+    ``alpha_map`` + ``beta_map``              alpha_map/beta_map  map
+    ``alpha_map`` + ``alpha_beta_map``        map                 map
+    ========================================  ==================  ===================
+
+    A ``beta_map`` without ``alpha_map``, or with ``alpha_beta_map``, is refused with a
+    :class:`~objectives.errors.BiologyError` (at construction, and at the next lookup when the
+    maps are changed later): it would give BED one alpha/beta and TCP/GARD another.
     """
 
     def __init__(self, alpha_beta: Mapping[str, float] | None = None, default: float | None = None, *,
@@ -216,6 +321,7 @@ class LQ:
         self.alpha_beta_map = alpha_beta_map
         self.alpha_map = alpha_map
         self.beta_map = beta_map
+        self._check_sources()
         if grid_shape is not None:
             for name in ("alpha_beta_map", "alpha_map", "beta_map"):
                 self._check_map_shape(name, getattr(self, name), grid_shape)
@@ -287,6 +393,25 @@ class LQ:
         if a is not None and b is not None and a.shape != b.shape:
             raise BiologyError(f"beta_map: expected the shape of alpha_map {a.shape}, got {b.shape}")
 
+    def _check_sources(self) -> None:
+        """One alpha/beta source per voxel: a beta map only together with an alpha map and
+        without an alpha/beta map (checked at construction and before every lookup, since the
+        maps may be set one at a time)."""
+        if self._beta_map is None:
+            return
+        if self._alpha_beta_map is not None:
+            raise BiologyError(
+                "alpha_beta_map, beta_map: expected one source of alpha/beta per voxel, got both "
+                "(with alpha_map: alpha_map / beta_map could disagree with alpha_beta_map; without it: "
+                "beta_map would be ignored for GARD/TCP). Give alpha_beta_map (with alpha or alpha_map) "
+                "or alpha_map together with beta_map, not beta_map and alpha_beta_map")
+        if self._alpha_map is None:
+            raise BiologyError(
+                "beta_map: given without alpha_map; expected alpha_map and beta_map together "
+                "(alpha/beta = alpha_map / beta_map), or an alpha_beta_map (beta = alpha / (alpha/beta)) "
+                "instead. A beta map alone would give BED / EQD2 the table alpha/beta and TCP / GARD "
+                "the beta map")
+
     @staticmethod
     def _check_map_shape(name: str, arr, grid_shape) -> None:
         if arr is not None and arr.shape != tuple(int(s) for s in grid_shape):
@@ -323,6 +448,7 @@ class LQ:
         numpy array (k,) of alpha/beta in Gy: from ``alpha_beta_map`` if set, else from
         ``alpha_map / beta_map`` if both are set, else the structure's value or the default.
         """
+        self._check_sources()
         if self.alpha_beta_map is not None:
             return self._voxels("alpha_beta_map", self.alpha_beta_map, voxel_index, grid_shape)
         if self.alpha_map is not None and self.beta_map is not None:
@@ -345,6 +471,7 @@ class LQ:
                   grid_shape: tuple[int, int, int] | None = None) -> np.ndarray:
         """Per-voxel alpha (Gy^-1) of ``structure`` at the given voxels: from ``alpha_map`` if set,
         else the structure's ``alpha`` entry or ``alpha_default``."""
+        self._check_sources()
         if self.alpha_map is not None:
             return self._voxels("alpha_map", self.alpha_map, voxel_index, grid_shape)
         if structure in self.alpha:
@@ -357,8 +484,10 @@ class LQ:
 
     def beta_for(self, structure: str, voxel_index: np.ndarray,
                  grid_shape: tuple[int, int, int] | None = None) -> np.ndarray:
-        """Per-voxel beta (Gy^-2) = alpha / (alpha/beta), or ``beta_map`` where set."""
-        if self.beta_map is not None and self.alpha_beta_map is None:
+        """Per-voxel beta (Gy^-2): ``beta_map`` when set (with ``alpha_map``), else
+        alpha / (alpha/beta) from :meth:`alpha_for` and :meth:`alpha_beta_for`."""
+        self._check_sources()
+        if self.beta_map is not None:
             return self._voxels("beta_map", self.beta_map, voxel_index, grid_shape)
         return self.alpha_for(structure, voxel_index, grid_shape) / self.alpha_beta_for(
             structure, voxel_index, grid_shape)
@@ -410,10 +539,16 @@ def bed(total_dose_Gy, fractions, alpha_beta_Gy):
     Returns
     -------
     BED in Gy (float or array, broadcast shape).
+
+    Warns
+    -----
+    PerFractionDoseWarning : if the doses look like per-fraction doses (:func:`check_course_dose`);
+        the same holds for every function here that takes ``total_dose_Gy`` and ``fractions``.
     """
     D = _nonneg(total_dose_Gy, "total_dose_Gy")
     n = _fractions(fractions)
     ab = _positive(alpha_beta_Gy, "alpha_beta_Gy")
+    check_course_dose(D, n)
     return _out(D * (1.0 + D / (n * ab)))
 
 
@@ -514,6 +649,7 @@ def bed_protracted(total_dose_Gy, fractions, alpha_beta_Gy, delivery_time_min, r
     ab = _positive(alpha_beta_Gy, "alpha_beta_Gy")
     t = _nonneg(delivery_time_min, "delivery_time_min", "min")
     th = _positive(repair_half_time_min, "repair_half_time_min", "min")
+    check_course_dose(D, n)
     g = np.asarray(g_factor(math.log(2.0) / th * t))
     return _out(D * (1.0 + g * D / (n * ab)))
 
@@ -562,6 +698,7 @@ def gard(total_dose_Gy, fractions, rsi=None, alpha=None, beta_Gy2: float = GARD_
     n = _fractions(fractions)
     b = _scalar_positive(beta_Gy2, "beta_Gy2", "Gy^-2")
     a = _gard_alpha(rsi, alpha, b)
+    check_course_dose(D, n)
     return _out(D * (a + b * D / n))
 
 
@@ -642,6 +779,7 @@ def log_tcp(total_dose_Gy, fractions, alpha, beta=None, *, alpha_beta=None,
     except ValueError:
         raise BiologyError("voxel_volumes_cc/clonogen_density_per_cc/alpha: shapes do not match "
                            "total_dose_Gy") from None
+    check_course_dose(D, n)
     log_kill = a * D + b * D * D / n
     with np.errstate(divide="ignore"):
         log_n = np.log(rho * vol)
@@ -683,29 +821,68 @@ def geud(doses_Gy, volumes, a: float) -> float:
     return float(dmax * np.sum(v * (d / dmax) ** a) ** (1.0 / a))
 
 
-def ntcp_lkb(doses_Gy, volumes, td50_Gy: float, m: float, n_volume: float) -> float:
-    """Lyman-Kutcher-Burman NTCP in the gEUD form: NTCP = Phi((gEUD - TD50) / (m TD50)),
-    gEUD with exponent a = 1 / n (Kutcher & Burman, IJROBP 1989;16:1623; Niemierko 1999).
+_DOSE_KINDS = ("EQD2", "physical")
 
-    The published parameters (:data:`NTCP_PARAMETERS`) were fitted to conventionally
-    fractionated doses: pass **EQD2** doses (with the organ's alpha/beta) for other schedules.
+
+def ntcp_lkb(doses_Gy, volumes, td50_Gy: float, m: float, n_volume: float, *, dose_kind: str,
+             fractions=None, alpha_beta_Gy=None) -> float:
+    """Lyman-Kutcher-Burman NTCP in the gEUD form: NTCP = Phi((gEUD - TD50) / (m TD50)),
+    gEUD with exponent a = 1 / n (Kutcher & Burman, IJROBP 1989;16:1623; Niemierko 1999),
+    evaluated on **EQD2** doses.
+
+    The published parameters (:data:`NTCP_PARAMETERS`, Burman/Emami-type and QUANTEC fits) were
+    fitted to conventionally fractionated (~2 Gy) doses, so the gEUD is taken over EQD2. Which dose
+    ``doses_Gy`` holds is stated by the required ``dose_kind`` (there is no default):
+
+    * ``dose_kind="EQD2"`` : the doses are already EQD2 (Gy); ``fractions`` and ``alpha_beta_Gy``
+      must not be given;
+    * ``dose_kind="physical"`` : the doses are total physical doses of a course of ``fractions``
+      equal fractions; they are converted first with :func:`eqd2` and the organ's
+      ``alpha_beta_Gy`` (both required).
 
     Parameters
     ----------
-    doses_Gy : voxel (or DVH-bin) doses, Gy (EQD2 for the table parameters)
+    doses_Gy : voxel (or DVH-bin) doses, Gy, of the kind named by ``dose_kind``
     volumes : relative or absolute volumes of those voxels/bins
-    td50_Gy : uniform dose giving 50 % complication probability, Gy (> 0)
+    td50_Gy : uniform EQD2 giving 50 % complication probability, Gy (> 0)
     m : slope parameter (> 0)
     n_volume : volume-effect parameter n (> 0); a = 1/n
+    dose_kind : "EQD2" or "physical" (case-insensitive), keyword only, required
+    fractions : integer >= 1, only with ``dose_kind="physical"``
+    alpha_beta_Gy : alpha/beta of the organ in Gy (> 0, scalar or per voxel), only with
+        ``dose_kind="physical"``
 
     Returns
     -------
     NTCP in [0, 1] (float).
     """
+    kind = next((k for k in _DOSE_KINDS if isinstance(dose_kind, str) and dose_kind.strip().lower()
+                 == k.lower()), None)
+    if kind is None:
+        raise BiologyError(f"dose_kind: expected 'EQD2' (doses already EQD2) or 'physical' (total "
+                           f"physical doses, with fractions and alpha_beta_Gy), got {dose_kind!r}")
+    if kind == "EQD2":
+        for field, value in (("fractions", fractions), ("alpha_beta_Gy", alpha_beta_Gy)):
+            if value is not None:
+                raise BiologyError(f"{field}: expected None with dose_kind='EQD2' (the doses are "
+                                   f"already EQD2); use dose_kind='physical' to convert physical doses")
+    else:
+        for field, value, form in (("fractions", fractions, "an integer >= 1"),
+                                   ("alpha_beta_Gy", alpha_beta_Gy, "the organ's alpha/beta in Gy (> 0)")):
+            if value is None:
+                raise BiologyError(f"{field}: expected {form} with dose_kind='physical' (needed to "
+                                   f"convert the physical doses to EQD2)")
     td50 = _scalar_positive(td50_Gy, "td50_Gy", "Gy")
     m = _scalar_positive(m, "m", "")
     n = _scalar_positive(n_volume, "n_volume", "")
-    g = geud(doses_Gy, volumes, 1.0 / n)
+    doses = doses_Gy
+    if kind == "physical":
+        d = _nonneg(doses_Gy, "doses_Gy")
+        n_fx = _fractions(fractions)
+        check_course_dose(d, n_fx, "doses_Gy")
+        with _course_dose_checked():
+            doses = eqd2(d, n_fx, _positive(alpha_beta_Gy, "alpha_beta_Gy"))
+    g = geud(doses, volumes, 1.0 / n)
     return float(ndtr((g - td50) / (m * td50)))
 
 

@@ -16,14 +16,18 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import BiologyError
+from .radiobiology import check_course_dose
 
 #: Clinical constant RBE of protons relative to 60Co / megavoltage photons (ICRU Report 78,
 #: 2007; Paganetti, Phys Med Biol 2014;59:R419-R472 reviews the in-vitro data behind it).
 RBE_CONSTANT = 1.1
 
-# McNamara, Schuemann & Paganetti, Phys Med Biol 2015;60:8399-8416, eqs. (6)-(7) (fit to 285
-# in-vitro experiments): RBEmax = p0 + p1 LETd / (a/b)x ; RBEmin = p2 + p3 sqrt((a/b)x) LETd.
-MCNAMARA_P0 = 0.999064
+# McNamara, Schuemann & Paganetti, Phys Med Biol 2015;60:8399-8416 (fit to 285 in-vitro
+# experiments), the paper's RBEmax / RBEmin equations with its fitted parameters:
+#   RBEmax = 0.99064 + 0.35605 LETd / (a/b)x ,  RBEmin = 1.1012 - 0.0038703 sqrt((a/b)x) LETd
+# (LETd in keV/um, (a/b)x in Gy). p0 is 0.99064 as published (and as in TOPAS); some planning codes
+# carry the typo 0.999064, which raises every RBEmax by 0.0084.
+MCNAMARA_P0 = 0.99064
 MCNAMARA_P1 = 0.35605  # Gy um / keV
 MCNAMARA_P2 = 1.1012
 MCNAMARA_P3 = -0.0038703  # Gy^-1/2 um / keV
@@ -58,7 +62,7 @@ def _out(arr: np.ndarray):
 
 
 def mcnamara_rbe_max(letd, alpha_beta_x):
-    """RBEmax = 0.999064 + 0.35605 LETd / (a/b)x (McNamara et al. 2015); LETd keV/um, (a/b)x Gy."""
+    """RBEmax = 0.99064 + 0.35605 LETd / (a/b)x (McNamara et al. 2015); LETd keV/um, (a/b)x Gy."""
     let = _nonneg(letd, "letd", "keV/um")
     ab = _positive(alpha_beta_x, "alpha_beta_x", "Gy")
     return _out(MCNAMARA_P0 + MCNAMARA_P1 * let / ab)
@@ -100,21 +104,29 @@ def mcnamara_rbe(dose_per_fraction, letd, alpha_beta_x):
     return _out(2.0 * (ab * rmax + d * rmin * rmin) / (root + ab))
 
 
-def rbe_weighted_dose(dose_Gy, letd=None, alpha_beta_x=None, fractions: int = 1,
+def rbe_weighted_dose(dose_Gy, letd=None, alpha_beta_x=None, *, fractions: int,
                       model: str = "mcnamara"):
     """RBE-weighted dose (Gy(RBE)) of a total physical dose delivered in ``fractions`` fractions.
 
     Parameters
     ----------
-    dose_Gy : total physical dose of the course, Gy
+    dose_Gy : total physical dose of the course, Gy (not the dose per fraction)
     letd : dose-averaged LET, keV/um (``model="mcnamara"``)
     alpha_beta_x : (alpha/beta)x, Gy (``model="mcnamara"``)
-    fractions : number of equal fractions n; the RBE is evaluated at d = dose_Gy / n
+    fractions : number of equal fractions n, keyword only and required (no default: a course
+        taken for one fraction gets the wrong RBE); the RBE is evaluated at d = dose_Gy / n
     model : "mcnamara" (variable RBE) or "constant" (1.1)
+
+    Warns
+    -----
+    PerFractionDoseWarning : if ``dose_Gy`` looks like a per-fraction dose
+        (:func:`objectives.radiobiology.check_course_dose`).
     """
     dose = _nonneg(dose_Gy, "dose_Gy", "Gy")
-    if isinstance(fractions, bool) or not float(fractions).is_integer() or fractions < 1:
+    if isinstance(fractions, bool) or not isinstance(fractions, (int, float, np.integer, np.floating)) \
+            or not float(fractions).is_integer() or fractions < 1:
         raise BiologyError(f"fractions: expected an integer >= 1, got {fractions!r}")
+    check_course_dose(dose, fractions, "dose_Gy")
     if model == "constant":
         return _out(RBE_CONSTANT * dose)
     if model != "mcnamara":

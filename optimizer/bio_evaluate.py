@@ -17,6 +17,11 @@ with hypoxia maps and an organ-at-risk LQ table); names are matched ignoring cas
 whitespace. Voxel values of a structure are in ascending flat-index order, the order of
 ``plan.structure_dose(name)``.
 
+Plausibility: the whole plan dose (not each structure's) is checked once per call with
+:func:`objectives.radiobiology.check_course_dose`; a plan whose largest dose is below
+0.5 Gy x ``plan.fractions`` raises an :class:`objectives.PerFractionDoseWarning` (a per-fraction
+dose stored as the course dose), while a low-dose organ far from a hot target does not.
+
 Volume metrics reuse :mod:`optimizer.evaluate` on the BED / EQD2 values (``dose_at_volume``,
 ``dvh``, ``dose_statistics``), so "BED D95" is the BED that the hottest 95 % of the volume
 receives at least, with the same interpolation convention as physical Dx.
@@ -81,8 +86,11 @@ def _check_plan(plan) -> None:
 
 def _structure_dose(plan, structure: str) -> np.ndarray:
     """Total dose (Gy) of a structure's voxels; round-off below zero is clipped, real negative
-    doses are an error."""
+    doses are an error. Warns once per call if the whole plan dose looks like a per-fraction dose
+    (the radiobiology functions are then called under ``rb._course_dose_checked()``, so that a
+    structure's own low doses do not warn)."""
     _check_plan(plan)
+    rb.check_course_dose(np.asarray(plan.dose, dtype=float), plan.fractions, "plan.dose")
     d = np.asarray(plan.structure_dose(structure), dtype=float)
     if d.size == 0:
         raise BioplanError(f"structure '{structure}': has no voxels")
@@ -146,14 +154,16 @@ def beta_values(plan, structure: str, lq) -> np.ndarray:
 
 def bed_values(plan, structure: str, lq) -> np.ndarray:
     """Voxel BED (Gy) of ``structure``, BED = D (1 + D / (n ab)), in flat-index order."""
-    return np.asarray(rb.bed(_structure_dose(plan, structure), plan.fractions,
-                             alpha_beta_values(plan, structure, lq)), dtype=float)
+    D = _structure_dose(plan, structure)
+    with rb._course_dose_checked():
+        return np.asarray(rb.bed(D, plan.fractions, alpha_beta_values(plan, structure, lq)), dtype=float)
 
 
 def eqd2_values(plan, structure: str, lq) -> np.ndarray:
     """Voxel EQD2 (Gy) of ``structure``, EQD2 = BED / (1 + 2 / ab)."""
-    return np.asarray(rb.eqd2(_structure_dose(plan, structure), plan.fractions,
-                              alpha_beta_values(plan, structure, lq)), dtype=float)
+    D = _structure_dose(plan, structure)
+    with rb._course_dose_checked():
+        return np.asarray(rb.eqd2(D, plan.fractions, alpha_beta_values(plan, structure, lq)), dtype=float)
 
 
 def gard_values(plan, structure: str, rsi=None, alpha=None, lq=None,
@@ -177,10 +187,12 @@ def gard_values(plan, structure: str, rsi=None, alpha=None, lq=None,
         a = alpha_values(plan, structure, lq)
         b = beta_values(plan, structure, lq)
         return a * D + b * D * D / n
-    if rsi is not None:
-        return np.asarray(rb.gard(D, n, rsi=_at(rsi, plan, structure, "rsi"), beta_Gy2=beta_Gy2), dtype=float)
-    return np.asarray(rb.gard(D, n, alpha=_at(alpha, plan, structure, "alpha"), beta_Gy2=beta_Gy2),
-                      dtype=float)
+    with rb._course_dose_checked():
+        if rsi is not None:
+            return np.asarray(rb.gard(D, n, rsi=_at(rsi, plan, structure, "rsi"), beta_Gy2=beta_Gy2),
+                              dtype=float)
+        return np.asarray(rb.gard(D, n, alpha=_at(alpha, plan, structure, "alpha"), beta_Gy2=beta_Gy2),
+                          dtype=float)
 
 
 def values(plan, structure: str, quantity: str = "dose", lq=None, rsi=None) -> np.ndarray:
@@ -296,9 +308,10 @@ def log_tcp(plan, structure: str, lq, clonogen_density_per_cc=DEFAULT_CLONOGEN_D
     """Natural log of :func:`tcp` (useful when TCP underflows): -expected surviving clonogens."""
     D = _structure_dose(plan, structure)
     rho = _at(clonogen_density_per_cc, plan, structure, "clonogen_density_per_cc")
-    return rb.log_tcp(D, plan.fractions, alpha_values(plan, structure, lq),
-                      beta_values(plan, structure, lq), clonogen_density_per_cc=rho,
-                      voxel_volumes_cc=plan.patient.grid.voxel_volume_cc)
+    with rb._course_dose_checked():
+        return rb.log_tcp(D, plan.fractions, alpha_values(plan, structure, lq),
+                          beta_values(plan, structure, lq), clonogen_density_per_cc=rho,
+                          voxel_volumes_cc=plan.patient.grid.voxel_volume_cc)
 
 
 def _lkb(parameters) -> rb.LKBParameters:
@@ -327,7 +340,7 @@ def ntcp(plan, structure: str, lq, parameters=None) -> float:
     """
     p = _lkb(structure if parameters is None else parameters)
     e = eqd2_values(plan, structure, lq)
-    return rb.ntcp_lkb(e, np.ones_like(e), p.td50_Gy, p.m, p.n)
+    return rb.ntcp_lkb(e, np.ones_like(e), p.td50_Gy, p.m, p.n, dose_kind="EQD2")
 
 
 # --------------------------------------------------------------------------------------------

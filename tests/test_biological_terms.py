@@ -196,6 +196,8 @@ def test_bed_cvar_is_conservative_for_the_bed_volume_limit():
 ])
 # weight x (expression with Parameters) is not DPP (see the epigraph check below)
 @pytest.mark.filterwarnings("ignore:You are solving a parameterized problem that is not DPP")
+# the organ is kept below ~0.5 Gy per fraction here, a genuine low-dose course for the plausibility check
+@pytest.mark.filterwarnings("ignore::objectives.PerFractionDoseWarning")
 def test_soft_ceiling_penalty_matches_numpy(make, numpy_cost):
     lq = rb.LQ({"PTV": 10.0, "OAR": 3.0})
     x, d_ptv, d_oar = setup()

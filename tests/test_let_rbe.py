@@ -28,8 +28,9 @@ from optimizer.geometry import Structure
 
 
 def test_mcnamara_hand_values():
-    # (a/b)x = 10 Gy, LETd = 2 keV/um, d = 2 Gy
-    rmax = 0.999064 + 0.35605 * 2 / 10  # 1.070274
+    # (a/b)x = 10 Gy, LETd = 2 keV/um, d = 2 Gy; McNamara et al., Phys Med Biol 2015;60:8399:
+    # RBEmax = 0.99064 + 0.35605 LETd / (a/b)x (published p0 0.99064, not the 0.999064 typo)
+    rmax = 0.99064 + 0.35605 * 2 / 10  # 1.06185
     rmin = 1.1012 - 0.0038703 * math.sqrt(10) * 2
     rbe = (math.sqrt(10**2 + 4 * 2 * 10 * rmax + 4 * 2**2 * rmin**2) - 10) / (2 * 2)
     assert mcnamara_rbe_max(2, 10) == pytest.approx(rmax, rel=1e-12)
@@ -55,7 +56,7 @@ def test_variable_rbe_dose_equals_constant_where_the_model_gives_1_1():
         assert rbe_weighted_dose(total, let, ab, fractions=n) == pytest.approx(1.1 * total, rel=1e-9)
         assert rbe_weighted_dose(total, fractions=n, model="constant") == pytest.approx(1.1 * total)
     doses = np.array([0.0, 10.0, 70.0])
-    np.testing.assert_allclose(rbe_weighted_dose(doses, model="constant"), 1.1 * doses)
+    np.testing.assert_allclose(rbe_weighted_dose(doses, fractions=30, model="constant"), 1.1 * doses)
 
 
 def test_rbe_bad_input():
@@ -66,11 +67,13 @@ def test_rbe_bad_input():
     with pytest.raises(BiologyError, match="letd"):
         mcnamara_rbe(2.0, np.nan, 3.0)
     with pytest.raises(BiologyError, match="model"):
-        rbe_weighted_dose(2.0, 2.0, 3.0, model="wedenberg")
+        rbe_weighted_dose(60.0, 2.0, 3.0, fractions=30, model="wedenberg")
     with pytest.raises(BiologyError, match="letd"):
-        rbe_weighted_dose(2.0)
+        rbe_weighted_dose(60.0, fractions=30)
+    with pytest.raises(TypeError, match="fractions"):
+        rbe_weighted_dose(60.0, 2.0, 3.0)  # no default number of fractions
     with pytest.raises(BiologyError, match="fractions"):
-        rbe_weighted_dose(2.0, 2.0, 3.0, fractions=0)
+        rbe_weighted_dose(60.0, 2.0, 3.0, fractions=0)
 
 
 # -- dirty dose matrix -------------------------------------------------------------------------

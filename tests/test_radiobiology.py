@@ -122,6 +122,7 @@ def test_tcp_two_voxels_by_hand():
 
 
 def test_ntcp_lkb_two_voxels_by_hand():
+    # the doses are EQD2 (the LKB parameters are EQD2-based); see test_biology_safety for "physical"
     # doses 60 and 40 Gy, equal volumes, n = 0.5 (a = 2): gEUD = sqrt((3600 + 1600) / 2) = 50.9902
     # TD50 50, m 0.2: t = 0.9902 / 10 = 0.09902, NTCP = Phi(t) = 0.5 (1 + erf(t / sqrt 2)) = 0.53944
     geud = math.sqrt((3600 + 1600) / 2)
@@ -129,16 +130,19 @@ def test_ntcp_lkb_two_voxels_by_hand():
     expected = 0.5 * (1 + math.erf(t / math.sqrt(2)))
     assert expected == pytest.approx(0.53944, abs=1e-5)
     assert rb.geud([60, 40], [1, 1], 2.0) == pytest.approx(geud, rel=1e-12)
-    assert rb.ntcp_lkb([60, 40], [1, 1], 50, 0.2, 0.5) == pytest.approx(expected, rel=1e-12)
+    assert rb.ntcp_lkb([60, 40], [1, 1], 50, 0.2, 0.5,
+                       dose_kind="EQD2") == pytest.approx(expected, rel=1e-12)
     # n = 1: mean dose 50 = TD50 -> 0.5
-    assert rb.ntcp_lkb([60, 40], [3, 3], 50, 0.2, 1.0) == pytest.approx(0.5, abs=1e-12)
+    assert rb.ntcp_lkb([60, 40], [3, 3], 50, 0.2, 1.0, dose_kind="EQD2") == pytest.approx(0.5, abs=1e-12)
     cord = rb.NTCP_PARAMETERS["spinal cord"]
     assert (cord.td50_Gy, cord.m, cord.n) == (66.5, 0.175, 0.05)
-    assert rb.ntcp_lkb([66.5] * 3, [1, 2, 3], cord.td50_Gy, cord.m, cord.n) == pytest.approx(0.5, abs=1e-12)
+    assert rb.ntcp_lkb([66.5] * 3, [1, 2, 3], cord.td50_Gy, cord.m, cord.n,
+                       dose_kind="EQD2") == pytest.approx(0.5, abs=1e-12)
     # serial organ (a = 20): 70 Gy to 20 % -> gEUD = 70 * 0.2^0.05 = 64.5876 Gy (near the max, far
     # above the 14 Gy mean); t = (64.5876 - 66.5) / (0.175 * 66.5) = -0.16433 -> Phi = 0.43474
     assert rb.geud([70, 0], [0.2, 0.8], 20) == pytest.approx(64.5876, abs=1e-4)
-    assert rb.ntcp_lkb([70, 0], [0.2, 0.8], cord.td50_Gy, cord.m, cord.n) == pytest.approx(0.43474, abs=1e-5)
+    assert rb.ntcp_lkb([70, 0], [0.2, 0.8], cord.td50_Gy, cord.m, cord.n,
+                       dose_kind="EQD2") == pytest.approx(0.43474, abs=1e-5)
 
 
 # -- LQ parameters --------------------------------------------------------------------------------
@@ -204,7 +208,7 @@ def test_hypoxia_maps_hand_values():
     (lambda: rb.g_factor(-1), "x"),
     (lambda: rb.bed_protracted(60, 30, 10, 5, 0), "repair_half_time_min"),
     (lambda: rb.bed_with_repopulation(70, 35, 10, 0.3, 40, 21, 0), "tpot_days"),
-    (lambda: rb.ntcp_lkb([60, 40], [1], 50, 0.2, 0.5), "volumes"),
+    (lambda: rb.ntcp_lkb([60, 40], [1], 50, 0.2, 0.5, dose_kind="EQD2"), "volumes"),
     (lambda: rb.alpha_map_from_hypoxia(np.full((2, 2), 5.0), 0.3, 0.03), "po2_mmHg_map"),
     (lambda: rb.alpha_map_from_hypoxia(np.full((1, 2, 2), -5.0), 0.3, 0.03), "po2_mmHg_map"),
 ])
