@@ -31,6 +31,9 @@ class InfluenceMatrix:
         One entry per beam: ``gantry_deg``, ``couch_deg``, ``isocenter_mm`` (x, y, z),
         ``map_shape`` (rows, cols) and model-specific fields.
     modality : "photon", "proton" or "minibeam"
+
+    Matrices computed elsewhere: :meth:`from_matrad_dij` converts matRad's row order;
+    :meth:`check_patient` rejects a matrix on another grid or with implausibly ordered rows.
     """
 
     matrix: sp.csr_matrix
@@ -70,6 +73,131 @@ class InfluenceMatrix:
     @property
     def n_beams(self) -> int:
         return len(self.beams)
+
+    # -- matRad dose-influence matrices -------------------------------------------------------
+    @classmethod
+    def from_matrad_dij(
+        cls,
+        matrix,
+        grid: Grid,
+        voxel_index: np.ndarray | None = None,
+        beamlets: dict[str, np.ndarray] | None = None,
+        beams: list[dict] | None = None,
+        modality: str = "photon",
+    ) -> InfluenceMatrix:
+        """An influence matrix from a matRad ``dij`` (e.g. ``dij.physicalDose{1}``).
+
+        matRad numbers voxels with 1-based MATLAB linear indices into a cube of size
+        ``[ny nx nz]`` in column-major order, ``L - 1 = iy + ny * (ix + nx * iz)``; bioplan rows
+        hold 0-based C-order flat indices into ``[z, y, x]``, ``iz * ny * nx + iy * nx + ix``.
+        This converts the one into the other, sorts the rows and drops empty ones.
+
+        Parameters
+        ----------
+        matrix : sparse or dense (n_rows, n_beamlets), Gy per fraction per unit weight (as
+            matRad's ``dij.physicalDose{1}``)
+        grid : the grid of the dose cube, bioplan order: ``Grid((nz, ny, nx), (dz, dy, dx), ...)``
+            for matRad's ``dij.doseGrid`` (``dimensions = [ny nx nz]``, ``resolution.x/y/z``),
+            e.g. ``patient.grid`` when the dose grid is the CT grid
+        voxel_index : 1-based matRad linear indices of the rows; default: the matrix has one
+            row per voxel of the grid (``grid.n_voxels`` rows) in matRad order, as
+            ``dij.physicalDose{1}`` does
+        beamlets : beamlet table (see the class); default ``beam`` all 0, ``row`` 0 and ``col``
+            the beamlet's number. Pass matRad's ``dij.beamNum - 1`` as ``beam`` to keep beams.
+        beams, modality : as in the class
+
+        Raises
+        ------
+        BeamError : wrong row count, indices outside ``1..grid.n_voxels`` (0-based indices are
+            reported as such) or repeated.
+        """
+        m = sp.csr_matrix(matrix, dtype=np.float32)
+        n_rows, n_cols = m.shape
+        nz, ny, nx = grid.shape
+        if voxel_index is None:
+            if n_rows != grid.n_voxels:
+                raise BeamError(
+                    f"from_matrad_dij: the matrix has {n_rows} rows but the grid {grid.shape} (z, y, x) "
+                    f"has {grid.n_voxels} voxels; pass voxel_index (1-based matRad indices of the rows) "
+                    "or the dose grid the dij was computed on")
+            linear = np.arange(1, n_rows + 1, dtype=np.int64)
+        else:
+            raw = np.asarray(voxel_index, dtype=float).ravel()
+            if raw.shape != (n_rows,):
+                raise BeamError(f"from_matrad_dij: voxel_index has {raw.size} entries for {n_rows} rows")
+            if not np.all(np.isfinite(raw)) or np.any(raw != np.round(raw)):
+                raise BeamError("from_matrad_dij: voxel_index: expected integer matRad indices")
+            linear = raw.astype(np.int64)
+            if n_rows and (linear.min() < 1 or linear.max() > grid.n_voxels):
+                hint = (" (0-based? matRad indices are 1-based)" if linear.min() == 0
+                        and linear.max() < grid.n_voxels else "")
+                raise BeamError(f"from_matrad_dij: voxel_index {linear.min()}..{linear.max()} outside "
+                                f"1..{grid.n_voxels}, expected 1-based matRad linear indices{hint}")
+        iy, ix, iz = np.unravel_index(linear - 1, (ny, nx, nz), order="F")
+        flat = np.ravel_multi_index((iz, iy, ix), grid.shape)
+        order = np.argsort(flat, kind="stable")
+        flat, m = flat[order], m[order]
+        if np.any(np.diff(flat) == 0):
+            raise BeamError("from_matrad_dij: voxel_index repeats a voxel")
+        keep = np.flatnonzero(np.diff(m.indptr) > 0)
+        if beamlets is None:
+            beamlets = {"beam": np.zeros(n_cols, dtype=np.int64), "row": np.zeros(n_cols, dtype=np.int64),
+                        "col": np.arange(n_cols, dtype=np.int64)}
+        return cls(m[keep], flat[keep], grid, dict(beamlets), list(beams or []), modality)
+
+    # -- consistency with a patient -----------------------------------------------------------
+    def air_fraction(self, patient, air_hu: float = -900.0, order: str = "C") -> float:
+        """Fraction of the matrix's total dose (all beamlets at unit weight) in voxels with CT
+        numbers below ``air_hu``. ``order="matrad"`` reads the rows' flat indices as matRad's
+        0-based column-major ``(y, x, z)`` indices instead (what they would mean if a matRad
+        index had been stored without conversion). 0 for an empty matrix."""
+        per_voxel = np.asarray(self.matrix.sum(axis=1), dtype=np.float64).ravel()
+        total = float(per_voxel.sum())
+        if not total > 0:
+            return 0.0
+        flat = self.voxel_index
+        if order == "matrad":
+            nz, ny, nx = self.grid.shape
+            iy, ix, iz = np.unravel_index(flat, (ny, nx, nz), order="F")
+            flat = np.ravel_multi_index((iz, iy, ix), self.grid.shape)
+        elif order != "C":
+            raise BeamError(f"order: expected 'C' or 'matrad', got {order!r}")
+        hu = np.asarray(patient.ct_hu).ravel()[flat]
+        return float(per_voxel[hu < air_hu].sum()) / total
+
+    def check_patient(self, patient, air_hu: float = -900.0, max_air_fraction: float = 0.5) -> None:
+        """Raise :class:`BeamError` when this matrix cannot be the dose on ``patient``.
+
+        Checks, in order:
+
+        1. the grid: ``self.grid`` must equal ``patient.grid`` (shape, spacing and origin); the
+           message names both;
+        2. plausibility of the row order. Dose from beams lies inside the patient; a matrix whose
+           rows index the grid in another order (e.g. matRad's column-major ``(y, x, z)``
+           indices used as bioplan's C-order ``[z, y, x]`` indices) puts much of it into air.
+           Raised when more than ``max_air_fraction`` of the total dose (all beamlets at unit
+           weight) lies in voxels with HU < ``air_hu``, or when more than 5 % does and reading
+           the rows as matRad indices would put less than a quarter of that into air. (The second
+           rule catches square ``ny == nx`` grids, where the mix-up is an in-plane transpose that
+           keeps most of the dose inside the body.)
+
+        Use :meth:`from_matrad_dij` to convert matRad indices.
+        """
+        if self.grid != patient.grid:
+            raise BeamError(f"influence matrix grid {self.grid} differs from patient.grid {patient.grid}; "
+                            "compute the matrix on this patient's grid (or resample the patient)")
+        air = self.air_fraction(patient, air_hu)
+        if air <= 0.05 and air <= max_air_fraction:
+            return
+        as_matrad = self.air_fraction(patient, air_hu, order="matrad")
+        if air > max_air_fraction or as_matrad < 0.25 * air:
+            raise BeamError(
+                f"influence matrix implausible for patient '{patient.name}': {100 * air:.0f} % of its dose "
+                f"(all beamlets at unit weight) lies in voxels with HU < {air_hu:g} (air); read as matRad "
+                f"indices, {100 * as_matrad:.0f} % would. Its rows probably index the grid in another "
+                f"order: bioplan rows are 0-based C-order flat indices into [z, y, x] (shape "
+                f"{patient.grid.shape}); matRad's are 1-based column-major (y, x, z) indices; convert "
+                f"them with InfluenceMatrix.from_matrad_dij")
 
     # -- rows --------------------------------------------------------------------------------
     def rows_of(self, flat_index: np.ndarray) -> sp.csr_matrix:

@@ -58,12 +58,23 @@ CSHAPE_CORE_LENGTH_MM = 100.0
 CSHAPE_BODY_MM = (300.0, 200.0)  # (x: left-right, y: anterior-posterior)
 
 # Goals for 50 Gy in 25 fractions (TG-119 Table II / REFERENCES.md): (structure, metric, op, Gy).
-TG119_CSHAPE_GOALS = [
-    ("PTV", "D95", ">=", 50.0),
-    ("PTV", "D10", "<=", 55.0),
-    ("Core", "D10", "<=", 25.0),
-]
-TG119_CSHAPE_HARD_GOALS = [("Core", "D10", "<=", 10.0)]
+def cshape_goals(target: str = "PTV", core: str = "Core") -> list[tuple[str, str, str, float]]:
+    """The TG-119 C-shape goals (50 Gy in 25 fractions) with the target and core named as in the
+    patient at hand: target D95 >= 50, D10 <= 55, core D10 <= 25 Gy."""
+    return [
+        (target, "D95", ">=", 50.0),
+        (target, "D10", "<=", 55.0),
+        (core, "D10", "<=", 25.0),
+    ]
+
+
+def cshape_hard_goals(core: str = "Core") -> list[tuple[str, str, str, float]]:
+    """The harder TG-119 C-shape core goal, core D10 <= 10 Gy."""
+    return [(core, "D10", "<=", 10.0)]
+
+
+TG119_CSHAPE_GOALS = cshape_goals()
+TG119_CSHAPE_HARD_GOALS = cshape_hard_goals()
 TG119_CSHAPE_FRACTIONS = 25
 
 
@@ -108,31 +119,52 @@ def add_cshape_helper_structures(
     patient: Patient,
     ring_color: tuple[float, float, float] = (0.2, 0.7, 0.3),
     tissue_color: tuple[float, float, float] = (0.45, 0.45, 0.45),
+    *,
+    target: str = "PTV",
+    body: str = "Body",
+    ring: str = "Ring",
+    tissue: str = "Tissue",
 ) -> None:
     """Add the planning helper structures the C-shape examples use (role "other"):
-    "Ring", 3-20 mm around the PTV inside the body, steering the fall-off; and "Tissue", the
-    body beyond 20 mm of the PTV. Both are usually optimized on a random sample
-    (``PlanProblem.max_voxels_per_structure``)."""
-    ring = patient.ring("PTV", 3.0, 20.0, within="Body")
-    patient.add_structure(Structure("Ring", ring, "other", ring_color))
-    tissue = patient.structure("Body").mask & ~patient.expand("PTV", 20.0)
-    patient.add_structure(Structure("Tissue", tissue, "other", tissue_color))
+    ``ring`` ("Ring"), 3-20 mm around ``target`` inside ``body``, steering the fall-off; and
+    ``tissue`` ("Tissue"), the body beyond 20 mm of the target. Both are usually optimized on a
+    random sample (``PlanProblem.max_voxels_per_structure``).
+
+    ``target`` and ``body`` name the patient's own structures (any case / spacing), so the
+    helpers work on imported patients ("PTV_70", "BODY", "External", ...). A helper that would
+    be empty (e.g. a target filling the body) raises :class:`~optimizer.errors.GeometryError`,
+    as do a missing target or body and helper names that exist already.
+    """
+    for name in (ring, tissue):
+        if name in patient:
+            raise GeometryError(f"helper structure '{name}': the patient already has a structure of that "
+                                f"name; pass ring= / tissue= to name the helpers differently")
+    ring_mask = patient.ring(target, 3.0, 20.0, within=body)
+    tissue_mask = patient.structure(body).mask & ~patient.expand(target, 20.0)
+    for name, mask, where in ((ring, ring_mask, f"3-20 mm around '{target}' inside '{body}'"),
+                              (tissue, tissue_mask, f"'{body}' beyond 20 mm of '{target}'")):
+        if not mask.any():  # checked before adding either, so the patient is left unchanged
+            raise GeometryError(f"helper structure '{name}' ({where}) would be empty")
+    patient.add_structure(Structure(ring, ring_mask, "other", ring_color))
+    patient.add_structure(Structure(tissue, tissue_mask, "other", tissue_color))
 
 
-def cshape_planning_terms() -> list:
+def cshape_planning_terms(target: str = "PTV", core: str = "Core", ring: str = "Ring",
+                          tissue: str = "Tissue") -> list:
     """Fresh copies of the physical-dose terms of the C-shape examples (50 Gy in 25 fractions).
 
-    Hard: the TG-119 PTV goals through their conservative CVaR surrogates, with 0.5 Gy of room
-    (D95 >= 50.5, D10 <= 54.5). Soft: a homogeneous PTV (52.5 Gy), then spare the core, the ring
-    (30 Gy) and the rest of the body (20 Gy). Needs :func:`add_cshape_helper_structures`.
+    Hard: the TG-119 target goals through their conservative CVaR surrogates, with 0.5 Gy of
+    room (D95 >= 50.5, D10 <= 54.5). Soft: a homogeneous target (52.5 Gy), then spare the core,
+    the ring (30 Gy) and the rest of the body (20 Gy). The names default to the phantom's;
+    needs :func:`add_cshape_helper_structures` (with the same ``ring`` / ``tissue`` names).
     """
     from objectives import DVHMax, DVHMin, SquaredDeviation, SquaredOverdose
 
     return [
-        DVHMin("PTV", 50.5, volume_pct=95),
-        DVHMax("PTV", 54.5, volume_pct=10),
-        SquaredDeviation("PTV", 52.5, weight=1.0),
-        SquaredOverdose("Core", 0.0, weight=0.3),
-        SquaredOverdose("Ring", 30.0, weight=1.0),
-        SquaredOverdose("Tissue", 20.0, weight=1.0),
+        DVHMin(target, 50.5, volume_pct=95),
+        DVHMax(target, 54.5, volume_pct=10),
+        SquaredDeviation(target, 52.5, weight=1.0),
+        SquaredOverdose(core, 0.0, weight=0.3),
+        SquaredOverdose(ring, 30.0, weight=1.0),
+        SquaredOverdose(tissue, 20.0, weight=1.0),
     ]

@@ -49,23 +49,35 @@ def _cell(items, shape=None):
     return arr if shape is None else flat.reshape(shape, order="F")
 
 
-def _patient_vars(with_axes: bool = True, hu: bool = True):
+# matRad's default HU lookup table (dicom/hlutLibrary/matRad_default.hlut): HU, relative electron
+# density; it differs from bioplan's HU_TO_RED_TABLE (e.g. 1.2 at 200 HU vs 1.13)
+MATRAD_DEFAULT_HLUT = np.array([[-1024.0, 0.00324], [200.0, 1.2], [449.0, 1.20001],
+                                [2000.0, 2.49066], [2048.0, 2.5306], [3071.0, 2.53061]])
+# BODY voxels: the whole slab y 0..NY-1, x 0..NX-2, every slice (as 0-based (y, x, z))
+BODY_VOXELS = [(iy, ix, iz) for iz in range(NZ) for ix in range(NX - 1) for iy in range(NY)]
+
+
+def _patient_vars(with_axes: bool = True, hu: bool = True, hlut=None, body_name=None, density=False):
     cube = np.transpose(_hu_zyx(), (1, 2, 0)).copy()  # [z, y, x] -> (y, x, z)
     ct = {"resolution": {k: float(v) for k, v in RES.items()},
           "cubeDim": np.array([[NY, NX, NZ]], dtype=float)}
     if hu:
         ct["cubeHU"] = _cell([cube], (1, 1))
-    else:
-        red = np.interp(cube, HU_TO_RED_TABLE[:, 0], HU_TO_RED_TABLE[:, 1])
+    table = HU_TO_RED_TABLE if hlut is None else hlut
+    if not hu or density:
+        red = np.interp(cube, table[:, 0], table[:, 1])
         ct["cube"] = _cell([red], (1, 1))
+    if hlut is not None:
+        ct["hlut"] = np.asarray(hlut, dtype=float)
     if with_axes:
         ct["x"] = (-40.0 + RES["x"] * np.arange(NX))[None, :]
         ct["y"] = (10.0 + RES["y"] * np.arange(NY))[None, :]
         ct["z"] = (-7.5 + RES["z"] * np.arange(NZ))[None, :]
     rows = []
-    for i, (name, kind, voxels) in enumerate(
-        [("PTV", "TARGET", TARGET_VOXELS), ("Rectum", "OAR", OAR_VOXELS), ("Empty", "IGNORED", [])]
-    ):
+    table_rows = [("PTV", "TARGET", TARGET_VOXELS), ("Rectum", "OAR", OAR_VOXELS), ("Empty", "IGNORED", [])]
+    if body_name is not None:
+        table_rows.append((body_name, "OAR", BODY_VOXELS))
+    for i, (name, kind, voxels) in enumerate(table_rows):
         idx = np.array([[_matlab_index(*v)] for v in voxels], dtype=float).reshape(-1, 1)
         props = {"Priority": float(i + 1), "Visible": 1.0, "visibleColor": np.array([[1.0, 0.5, 0.0]])}
         rows.append([float(i), name, kind, _cell([idx], (1, 1)), props, _cell([], (0, 0))])
@@ -236,3 +248,212 @@ def test_bad_files(tmp_path):
         load_matrad(text)
     with pytest.raises(FileNotFoundError):
         load_matrad(tmp_path / "absent.mat")
+
+
+# -- body contour: a matRad 'OAR' named like the body is a helper -------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:.*has no voxels")
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+@pytest.mark.parametrize("body", ["BODY", "External", " skin ", "OUTLINE", "Patient"])
+def test_body_contour_of_type_oar_becomes_helper(tmp_path, fmt, body):
+    """Defect: the body contour came in as an OAR, so it was never sampled nor a helper."""
+    ct, cst = _patient_vars(body_name=body)
+    path = tmp_path / "body.mat"
+    WRITERS[fmt](path, ct, cst)
+    with pytest.warns(UserWarning, match="body contour"):
+        p = load_matrad(path)
+    assert p.structure(body.strip()).role == "other"
+    assert p.structure(body.strip()).n_voxels == len(BODY_VOXELS)
+    assert p.structure("Rectum").role == "oar" and p.structure("PTV").role == "target"
+
+
+@pytest.mark.filterwarnings("ignore:.*has no voxels")
+def test_body_names_override(tmp_path):
+    ct, cst = _patient_vars(body_name="BODY")
+    path = tmp_path / "body.mat"
+    write_matrad_v5(path, ct, cst)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", ".*has no voxels")
+        p = load_matrad(path, body_names=())  # no body list: every OAR stays an OAR, no warning
+    assert p.structure("BODY").role == "oar"
+    with pytest.warns(UserWarning, match="Rectum"):
+        p = load_matrad(path, body_names=["rectum"])
+    assert p.structure("Rectum").role == "other" and p.structure("BODY").role == "oar"
+
+
+# -- the file's HU -> density table ------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:.*has no voxels")
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_file_hlut_is_used_and_recorded(tmp_path, fmt):
+    """Defect: ct.hlut was ignored; the patient carried no record of the HU -> density table."""
+    ct, cst = _patient_vars(hlut=MATRAD_DEFAULT_HLUT, density=True)
+    path = tmp_path / "hlut.mat"
+    WRITERS[fmt](path, ct, cst)
+    p = load_matrad(path)
+    np.testing.assert_array_equal(p.density_table, MATRAD_DEFAULT_HLUT)
+    assert "ct.hlut" in p.density_table_source
+    np.testing.assert_array_equal(p.ct_hu, _hu_zyx())  # cubeHU is still the CT
+    # the table reproduces the file's own density cube (matRad_calcWaterEqD's interpolation)
+    red = p.relative_electron_density(p.density_table)
+    np.testing.assert_allclose(red, p.density_cube, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(red, p.relative_electron_density(HU_TO_RED_TABLE), atol=0.01)
+
+
+@pytest.mark.filterwarnings("ignore:.*has no voxels")
+def test_default_table_is_recorded_when_file_has_none(tmp_path):
+    ct, cst = _patient_vars()
+    path = tmp_path / "nohlut.mat"
+    write_matrad_v5(path, ct, cst)
+    p = load_matrad(path)
+    np.testing.assert_array_equal(p.density_table, HU_TO_RED_TABLE)
+    assert "HU_TO_RED_TABLE" in p.density_table_source and "no ct.hlut" in p.density_table_source
+    assert p.density_cube is None
+
+
+@pytest.mark.filterwarnings("ignore:.*has no voxels")
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_density_only_cube_inverted_with_file_hlut(tmp_path, fmt):
+    """Defect: a density-only ct.cube was inverted with bioplan's table even when the file
+    carried its own, giving wrong HU; now the file's table is inverted and the cube is kept."""
+    ct, cst = _patient_vars(hu=False, hlut=MATRAD_DEFAULT_HLUT)
+    path = tmp_path / "cube_hlut.mat"
+    WRITERS[fmt](path, ct, cst)
+    with pytest.warns(UserWarning, match="cubeHU"):
+        p = load_matrad(path)
+    assert "ct.cube" in p.density_table_source and "ct.hlut" in p.density_table_source
+    np.testing.assert_array_equal(p.density_table, MATRAD_DEFAULT_HLUT)
+    hu = np.clip(_hu_zyx(), MATRAD_DEFAULT_HLUT[0, 0], MATRAD_DEFAULT_HLUT[-1, 0])
+    np.testing.assert_allclose(p.ct_hu, hu, atol=0.5)
+    cube = np.transpose(np.asarray(ct["cube"][0, 0]), (2, 0, 1))
+    np.testing.assert_allclose(p.density_cube, cube, rtol=1e-6)
+    np.testing.assert_allclose(p.relative_electron_density(p.density_table), cube, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:.*has no voxels")
+def test_density_only_cube_without_hlut_says_default_table(tmp_path):
+    ct, cst = _patient_vars(hu=False)
+    path = tmp_path / "cube.mat"
+    write_matrad_v5(path, ct, cst)
+    with pytest.warns(UserWarning, match="HU_TO_RED_TABLE"):
+        p = load_matrad(path)
+    assert "ct.cube" in p.density_table_source and "HU_TO_RED_TABLE" in p.density_table_source
+    np.testing.assert_array_equal(p.density_table, HU_TO_RED_TABLE)
+    assert p.density_cube is not None
+
+
+@pytest.mark.filterwarnings("ignore:.*has no voxels")
+def test_bad_hlut_falls_back_with_warning(tmp_path):
+    bad = np.array([[0.0, 1.0], [-100.0, 0.9], [100.0, 1.1]])  # HU not increasing
+    ct, cst = _patient_vars()
+    ct["hlut"] = bad
+    path = tmp_path / "badhlut.mat"
+    write_matrad_v5(path, ct, cst)
+    with pytest.warns(UserWarning, match="ct.hlut"):
+        p = load_matrad(path)
+    np.testing.assert_array_equal(p.density_table, HU_TO_RED_TABLE)
+    assert "ct.hlut" in p.density_table_source and "HU_TO_RED_TABLE" in p.density_table_source
+
+
+# -- influence matrices computed elsewhere: matRad dij rows and the grid check -----------------
+
+
+def _box_patient():
+    """The test grid with a water box (y 4..10, x 5..8, every slice) in air."""
+    from optimizer import Grid, Patient, Structure
+
+    grid = Grid((NZ, NY, NX), (RES["z"], RES["y"], RES["x"]))
+    body = np.zeros(grid.shape, bool)
+    body[:, 4:11, 5:9] = True
+    ct = np.where(body, 0.0, -1000.0)
+    return Patient(grid, ct, [Structure("Body", body, "other")]), body
+
+
+def _matrad_dij(body):
+    """A dij in matRad's layout: rows are all voxels in column-major (y, x, z) order; beamlet j
+    gives (1 + j) Gy to every body voxel of slice z = j."""
+    dij = np.zeros((NY * NX * NZ, NZ))
+    for iz, iy, ix in zip(*np.nonzero(body)):
+        dij[_matlab_index(iy, ix, iz) - 1, iz] = 1.0 + iz
+    return dij
+
+
+def test_from_matrad_dij_converts_row_order():
+    """Defect: matRad's column-major (y, x, z) rows had to be converted by hand (and were not)."""
+    import scipy.sparse as sp
+
+    from optimizer import BeamError, InfluenceMatrix
+
+    patient, body = _box_patient()
+    dij = _matrad_dij(body)
+    inf = InfluenceMatrix.from_matrad_dij(sp.csc_matrix(dij), patient.grid)
+    dose = inf.dose_per_fraction(np.ones(NZ))
+    expected = np.where(body, 1.0 + np.arange(NZ)[:, None, None], 0.0)
+    np.testing.assert_allclose(dose, expected)
+    inf.check_patient(patient)  # plausible
+    # the same rows given as explicit 1-based matRad indices (only the non-empty ones, shuffled)
+    rows = np.flatnonzero(dij.any(axis=1))
+    perm = np.random.default_rng(1).permutation(len(rows))
+    inf2 = InfluenceMatrix.from_matrad_dij(dij[rows[perm]], patient.grid, voxel_index=rows[perm] + 1,
+                                           beamlets={"beam": np.arange(NZ) % 2})
+    np.testing.assert_allclose(inf2.dose_per_fraction(np.ones(NZ)), expected)
+    assert list(inf2.beamlets["beam"]) == [0, 1, 0, 1, 0, 1]
+    with pytest.raises(BeamError, match="1-based"):  # 0-based indices by mistake
+        InfluenceMatrix.from_matrad_dij(dij, patient.grid, voxel_index=np.arange(len(dij)))
+    with pytest.raises(BeamError, match="rows"):
+        InfluenceMatrix.from_matrad_dij(dij[:-1], patient.grid)
+    with pytest.raises(BeamError, match="repeats"):
+        InfluenceMatrix.from_matrad_dij(dij[rows[:2]], patient.grid, voxel_index=[rows[0] + 1] * 2)
+
+
+def test_check_patient_rejects_other_grid_and_misordered_rows():
+    """Defect: an influence matrix on another grid, or with matRad (y, x, z) indices used as
+    C-order [z, y, x] ones, was accepted and planned on silently."""
+    import scipy.sparse as sp
+
+    from optimizer import BeamError, Grid, InfluenceMatrix
+
+    patient, body = _box_patient()
+    dij = _matrad_dij(body)
+    rows = np.flatnonzero(dij.any(axis=1))
+    # the mistake: matRad's 0-based linear index taken as bioplan's C-order flat index
+    wrong = InfluenceMatrix(sp.csr_matrix(dij[rows]), rows, patient.grid, {"beam": np.zeros(NZ)})
+    assert wrong.air_fraction(patient) > 0.5
+    with pytest.raises(BeamError, match=r"(?s)HU < -900.*order.*from_matrad_dij"):
+        wrong.check_patient(patient)
+    other = Grid((NZ, NY, NX), (RES["z"], RES["y"], RES["x"]), (0.0, 0.0, 1.0))
+    shifted = InfluenceMatrix(sp.csr_matrix(dij[rows]), rows, other, {"beam": np.zeros(NZ)})
+    both = r"(?s)grid.*origin_mm=\(0.0, 0.0, 1.0\).*origin_mm=\(0.0, 0.0, 0.0\)"
+    with pytest.raises(BeamError, match=both):
+        shifted.check_patient(patient)
+
+
+def test_check_patient_catches_transposed_rows_on_square_grid():
+    """On a square (ny == nx) grid matRad's order read as C order is an in-plane transpose that
+    keeps most of the dose inside the body: caught by comparing with the matRad reading."""
+    from optimizer import BeamError, Grid, InfluenceMatrix, Patient, PhotonBeams, Structure
+
+    n, nz = 40, 4
+    grid = Grid((nz, n, n), (5.0, 5.0, 5.0), (-7.5, -97.5, -97.5))
+    z, y, x = np.meshgrid(*grid.axes_mm(), indexing="ij")
+    body = (x / 90) ** 2 + (y / 55) ** 2 <= 1
+    lung = ((np.abs(x) - 45) / 30) ** 2 + (y / 35) ** 2 <= 1
+    ptv = ((x - 10) ** 2 + (y + 15) ** 2 <= 15**2) & body
+    patient = Patient(grid, np.where(body, np.where(lung, -750.0, 0.0), -1000.0),
+                      [Structure("PTV", ptv, "target"), Structure("Body", body)])
+    inf = PhotonBeams(range(0, 360, 72), beamlet_mm=10).influence(patient, target="PTV")
+    inf.check_patient(patient)  # the real matrix passes
+    iz, iy, ix = np.unravel_index(inf.voxel_index, grid.shape)
+    as_matrad = iy + n * (ix + n * iz)  # 0-based matRad index, stored unconverted
+    order = np.argsort(as_matrad)
+    wrong = InfluenceMatrix(inf.matrix[order], as_matrad[order], grid, inf.beamlets, inf.beams)
+    assert 0.05 < wrong.air_fraction(patient) < 0.5
+    with pytest.raises(BeamError, match="from_matrad_dij"):
+        wrong.check_patient(patient)
+    # from_matrad_dij on the 1-based matRad indices gives back the real matrix
+    back = InfluenceMatrix.from_matrad_dij(inf.matrix[order], grid, voxel_index=as_matrad[order] + 1)
+    np.testing.assert_array_equal(back.voxel_index, inf.voxel_index)
+    assert (back.matrix != inf.matrix).nnz == 0
