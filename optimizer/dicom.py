@@ -7,9 +7,13 @@ Reads what a treatment-planning system exports into a :class:`~optimizer.geometr
 - :func:`load_dicom` — both in one call,
 - :func:`load_rtdose` — an RT Dose grid (for comparing doses computed elsewhere).
 
-Writing is in :mod:`optimizer.dicom_export`. Everything that is wrong with the files (not DICOM,
-truncated, mixed series, missing or duplicate slices, tilted or non-axial orientation, a structure
-set from another frame of reference) raises :class:`DicomError` naming the file.
+Writing is in :mod:`optimizer.dicom_export`. Everything that is wrong with the files (damaged or
+truncated DICOM, mixed series, missing or duplicate slices, tilted or non-axial orientation, a
+structure set from another frame of reference) raises :class:`DicomError` naming the file. Files
+in a series folder that are not DICOM at all are skipped with a warning naming them. Contours that
+cannot be used (fewer than 3 points, NaN or far-off coordinates, broken ContourData, off the CT
+slices) are dropped with a warning naming the ROI, the slice and the reason, or refused with
+``strict=True``.
 
 Positions are in the DICOM patient coordinate system (LPS, mm); only axial images with
 ``ImageOrientationPatient`` = [1, 0, 0, 0, 1, 0] (head-first or feet-first supine) are accepted.
@@ -27,6 +31,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from objectives.errors import BioplanError
@@ -90,11 +95,53 @@ class CTSeries:
 # -- reading single files ---------------------------------------------------------------------
 
 
+def _signature(path: str | os.PathLike) -> str:
+    """What the first bytes of a file say: 'dicom', 'truncated' or 'not dicom'.
+
+    - 'dicom': the 128-byte preamble is followed by "DICM"; or the preamble is all zero bytes
+      (a damaged prefix); or the file starts with a group 0x0002 / 0x0008 element tag (DICOM
+      without preamble, as pydicom's own ``rtstruct.dcm``);
+    - 'truncated': shorter than preamble + "DICM" and a zero preamble (and a start of "DICM")
+      so far, including an empty file;
+    - 'not dicom': anything else (a README, a spreadsheet, a screenshot, ...).
+    """
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if len(head) < 132 and not head[:128].strip(b"\0") and b"DICM".startswith(head[128:]):
+        return "truncated"
+    if head[128:132] == b"DICM" or not head[:128].strip(b"\0"):
+        return "dicom"
+    if len(head) >= 4 and int.from_bytes(head[:2], "little") in (0x0002, 0x0008):
+        return "dicom"
+    return "not dicom"
+
+
+def _short_element(ds: Dataset) -> str | None:
+    """The first element whose value is shorter than its declared length (a truncated file).
+
+    pydicom reads a value cut by the end of the file without complaint; the raw (not yet
+    decoded) elements still carry the length their header declared.
+    """
+    for elem in ds._dict.values():  # raw elements: value bytes and declared length
+        value, length = getattr(elem, "value", None), getattr(elem, "length", None)
+        if (isinstance(value, (bytes, bytearray)) and isinstance(length, int) and length != 0xFFFFFFFF
+                and len(value) < length):
+            return f"element {Tag(elem.tag)} declares {length} bytes, the file holds {len(value)}"
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, Dataset):
+                    found = _short_element(item)
+                    if found:
+                        return found
+    return None
+
+
 def _read_dataset(path: str | os.PathLike) -> Dataset:
     """Read one file as DICOM, or raise DicomError naming it.
 
     Files without the 128-byte preamble and "DICM" prefix (old exports, pydicom's own
     ``rtstruct.dcm``) are accepted when they parse as a dataset that has a SOP Class UID.
+    A file that ends inside an element (or before the "DICM" prefix) is reported as truncated.
     """
     path = str(path)
     try:
@@ -105,15 +152,25 @@ def _read_dataset(path: str | os.PathLike) -> Dataset:
             except InvalidDicomError:
                 ds = pydicom.dcmread(path, force=True)
                 if "SOPClassUID" not in ds or not str(ds.SOPClassUID).strip():
+                    if _signature(path) == "truncated":
+                        raise DicomError(
+                            f"{path}: truncated DICOM file ({os.path.getsize(path)} bytes, ends before "
+                            "the 'DICM' header)"
+                        ) from None
                     raise DicomError(
                         f"{path}: not a DICOM file (no 'DICM' header and no SOP Class UID)"
                     ) from None
+            short = _short_element(ds)
+            if short:
+                raise DicomError(f"{path}: truncated DICOM file: {short}")
             for _ in ds.iterall():  # decode every element now, so damage surfaces here
                 pass
     except DicomError:
         raise
     except Exception as exc:  # pydicom raises many types on damaged input
-        raise DicomError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+        raise DicomError(
+            f"{path}: not a readable DICOM file, damaged or truncated ({type(exc).__name__}: {exc})"
+        ) from exc
     return ds
 
 
@@ -278,13 +335,21 @@ def _scan_folder(folder: str | os.PathLike) -> dict[str, list[tuple[str, Dataset
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or not p.is_file():
             continue
+        try:
+            signature = _signature(p)
+        except OSError as exc:
+            raise DicomError(f"{p}: cannot be read ({exc})") from exc
+        if signature == "not dicom":
+            warnings.warn(f"{p}: not a DICOM file (no 'DICM' header, no DICOM element at the start); "
+                          "skipped", stacklevel=3)
+            continue
         ds = _read_dataset(p)
         try:
             kind = _kind(ds)
         except Exception as exc:
             raise DicomError(f"{p}: cannot read SOP Class UID / Modality ({exc})") from exc
         if kind == "UNKNOWN":
-            raise DicomError(f"{p}: DICOM file without SOP Class UID or Modality (truncated?)")
+            raise DicomError(f"{p}: DICOM file without SOP Class UID or Modality (truncated or damaged?)")
         groups.setdefault(kind, []).append((str(p), ds))
     return groups
 
@@ -295,6 +360,9 @@ def _scan_folder(folder: str | os.PathLike) -> dict[str, list[tuple[str, Dataset
 def _series_from_datasets(items: list[tuple[str, Dataset]], folder: str) -> CTSeries:
     if not items:
         raise DicomError(f"{folder}: no CT images (CT Image Storage) found")
+    for path, ds in items:  # a file cut between elements parses; it lacks the trailing PixelData
+        if "PixelData" not in ds:
+            raise DicomError(f"{path}: truncated CT image file: it ends before the PixelData")
     series = {}
     for path, ds in items:
         uid = str(ds.get("SeriesInstanceUID", "") or "<none>")
@@ -376,8 +444,10 @@ def _series_from_datasets(items: list[tuple[str, Dataset]], folder: str) -> CTSe
 def load_ct_series(folder: str | os.PathLike) -> CTSeries:
     """Read the axial CT series in a folder.
 
-    Every non-hidden file of the folder must be DICOM; objects other than CT images (RT
-    Structure Set, RT Dose, RT Plan, ...) are ignored. Slices are sorted by
+    Non-hidden files that are not DICOM at all (a README, a screenshot: no "DICM" header and no
+    DICOM element at the start) are skipped with a warning naming them; a DICOM file that is
+    damaged or truncated raises. Objects other than CT images (RT Structure Set, RT Dose, RT
+    Plan, ...) are ignored. Slices are sorted by
     ``ImagePositionPatient`` along the slice normal and ``RescaleSlope``/``RescaleIntercept``
     are applied.
 
@@ -394,7 +464,7 @@ def load_ct_series(folder: str | os.PathLike) -> CTSeries:
     Raises
     ------
     DicomError
-        Naming the file or files: not DICOM or truncated, not axial, several series, duplicate
+        Naming the file or files: damaged or truncated, not axial, several series, duplicate
         positions, missing slices, non-uniform spacing, inconsistent rows/columns/spacing.
     """
     return _series_from_datasets(_scan_folder(folder).get("CT", []), str(folder))
@@ -451,22 +521,34 @@ def _check_rtstruct_frame(ds: Dataset, path: str, frame_of_reference_uid: str) -
         )
 
 
-def load_rtstruct(path: str | os.PathLike, grid: Grid, frame_of_reference_uid: str) -> list[Structure]:
+_MAX_COORD_MM = 1e6  # contour coordinates beyond this are damage, not anatomy
+
+
+def load_rtstruct(path: str | os.PathLike, grid: Grid, frame_of_reference_uid: str,
+                  strict: bool = False) -> list[Structure]:
     """Rasterize the CLOSED_PLANAR contours of an RT Structure Set onto a grid.
 
     Each contour is assigned to the slice whose centre is nearest to its z (it must lie within a
-    quarter of the slice spacing, else it is skipped with a warning). All polygons of one ROI on
-    one slice are filled with the even-odd rule (XOR), so inner contours cut holes. A voxel
-    belongs to the ROI when its centre is inside. Roles come from ``RTROIInterpretedType``:
-    PTV/CTV/GTV -> "target", ORGAN/AVOIDANCE -> "oar", anything else -> "other". ROIs without
-    any voxel (points, empty or outside the grid) are skipped with a warning; a repeated name gets
-    a suffix " (2)", " (3)", ... with a warning.
+    quarter of the slice spacing). All polygons of one ROI on one slice are filled with the
+    even-odd rule (XOR), so inner contours cut holes. A voxel belongs to the ROI when its centre
+    is inside. Roles come from ``RTROIInterpretedType``: PTV/CTV/GTV -> "target",
+    ORGAN/AVOIDANCE -> "oar", anything else -> "other". ROIs without any voxel (points, empty or
+    outside the grid) are skipped with a warning; a repeated name gets a suffix " (2)",
+    " (3)", ... with a warning. Contours of other geometric types (POINT, OPEN_PLANAR) are not
+    areas and are ignored.
+
+    A CLOSED_PLANAR contour that cannot be used is dropped, never half-used: fewer than 3
+    points, ContourData not made of (x, y, z) triplets, a NaN or infinite coordinate, a
+    coordinate beyond +-1e6 mm (far outside any CT), a z outside the CT slices or between
+    them, or x, y entirely outside the CT. Each ROI with dropped contours gives one warning
+    naming the file, the ROI, and every dropped contour's z and reason.
 
     Parameters
     ----------
     path : the RTSTRUCT file.
     grid : the CT grid (axial, LPS mm) to rasterize on.
     frame_of_reference_uid : the CT's FrameOfReferenceUID; the structure set must reference it.
+    strict : raise :class:`DicomError` instead of warning when a contour is dropped.
 
     Returns
     -------
@@ -478,16 +560,64 @@ def load_rtstruct(path: str | os.PathLike, grid: Grid, frame_of_reference_uid: s
         if _kind(ds) != "RTSTRUCT":
             raise DicomError(f"{path}: not an RT Structure Set (SOP class / modality {_kind(ds)})")
         _check_rtstruct_frame(ds, path, frame_of_reference_uid)
-        return _structures_from_rtstruct(ds, path, grid)
+        return _structures_from_rtstruct(ds, path, grid, strict)
     except DicomError:
         raise
     except Exception as exc:
         raise DicomError(f"{path}: cannot read structure set ({type(exc).__name__}: {exc})") from exc
 
 
-def _structures_from_rtstruct(ds: Dataset, path: str, grid: Grid) -> list[Structure]:
+def _contour_points(contour: Dataset) -> tuple[np.ndarray | None, str | None, float | None]:
+    """(points (n, 3), None, z) of a usable contour, else (None, reason, z or None)."""
+    raw = contour.get("ContourData", None)
+    values = [] if raw is None else list(raw) if isinstance(raw, (list, tuple, MultiValue)) else [raw]
+    data = np.full(len(values), np.nan)
+    non_numeric = 0
+    for i, v in enumerate(values):
+        try:
+            data[i] = float(v)
+        except (TypeError, ValueError):
+            non_numeric += 1
+    zs = data[2::3]
+    usable_z = zs[np.isfinite(zs) & (np.abs(zs) <= _MAX_COORD_MM)]
+    z = float(usable_z[0]) if usable_z.size else None
+    n = data.size
+    if n == 0:
+        return None, "no ContourData", z
+    if n % 3:
+        return None, f"ContourData has {n} values, not a multiple of 3 (x, y, z triplets)", z
+    if n < 9:
+        return None, f"only {n // 3} point(s); a closed contour needs at least 3", z
+    if non_numeric:
+        return None, f"{non_numeric} non-numeric coordinate(s)", z
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        return None, f"{bad} NaN or infinite coordinate(s)", z
+    far = float(np.max(np.abs(data)))
+    if far > _MAX_COORD_MM:
+        return None, f"coordinate(s) beyond +-{_MAX_COORD_MM:g} mm ({far:g} mm), far outside any CT", z
+    pts = data.reshape(-1, 3)
+    return pts, None, float(np.mean(pts[:, 2]))
+
+
+def _dropped_message(path: str, name: str, dropped: list[tuple[str, float | None]]) -> str:
+    by_reason: dict[str, list[str]] = {}
+    for reason, z in dropped:
+        by_reason.setdefault(reason, []).append("?" if z is None else f"{z:g}")
+    details = "; ".join(f"{reason} at z = {', '.join(zs)} mm" for reason, zs in by_reason.items())
+    return f"{path}: ROI '{name}': {len(dropped)} contour(s) dropped: {details}"
+
+
+def _structures_from_rtstruct(ds: Dataset, path: str, grid: Grid, strict: bool = False) -> list[Structure]:
     zs, ys, xs = grid.axes_mm()
-    dz = grid.spacing_mm[0]
+    dz, dy, dx = grid.spacing_mm
+    x_lo, x_hi = xs[0] - dx / 2, xs[-1] + dx / 2
+    y_lo, y_hi = ys[0] - dy / 2, ys[-1] + dy / 2
+    # mandatory; a file cut between elements parses without them (and would load empty or role-less)
+    missing = [k for k in ("StructureSetROISequence", "ROIContourSequence", "RTROIObservationsSequence")
+               if k not in ds]
+    if missing:
+        raise DicomError(f"{path}: no {', '.join(missing)} (file truncated?)")
     names = {}
     for roi in ds.get("StructureSetROISequence", []) or []:
         names[int(roi.ROINumber)] = str(roi.get("ROIName", "") or f"ROI {roi.ROINumber}").strip()
@@ -502,26 +632,31 @@ def _structures_from_rtstruct(ds: Dataset, path: str, grid: Grid) -> list[Struct
     for number, name in names.items():
         item = contours.get(number)
         per_slice: dict[int, list[np.ndarray]] = {}
-        off_grid = 0
+        dropped: list[tuple[str, float | None]] = []
         for c in (item.get("ContourSequence", []) or []) if item is not None else []:
             if str(c.get("ContourGeometricType", "")).strip().upper() != "CLOSED_PLANAR":
                 continue
-            data = np.asarray([float(v) for v in c.ContourData], dtype=float)
-            if data.size < 9 or data.size % 3 or not np.all(np.isfinite(data)):
+            pts, reason, z = _contour_points(c)
+            if pts is None:
+                dropped.append((reason, z))
                 continue
-            pts = data.reshape(-1, 3)
-            z = float(np.mean(pts[:, 2]))
             k = int(np.rint((z - zs[0]) / dz))
-            if k < 0 or k >= zs.size or abs(zs[k] - z) > 0.25 * dz:
-                off_grid += 1
+            if k < 0 or k >= zs.size:
+                dropped.append((f"outside the CT slices (z {zs[0]:g} to {zs[-1]:g} mm)", z))
+                continue
+            if abs(zs[k] - z) > 0.25 * dz:
+                dropped.append((f"between CT slices (nearest slice z = {zs[k]:g} mm)", z))
+                continue
+            (px0, py0), (px1, py1) = pts[:, :2].min(axis=0), pts[:, :2].max(axis=0)
+            if px1 < x_lo or px0 > x_hi or py1 < y_lo or py0 > y_hi:
+                dropped.append(("x, y entirely outside the CT", z))
                 continue
             per_slice.setdefault(k, []).append(pts[:, :2])
-        if off_grid:
-            warnings.warn(
-                f"{path}: ROI '{name}': {off_grid} contour(s) outside the CT slices or between them "
-                "were skipped",
-                stacklevel=3,
-            )
+        if dropped:
+            message = _dropped_message(path, name, dropped)
+            if strict:
+                raise DicomError(message + " (strict=True)")
+            warnings.warn(message, stacklevel=3)
         mask = np.zeros(grid.shape, dtype=bool)
         for k, polygons in per_slice.items():
             mask[k] = _rasterize(polygons, xs, ys)
@@ -546,16 +681,19 @@ def _structures_from_rtstruct(ds: Dataset, path: str, grid: Grid) -> list[Struct
     return structures
 
 
-def load_dicom(folder: str | os.PathLike, name: str | None = None) -> Patient:
+def load_dicom(folder: str | os.PathLike, name: str | None = None, strict: bool = False) -> Patient:
     """Read a folder holding one CT series and, optionally, one RT Structure Set.
 
-    Other RT objects in the folder (dose, plan) are ignored. For the CT identifiers needed to
-    write a dose or plan that references this CT, use ``load_ct_series(folder).info``.
+    Other RT objects in the folder (dose, plan) are ignored, and so (with a warning) are files
+    that are not DICOM at all. For the CT identifiers needed to write a dose or plan that
+    references this CT, use ``load_ct_series(folder).info``.
 
     Parameters
     ----------
     folder : the folder.
     name : patient label; default: PatientID, else PatientName, else the folder name.
+    strict : raise instead of warning when a contour of the structure set is dropped (see
+        :func:`load_rtstruct`).
 
     Raises
     ------
@@ -576,7 +714,7 @@ def load_dicom(folder: str | os.PathLike, name: str | None = None) -> Patient:
         path, ds = rtstructs[0]
         try:
             _check_rtstruct_frame(ds, path, series.info.frame_of_reference_uid)
-            structures = _structures_from_rtstruct(ds, path, series.grid)
+            structures = _structures_from_rtstruct(ds, path, series.grid, strict)
         except DicomError:
             raise
         except Exception as exc:

@@ -4,7 +4,16 @@ All objects written for one patient share the patient, study and frame of refere
 (pass the :class:`~optimizer.dicom.CTInfo` returned by :func:`write_ct_series`, or
 ``load_ct_series(folder).info`` for an imported CT). UIDs come from
 :func:`pydicom.uid.generate_uid`. Files are written as Explicit VR Little Endian with the DICOM
-file meta header. Nothing is overwritten unless ``overwrite=True``.
+file meta header, each atomically (:func:`optimizer._files.atomic_write`: a reader never sees a
+half-written file, a symlink at the target is never written through). Nothing is overwritten
+unless ``overwrite=True``; of two concurrent writers to one path without it, exactly one succeeds
+and the other gets :class:`FileExistsError`.
+
+Text values are refused with :class:`DicomError` (naming the file and the attribute), never
+silently changed, when DICOM would read them back differently: a backslash (the value
+delimiter, it would make the value multi-valued), control characters, characters outside the
+character set ISO_IR 100 (Latin-1), or more characters than the attribute's VR allows (LO and
+PN 64, SH 16). CT numbers are stored within :data:`CT_HU_RANGE` (see :func:`write_ct_series`).
 
 Typical use::
 
@@ -17,8 +26,11 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
+import re
+import unicodedata
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +43,7 @@ from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
+from ._files import atomic_write
 from .dicom import (
     CT_IMAGE_STORAGE,
     RT_DOSE_STORAGE,
@@ -38,10 +51,21 @@ from .dicom import (
     RT_STRUCTURE_SET_STORAGE,
     CTInfo,
     DicomError,
+    _kind,
 )
 from .geometry import Grid, Patient
 
-__all__ = ["write_ct_series", "write_rtstruct", "write_rtdose", "write_rt_ion_plan"]
+__all__ = ["write_ct_series", "write_rtstruct", "write_rtdose", "write_rt_ion_plan", "CT_HU_RANGE"]
+
+#: CT numbers (HU) that :func:`write_ct_series` stores exactly (to the nearest HU); values
+#: outside are clipped to this range with a warning. Air is -1000 HU, padding outside the
+#: scanner's field of view -1024 to -3024 HU, and the densest metals on extended-scale CT stay
+#: well below 55000 HU. The range is narrower than 65536 HU, so 16-bit integers with
+#: RescaleSlope 1 always hold it.
+CT_HU_RANGE = (-10000.0, 55000.0)
+_CT_FILE_NAME = re.compile(r"CT_\d{4,}\.dcm")  # write_ct_series' own slice files
+_CHARSET = "ISO_IR 100"  # SpecificCharacterSet of every file written: Latin-1
+_MAX_CHARS = {"LO": 64, "SH": 16, "PN": 64, "CS": 16}
 
 _PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
 _STUDY_COMPONENT_SOP = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (as TPSs reference a study)
@@ -66,10 +90,51 @@ def _ds_list(values) -> list[str]:
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
-    if path.exists() and path.is_dir():
+    """Early, friendly refusal (the atomic write checks again when it publishes the file).
+
+    A symlink counts as existing, dangling or not: it is never written through."""
+    if path.is_dir() and not path.is_symlink():
         raise FileExistsError(f"{path}: is a folder, expected a file path")
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
+
+
+def _text(value, field: str, vr: str, where: str | os.PathLike) -> str:
+    """``value`` as a DICOM text value of VR ``vr``, or DicomError naming ``where`` and ``field``.
+
+    Refused, not changed: a backslash (the DICOM value delimiter), control characters (ESC
+    included: the files are ISO_IR 100, without code extensions), characters ISO_IR 100 cannot
+    encode, and more characters than the VR allows (PN: per component group).
+    """
+    s = str(value)
+    if "\\" in s:
+        raise DicomError(
+            f"{where}: {field} {s!r} contains a backslash, the DICOM value delimiter (it would be read "
+            f"back as {s.count(chr(92)) + 1} values); choose a name without it"
+        )
+    control = sorted({f"U+{ord(ch):04X}" for ch in s if unicodedata.category(ch) == "Cc"})
+    if control:
+        raise DicomError(f"{where}: {field} {s!r} contains control character(s) {', '.join(control)}; "
+                         "choose a name without them")
+    try:
+        s.encode("latin-1")
+    except UnicodeEncodeError:
+        odd = "".join(sorted({ch for ch in s if ord(ch) > 255}))
+        raise DicomError(f"{where}: {field} {s!r} has characters the character set {_CHARSET} (Latin-1) "
+                         f"cannot encode: {odd!r}") from None
+    limit = _MAX_CHARS[vr]
+    if vr == "PN":
+        groups = s.split("=")
+        if len(groups) > 3 or any(len(g.split("^")) > 5 for g in groups):
+            raise DicomError(f"{where}: {field} {s!r}: a person name has at most 3 '='-separated groups "
+                             "of at most 5 '^'-separated components")
+        longest = max(len(g) for g in groups)
+        if longest > limit:
+            raise DicomError(f"{where}: {field} {s!r} has {longest} characters in a component group; "
+                             f"PN allows at most {limit}")
+    elif len(s) > limit:
+        raise DicomError(f"{where}: {field} {s!r} has {len(s)} characters; {vr} allows at most {limit}")
+    return s
 
 
 def _now() -> tuple[str, str]:
@@ -77,17 +142,22 @@ def _now() -> tuple[str, str]:
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
 
-def _patient_fields(patient: Patient, ct_info: CTInfo | None) -> tuple[str, str]:
-    name = (ct_info.patient_name if ct_info and ct_info.patient_name else patient.name) or "bioplan"
+def _patient_fields(patient: Patient, ct_info: CTInfo | None, where) -> tuple[str, str, str]:
+    """PatientName (PN), PatientID (LO) and StudyID (SH), checked (see :func:`_text`)."""
+    name = str((ct_info.patient_name if ct_info and ct_info.patient_name else patient.name) or "bioplan")
     pid = (ct_info.patient_id if ct_info and ct_info.patient_id else patient.name) or "bioplan"
-    return str(name)[:64], str(pid)[:64]
+    study_id = (ct_info.study_id if ct_info and ct_info.study_id else "1")
+    if "^" not in name and len(name) < _MAX_CHARS["PN"]:
+        name += "^"  # family name component only
+    return (_text(name, "PatientName", "PN", where), _text(pid, "PatientID", "LO", where),
+            _text(study_id, "StudyID", "SH", where))
 
 
 def _new_dataset(sop_class: str, sop_uid: str, modality: str, series_uid: str, series_number: int,
                  patient: Patient, ct_info: CTInfo | None, study_uid: str, frame_uid: str,
-                 description: str) -> FileDataset:
+                 description: str, where: str | os.PathLike = "") -> FileDataset:
     """A file dataset with the Patient, General Study, series, Frame of Reference, General
-    Equipment and SOP Common attributes filled in."""
+    Equipment and SOP Common attributes filled in (``where``: the file, for error messages)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -96,9 +166,9 @@ def _new_dataset(sop_class: str, sop_uid: str, modality: str, series_uid: str, s
     meta.ImplementationVersionName = "BIOPLAN_010"
     ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
     date, time = _now()
-    name, pid = _patient_fields(patient, ct_info)
+    name, pid, study_id = _patient_fields(patient, ct_info, where)
     # SOP Common
-    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SpecificCharacterSet = _CHARSET
     ds.InstanceCreationDate = date
     ds.InstanceCreationTime = time
     ds.SOPClassUID = sop_class
@@ -112,27 +182,33 @@ def _new_dataset(sop_class: str, sop_uid: str, modality: str, series_uid: str, s
     ds.ReferringPhysicianName = ""
     ds.SeriesDescription = description
     # Patient
-    ds.PatientName = name if "^" in name else f"{name}^"  # family name component only
+    ds.PatientName = name
     ds.PatientID = pid
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
     ds.SoftwareVersions = _SOFTWARE_VERSION
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
-    ds.StudyID = (ct_info.study_id if ct_info and ct_info.study_id else "1")[:16]
+    ds.StudyID = study_id
     ds.SeriesNumber = series_number
     ds.FrameOfReferenceUID = frame_uid
     ds.PositionReferenceIndicator = ""
     return ds
 
 
-def _save(ds: FileDataset, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if _PYDICOM_MAJOR >= 3:
-        ds.save_as(path, enforce_file_format=True)
-    else:  # pydicom 2.x
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.save_as(str(path), write_like_original=False)
+def _save(ds: FileDataset, path: Path, overwrite: bool) -> None:
+    """Write ``ds`` to ``path`` atomically (:func:`optimizer._files.atomic_write`): never a
+    half-written file, never through a symlink; without ``overwrite`` an existing name (also one
+    created meanwhile by a concurrent writer) raises FileExistsError."""
+
+    def write(f) -> None:
+        if _PYDICOM_MAJOR >= 3:
+            ds.save_as(f, enforce_file_format=True)
+        else:  # pydicom 2.x
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+            ds.save_as(f, write_like_original=False)
+
+    atomic_write(path, write, overwrite)
 
 
 def _check_ct_info(ct_info: CTInfo, grid: Grid, what: str) -> None:
@@ -168,12 +244,74 @@ def _referenced_frame_sequence(ct_info: CTInfo) -> DicomSequence:
 # -- CT -------------------------------------------------------------------------------------
 
 
+def _ct_storage(hu: np.ndarray, where: Path) -> tuple[np.ndarray, float, float]:
+    """Stored int16 values, RescaleSlope and RescaleIntercept for a CT in HU.
+
+    Values outside :data:`CT_HU_RANGE` are clipped to it (with a warning giving their number);
+    the rest are rounded to the nearest HU. The slope is 1; the intercept is 0 when the CT fits
+    in [-32768, 32767] HU, else the CT minimum + 32768, so that int16 holds the data range.
+    """
+    hu = np.asarray(hu, dtype=float)
+    if not np.all(np.isfinite(hu)):
+        raise DicomError(f"{where}: ct_hu has {int((~np.isfinite(hu)).sum())} NaN or infinite values")
+    lo, hi = CT_HU_RANGE
+    outside = int(np.count_nonzero((hu < lo) | (hu > hi)))
+    if outside:
+        warnings.warn(
+            f"{where}: {outside} CT voxel(s) outside the representable range [{lo:g}, {hi:g}] HU "
+            f"(min {hu.min():g}, max {hu.max():g} HU) clipped to it",
+            stacklevel=3,
+        )
+        hu = np.clip(hu, lo, hi)
+    q = np.rint(hu)
+    slope, intercept = 1.0, 0.0
+    if q.size and (q.min() < -32768 or q.max() > 32767):
+        intercept = float(q.min()) + 32768.0
+    stored = q - intercept
+    if stored.size and (stored.min() < -32768 or stored.max() > 32767):  # cannot happen: range < 65536
+        raise DicomError(f"{where}: CT range {q.min():g} to {q.max():g} HU does not fit 16 bits")
+    stored = stored.astype("<i2")
+    error = float(np.max(np.abs(stored * slope + intercept - hu))) if hu.size else 0.0
+    if error > 1.0:
+        raise DicomError(f"{where}: CT numbers would be stored {error:g} HU off; not written")
+    return stored, slope, intercept
+
+
+def _remove_stale_slices(folder: Path, keep: set[str]) -> None:
+    """Remove CT images named like this writer's slices (CT_0000.dcm, ...) that the series just
+    written does not include. Other files, and files that are not CT images, stay."""
+    for p in sorted(folder.iterdir()):
+        if p.name in keep or not _CT_FILE_NAME.fullmatch(p.name) or not (p.is_file() or p.is_symlink()):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                is_ct = _kind(pydicom.dcmread(p, stop_before_pixels=True)) == "CT"
+        except Exception:  # not readable: not a CT image of ours
+            is_ct = False
+        if not is_ct:
+            warnings.warn(f"{p}: named like a CT slice but not a readable CT image; left in place "
+                          "(the folder will not load while it is there)", stacklevel=3)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)  # a symlink is removed, its target never
+
+
 def write_ct_series(patient: Patient, folder: str | os.PathLike, overwrite: bool = False) -> CTInfo:
     """Write the patient's CT as a DICOM CT Image series, one file per slice.
 
     Files are ``CT_0000.dcm``, ``CT_0001.dcm``, ... (slice ``z`` index). HU are stored as signed
-    16-bit integers with ``RescaleSlope`` 1 and ``RescaleIntercept`` 0, i.e. rounded to the
-    nearest HU; when the CT exceeds the int16 range a larger slope is used.
+    16-bit integers with ``RescaleSlope`` 1, i.e. rounded to the nearest HU (read back within
+    0.5 HU). The representable range is :data:`CT_HU_RANGE`, [-10000, 55000] HU: values outside
+    it are clipped to it, with a warning giving their number. ``RescaleIntercept`` is 0 when the
+    CT fits in [-32768, 32767] HU, else the CT minimum + 32768.
+
+    With ``overwrite=True`` the folder's earlier series is replaced as a whole: after the new
+    slices are written, the CT images named ``CT_<number>.dcm`` that are not part of the new
+    series are removed (a shorter series leaves no stale slice behind; files named otherwise, and
+    files that are not CT images, are left alone). Without it, an existing slice file raises
+    FileExistsError before anything is written, and a slice file created meanwhile by another
+    writer raises it with the slices written so far removed again.
 
     Returns
     -------
@@ -189,52 +327,61 @@ def write_ct_series(patient: Patient, folder: str | os.PathLike, overwrite: bool
     paths = [folder / f"CT_{k:04d}.dcm" for k in range(nz)]
     for p in paths:
         _check_target(p, overwrite)
+    _patient_fields(patient, None, folder)  # refuse names DICOM would change before writing anything
+    stored, slope, intercept = _ct_storage(patient.ct_hu, folder)
     study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
     sop_uids = [generate_uid() for _ in range(nz)]
     zs, _, _ = grid.axes_mm()
     dz, dy, dx = grid.spacing_mm
     oz, oy, ox = grid.origin_mm
-    hu = np.asarray(patient.ct_hu, dtype=float)
-    extreme = float(np.max(np.abs(hu))) if hu.size else 0.0
-    slope = 1.0 if extreme <= 32767 else float(np.ceil(extreme / 32767))
-    stored = np.clip(np.rint(hu / slope), -32768, 32767).astype("<i2")
     info = CTInfo(
         study_instance_uid=study_uid,
         series_instance_uid=series_uid,
         frame_of_reference_uid=frame_uid,
         sop_instance_uids=tuple(sop_uids),
         slice_z_mm=tuple(float(z) for z in zs),
-        patient_name=str(patient.name)[:64],
-        patient_id=str(patient.name)[:64],
+        patient_name=str(patient.name),
+        patient_id=str(patient.name),
         study_id="1",
     )
-    for k in range(nz):
-        ds = _new_dataset(CT_IMAGE_STORAGE, sop_uids[k], "CT", series_uid, 1, patient, info,
-                          study_uid, frame_uid, "bioplan CT")
-        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        ds.PatientPosition = "HFS"
-        ds.Laterality = ""
-        ds.ManufacturerModelName = "bioplan"
-        ds.InstanceNumber = k + 1
-        ds.AcquisitionNumber = 1
-        ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
-        ds.KVP = ""
-        ds.SliceThickness = _ds(dz)
-        ds.ImagePositionPatient = _ds_list([ox, oy, zs[k]])
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.SliceLocation = _ds(zs[k])
-        ds.PixelSpacing = _ds_list([dy, dx])
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = ny, nx
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = "0"
-        ds.RescaleSlope = _ds(slope)
-        ds.RescaleType = "HU"
-        ds.WindowCenter, ds.WindowWidth = "40", "400"
-        ds.PixelData = stored[k].tobytes()
-        _save(ds, paths[k])
+    written: list[Path] = []
+    try:
+        for k in range(nz):
+            ds = _new_dataset(CT_IMAGE_STORAGE, sop_uids[k], "CT", series_uid, 1, patient, info,
+                              study_uid, frame_uid, "bioplan CT", paths[k])
+            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+            ds.PatientPosition = "HFS"
+            ds.Laterality = ""
+            ds.ManufacturerModelName = "bioplan"
+            ds.InstanceNumber = k + 1
+            ds.AcquisitionNumber = 1
+            ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+            ds.KVP = ""
+            ds.SliceThickness = _ds(dz)
+            ds.ImagePositionPatient = _ds_list([ox, oy, zs[k]])
+            ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+            ds.SliceLocation = _ds(zs[k])
+            ds.PixelSpacing = _ds_list([dy, dx])
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.Rows, ds.Columns = ny, nx
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+            ds.PixelRepresentation = 1
+            ds.RescaleIntercept = _ds(intercept)
+            ds.RescaleSlope = _ds(slope)
+            ds.RescaleType = "HU"
+            ds.WindowCenter, ds.WindowWidth = "40", "400"
+            ds.PixelData = stored[k].tobytes()
+            _save(ds, paths[k], overwrite)
+            written.append(paths[k])
+    except BaseException:
+        if not overwrite:  # no half series of ours left behind
+            for p in written:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        raise
+    if overwrite:
+        _remove_stale_slices(folder, {p.name for p in paths})
     return info
 
 
@@ -300,9 +447,11 @@ def write_rtstruct(patient: Patient, path: str | os.PathLike, ct_info: CTInfo,
     _check_ct_info(ct_info, grid, "write_rtstruct")
     names = patient.structure_names if structure_names is None else list(structure_names)
     structures = [patient.structure(n) for n in names]
+    roi_names = [_text(s.name, "ROIName", "LO", path) for s in structures]
     sop_uid = generate_uid()
     ds = _new_dataset(RT_STRUCTURE_SET_STORAGE, sop_uid, "RTSTRUCT", generate_uid(), 2, patient, ct_info,
-                      ct_info.study_instance_uid, ct_info.frame_of_reference_uid, "bioplan structures")
+                      ct_info.study_instance_uid, ct_info.frame_of_reference_uid, "bioplan structures",
+                      path)
     ds.OperatorsName = ""
     ds.InstanceNumber = 1
     ds.StructureSetLabel = "bioplan"
@@ -315,7 +464,7 @@ def write_rtstruct(patient: Patient, path: str | os.PathLike, ct_info: CTInfo,
         roi = Dataset()
         roi.ROINumber = number
         roi.ReferencedFrameOfReferenceUID = ct_info.frame_of_reference_uid
-        roi.ROIName = s.name[:64]
+        roi.ROIName = roi_names[number - 1]
         roi.ROIGenerationAlgorithm = "AUTOMATIC"
         rois.append(roi)
         items = []
@@ -348,7 +497,7 @@ def write_rtstruct(patient: Patient, path: str | os.PathLike, ct_info: CTInfo,
     ds.ROIContourSequence = DicomSequence(contours)
     ds.RTROIObservationsSequence = DicomSequence(observations)
     ds.ApprovalStatus = "UNAPPROVED"
-    _save(ds, path)
+    _save(ds, path, overwrite)
     return sop_uid
 
 
@@ -398,7 +547,7 @@ def write_rtdose(dose_Gy: np.ndarray, patient: Patient, path: str | os.PathLike,
     sop_uid = generate_uid()
     plan_uid = referenced_plan_uid or generate_uid()
     ds = _new_dataset(RT_DOSE_STORAGE, sop_uid, "RTDOSE", generate_uid(), 3, patient, ct_info,
-                      ct_info.study_instance_uid, ct_info.frame_of_reference_uid, "bioplan dose")
+                      ct_info.study_instance_uid, ct_info.frame_of_reference_uid, "bioplan dose", path)
     ds.OperatorsName = ""
     ds.InstanceNumber = 1
     ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
@@ -431,7 +580,7 @@ def write_rtdose(dose_Gy: np.ndarray, patient: Patient, path: str | os.PathLike,
     study.ReferencedSOPInstanceUID = ct_info.study_instance_uid
     ds.ReferencedStudySequence = DicomSequence([study])
     ds.PixelData = stored.tobytes()
-    _save(ds, path)
+    _save(ds, path, overwrite)
     return sop_uid
 
 
@@ -542,15 +691,20 @@ def write_rt_ion_plan(path: str | os.PathLike, spots: Mapping[str, np.ndarray], 
     if not beams:
         raise DicomError("beams: expected at least one beam")
     sp = _validate_spots(spots, weights, beams)
+    label = _text(plan_label, "RTPlanLabel", "SH", path)
+    _text(plan_label, "RTPlanName", "LO", path)
+    machine = _text(machine_name, "TreatmentMachineName", "SH", path)
+    tune_id = _text(spot_tune_id, "ScanSpotTuneID", "SH", path)
     keep = sp["weight"] > 0
     sp = {k: v[keep] for k, v in sp.items()}
     sop_uid = sop_instance_uid or generate_uid()
     ds = _new_dataset(RT_ION_PLAN_STORAGE, sop_uid, "RTPLAN", generate_uid(), 4, patient, ct_info,
-                      ct_info.study_instance_uid, ct_info.frame_of_reference_uid, "bioplan proton plan")
+                      ct_info.study_instance_uid, ct_info.frame_of_reference_uid, "bioplan proton plan",
+                      path)
     ds.OperatorsName = ""
     ds.InstanceNumber = 1
-    ds.RTPlanLabel = plan_label[:16]
-    ds.RTPlanName = plan_label[:64]
+    ds.RTPlanLabel = label
+    ds.RTPlanName = label
     ds.RTPlanDescription = (
         f"bioplan proton PBS plan. MU calibration: {mu_per_weight:g} MU per unit optimizer spot weight "
         "(per fraction); ScanSpotMetersetWeights are the spot weights, "
@@ -609,7 +763,7 @@ def write_rt_ion_plan(path: str | os.PathLike, spots: Mapping[str, np.ndarray], 
                     cp.SnoutPosition = 0.0
                     cp.MetersetRate = 0.0
                 cp.CumulativeMetersetWeight = _ds(cumulative if half == 0 else cumulative + w.sum())
-                cp.ScanSpotTuneID = spot_tune_id
+                cp.ScanSpotTuneID = tune_id
                 cp.NumberOfScanSpotPositions = int(ls.size)
                 cp.ScanSpotPositionMap = pos.tolist()
                 cp_w = w if half == 0 else np.zeros_like(w)
@@ -619,14 +773,14 @@ def write_rt_ion_plan(path: str | os.PathLike, spots: Mapping[str, np.ndarray], 
             cumulative += float(w.sum())
         ib = Dataset()
         ib.BeamNumber = number
-        ib.BeamName = str(b.get("name", f"B{number}"))[:64]
+        ib.BeamName = _text(b.get("name", f"B{number}"), f"BeamName (beams[{b_index}])", "LO", path)
         ib.BeamDescription = (
             f"gantry {float(b['gantry_deg']) % 360:g} deg, couch {float(b['couch_deg']) % 360:g} deg, "
             f"{mu_per_weight:g} MU per unit weight"
         )
         ib.BeamType = "STATIC"
         ib.RadiationType = "PROTON"
-        ib.TreatmentMachineName = machine_name[:16]
+        ib.TreatmentMachineName = machine
         ib.Manufacturer = _MANUFACTURER
         ib.PrimaryDosimeterUnit = "MU"
         ib.TreatmentDeliveryType = "TREATMENT"
@@ -661,5 +815,5 @@ def write_rt_ion_plan(path: str | os.PathLike, spots: Mapping[str, np.ndarray], 
     ds.FractionGroupSequence = DicomSequence([fg])
     ds.IonBeamSequence = DicomSequence(ion_beams)
     ds.ApprovalStatus = "UNAPPROVED"
-    _save(ds, path)
+    _save(ds, path, overwrite)
     return sop_uid

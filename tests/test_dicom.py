@@ -385,8 +385,13 @@ def test_truncated_file(ct_folder):
 
 
 def test_non_dicom_file(ct_folder):
+    """A stray non-DICOM file is skipped with a warning naming it; damaged DICOM still raises."""
     (ct_folder / "notes.txt").write_text("scanned on Tuesday\n" * 20)
-    with pytest.raises(DicomError, match=r"notes\.txt"):
+    with pytest.warns(UserWarning, match=r"notes\.txt.*skipped"):
+        assert load_ct_series(ct_folder).grid.shape == (6, 12, 12)
+    data = (ct_folder / "CT_0001.dcm").read_bytes()
+    (ct_folder / "CT_0001.dcm").write_bytes(data[:140] + b"scanned on Tuesday" * 20)
+    with pytest.raises(DicomError, match=r"CT_0001\.dcm"):
         load_ct_series(ct_folder)
 
 
