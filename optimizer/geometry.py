@@ -265,6 +265,11 @@ class Patient:
         return np.flatnonzero(self.structure(name).mask.ravel())
 
     def relative_electron_density(self, table: np.ndarray | None = None) -> np.ndarray:
+        """Relative electron density from the CT through ``table`` (N x 2: HU, density); by
+        default the patient's own ``density_table`` where an importer set one (e.g. a matRad
+        file's ``ct.hlut``), else :data:`HU_TO_RED_TABLE`."""
+        if table is None:
+            table = getattr(self, "density_table", None)
         return hu_to_red(self.ct_hu, table)
 
     # -- derived structures -----------------------------------------------------------------

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 
+from objectives.errors import BioplanError
 from objectives.terms import Term, TermContext
 
 from .errors import InfeasiblePlanError, PlanError, SolverError
@@ -94,8 +95,10 @@ class PlanProblem:
             raise PlanError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
         if not isinstance(influence, InfluenceMatrix):
             raise PlanError(f"influence: expected an InfluenceMatrix, got {type(influence).__name__}")
-        if influence.grid != patient.grid:
-            raise PlanError("influence: its grid differs from patient.grid; compute it on this patient")
+        try:
+            influence.check_patient(patient)  # same grid, and rows that index it plausibly
+        except BioplanError as exc:
+            raise PlanError(f"influence: {exc}") from None
         if max_voxels_per_structure is not None:
             max_voxels_per_structure = _check_int(max_voxels_per_structure, "max_voxels_per_structure", 1)
         if let_dose is not None and (not isinstance(let_dose, InfluenceMatrix)
