@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validate import _fraction_count, _nonneg, _out, _positive
 from .errors import BiologyError
 from .radiobiology import check_course_dose
 
@@ -31,34 +32,6 @@ MCNAMARA_P0 = 0.99064
 MCNAMARA_P1 = 0.35605  # Gy um / keV
 MCNAMARA_P2 = 1.1012
 MCNAMARA_P3 = -0.0038703  # Gy^-1/2 um / keV
-
-
-def _array(value, name: str, unit: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        raise BiologyError(f"{name}: expected numbers in {unit}, got {value!r}") from None
-    if not np.all(np.isfinite(arr)):
-        raise BiologyError(f"{name}: contains NaN or infinite values")
-    return arr
-
-
-def _nonneg(value, name: str, unit: str) -> np.ndarray:
-    arr = _array(value, name, unit)
-    if np.any(arr < 0):
-        raise BiologyError(f"{name}: expected values >= 0 {unit}, got {arr[arr < 0].ravel()[0]:g}")
-    return arr
-
-
-def _positive(value, name: str, unit: str) -> np.ndarray:
-    arr = _array(value, name, unit)
-    if np.any(arr <= 0):
-        raise BiologyError(f"{name}: expected values > 0 {unit}, got {arr[arr <= 0].ravel()[0]:g}")
-    return arr
-
-
-def _out(arr: np.ndarray):
-    return float(arr) if np.ndim(arr) == 0 else arr
 
 
 def mcnamara_rbe_max(letd, alpha_beta_x):
@@ -123,15 +96,13 @@ def rbe_weighted_dose(dose_Gy, letd=None, alpha_beta_x=None, *, fractions: int,
         (:func:`objectives.radiobiology.check_course_dose`).
     """
     dose = _nonneg(dose_Gy, "dose_Gy", "Gy")
-    if isinstance(fractions, bool) or not isinstance(fractions, (int, float, np.integer, np.floating)) \
-            or not float(fractions).is_integer() or fractions < 1:
-        raise BiologyError(f"fractions: expected an integer >= 1, got {fractions!r}")
-    check_course_dose(dose, fractions, "dose_Gy")
+    n = _fraction_count(fractions)
+    check_course_dose(dose, n, "dose_Gy")
     if model == "constant":
         return _out(RBE_CONSTANT * dose)
     if model != "mcnamara":
         raise BiologyError(f"model: expected 'mcnamara' or 'constant', got {model!r}")
     if letd is None or alpha_beta_x is None:
         raise BiologyError("letd, alpha_beta_x: both are required for model='mcnamara'")
-    rbe = mcnamara_rbe(dose / float(fractions), letd, alpha_beta_x)
+    rbe = mcnamara_rbe(dose / float(n), letd, alpha_beta_x)
     return _out(np.asarray(rbe) * dose)
