@@ -24,19 +24,48 @@ at 100 cm from the source.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
+from numbers import Integral
+from types import SimpleNamespace
 
 import numpy as np
 import scipy.sparse as sp
 from scipy import ndimage
 from scipy.special import erf
 
-from ..errors import BeamError
+from ..errors import BeamError, GeometryError
 from ..geometry import Patient
 from ..influence import InfluenceMatrix
-from .raytrace import BeamGeometry, radiological_depth
+from .raytrace import (
+    FAN_BYTES_PER_SAMPLE,
+    BeamGeometry,
+    available_memory_mb,
+    check_angles,
+    check_bool_array,
+    check_dose_mask,
+    check_max_memory,
+    check_number,
+    check_point,
+    coarse_depth,
+    fan_samples,
+    radiological_depth,
+    refuse_if_too_large,
+)
+
+#: Peak memory of :meth:`PhotonBeams.influence` per nonzero of the result, bytes: the per-beam
+#: (voxel, column, value) triplets (int64, int64, float32), their concatenation, the row
+#: renumbering (``np.unique``) and the COO -> CSR conversion. Measured as the growth of the
+#: resident set size with the number of nonzeros (91 B; tracemalloc alone: 69 B).
+BYTES_PER_NONZERO = 92
+#: Memory per dose-mask voxel held during the computation (positions, flat indices, beam
+#: coordinates), bytes.
+BYTES_PER_VOXEL = 100
+#: Dose-mask voxels sampled (at most) by the memory estimate.
+ESTIMATE_SAMPLE = 20_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +84,19 @@ class PhotonKernel:
     surface_dose: float = 0.45
     sigma0_mm: float = 2.6
     sigma_slope: float = 0.02
+
+    def __post_init__(self):
+        checks = {
+            "mu_per_mm": ("an attenuation > 0 per mm", lambda v: v > 0),
+            "buildup_per_mm": ("a build-up rate > 0 per mm", lambda v: v > 0),
+            "surface_dose": ("a relative surface dose in [0, 1]", lambda v: 0 <= v <= 1),
+            "sigma0_mm": ("a lateral spread > 0 mm", lambda v: v > 0),
+            "sigma_slope": ("a spread growth >= 0 mm per mm", lambda v: v >= 0),
+        }
+        for f in dataclass_fields(self):
+            expected, ok = checks[f.name]
+            value = check_number(getattr(self, f.name), f"kernel.{f.name}", expected, ok)
+            object.__setattr__(self, f.name, value)
 
     def depth_dose(self, depth_mm: np.ndarray) -> np.ndarray:
         """Relative broad-field depth dose P(d), 1 at d_max. ``depth_mm``: radiological depth."""
@@ -96,8 +138,12 @@ class PhotonBeams:
     margin_mm : extra margin around the target projection, mm (default 5)
     sad_mm : source-axis distance, mm
     kernel : the pencil-beam parameters
-    cutoff_sigma : lateral truncation of each beamlet, in sigmas beyond the beamlet edge
-    min_relative : entries below this fraction of the beamlet's on-axis value are dropped
+    cutoff_sigma : lateral truncation of each beamlet, in sigmas beyond the beamlet edge (> 0)
+    min_relative : entries below this fraction of the beamlet's on-axis value are dropped, in
+        [0, 1)
+
+    Every argument is checked here (type, NaN, range; gantry angles equal modulo 360 deg are
+    refused as duplicates) and :class:`~optimizer.errors.BeamError` names the one at fault.
     """
 
     def __init__(
@@ -110,24 +156,19 @@ class PhotonBeams:
         cutoff_sigma: float = 3.0,
         min_relative: float = 1e-3,
     ):
-        try:
-            self.gantry_deg = [float(g) for g in gantry_deg]
-        except TypeError:
-            self.gantry_deg = [float(gantry_deg)]
-        if not self.gantry_deg:
-            raise BeamError("gantry_deg: expected at least one gantry angle")
-        if not all(np.isfinite(self.gantry_deg)):
-            raise BeamError(f"gantry_deg: expected finite angles, got {self.gantry_deg}")
-        if not (np.isfinite(beamlet_mm) and beamlet_mm > 0):
-            raise BeamError(f"beamlet_mm: expected a positive size in mm, got {beamlet_mm}")
-        if not (np.isfinite(margin_mm) and margin_mm >= 0):
-            raise BeamError(f"margin_mm: expected a margin >= 0 mm, got {margin_mm}")
-        self.beamlet_mm = float(beamlet_mm)
-        self.margin_mm = float(margin_mm)
-        self.sad_mm = float(sad_mm)
-        self.kernel = kernel or PhotonKernel()
-        self.cutoff_sigma = float(cutoff_sigma)
-        self.min_relative = float(min_relative)
+        self.gantry_deg = check_angles(gantry_deg, "gantry_deg")
+        self.beamlet_mm = check_number(beamlet_mm, "beamlet_mm", "a positive size in mm", lambda v: v > 0)
+        self.margin_mm = check_number(margin_mm, "margin_mm", "a margin >= 0 mm", lambda v: v >= 0)
+        self.sad_mm = check_number(sad_mm, "sad_mm", "a positive distance in mm", lambda v: v > 0)
+        if kernel is None:
+            kernel = PhotonKernel()
+        if not isinstance(kernel, PhotonKernel):
+            raise BeamError(f"kernel: expected a PhotonKernel or None, got {type(kernel).__name__}")
+        self.kernel = kernel
+        self.cutoff_sigma = check_number(cutoff_sigma, "cutoff_sigma", "a number of sigmas > 0",
+                                         lambda v: v > 0)
+        self.min_relative = check_number(min_relative, "min_relative", "a fraction in [0, 1)",
+                                         lambda v: 0 <= v < 1)
 
     # -- beamlet placement ----------------------------------------------------------------------
     def beamlet_map(self, geom: BeamGeometry, target_xyz: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -159,6 +200,7 @@ class PhotonBeams:
         dose_mask: np.ndarray | None = None,
         fields: dict[int, np.ndarray] | None = None,
         progress: bool = False,
+        max_memory_mb: float | None = None,
     ) -> InfluenceMatrix:
         """Dose-influence matrix of all beams on the patient grid.
 
@@ -170,50 +212,28 @@ class PhotonBeams:
         isocenter_mm : (x, y, z) LPS, mm; default the target's centroid
         dose_mask : [z, y, x] boolean mask of voxels to compute dose in; default voxels with
             relative electron density > 0.05 (inside the patient)
-        fields : optional {beam number: boolean open-beamlet map} that replaces the automatic
-            placement (for commissioning fields such as 10 x 10 cm2)
+        fields : optional {beam number: 2-D boolean open-beamlet map (rows = v, cols = u)} that
+            replaces the automatic placement (for commissioning fields such as 10 x 10 cm2);
+            every map needs at least one open beamlet
         progress : print one line per beam
+        max_memory_mb : memory the computation may use, MB. Before any dose is computed the
+            peak memory is estimated (:meth:`estimate_memory`) and a larger estimate raises
+            :class:`~optimizer.errors.BeamError`. Default: the memory available now (Linux
+            ``MemAvailable``; no check where unknown); ``math.inf`` switches the check off.
         """
-        grid = patient.grid
-        if target is None:
-            targets = [s.name for s in patient.structures if s.role == "target"]
-            if not targets and fields is None:
-                raise BeamError("target: the patient has no structure with role 'target'; name one")
-            target = targets[0] if targets else None
-        target_mask = patient.structure(target).mask if target is not None else None
-        if target_mask is not None and not target_mask.any():
-            raise BeamError(f"target '{target}': structure is empty")
-        if isocenter_mm is None:
-            if target_mask is None:
-                raise BeamError("isocenter_mm: required when no target is given")
-            isocenter_mm = tuple(grid.positions_mm(np.flatnonzero(target_mask.ravel())).mean(axis=0))
-        density = patient.relative_electron_density()
-        if dose_mask is None:
-            dose_mask = density > 0.05
-        dose_mask = np.asarray(dose_mask, dtype=bool)
-        if dose_mask.shape != grid.shape:
-            raise BeamError(f"dose_mask: shape {dose_mask.shape} does not match grid.shape {grid.shape}")
-        voxels = np.flatnonzero(dose_mask.ravel())
+        setup = self._prepare(patient, target, isocenter_mm, dose_mask, fields)
+        limit = check_max_memory(max_memory_mb)
+        refuse_if_too_large(
+            lambda: self._estimate(setup), limit, available_memory_mb() if limit is None else None,
+            "Use a coarser dose grid (resample the patient), a larger beamlet_mm, a smaller dose_mask "
+            "or fewer beams")
+        grid, density, voxels, iso = setup.grid, setup.density, setup.voxels, setup.iso
         positions = grid.positions_mm(voxels)
-        target_xyz = None
-        if target_mask is not None:
-            target_xyz = grid.positions_mm(np.flatnonzero(target_mask.ravel()))
-
         rows, cols, vals = [], [], []
         table = {k: [] for k in ("beam", "row", "col", "u_mm", "v_mm")}
         beams, n_cols = [], 0
-        for b, gantry in enumerate(self.gantry_deg):
+        for b, (gantry, geom, (open_map, u0, v0)) in enumerate(zip(self.gantry_deg, setup.geoms, setup.maps)):
             t_start = time.perf_counter()
-            geom = BeamGeometry(gantry, isocenter_mm, self.sad_mm)
-            if fields is not None and b in fields:
-                open_map = np.asarray(fields[b], dtype=bool)
-                nv, nu = open_map.shape
-                u0 = -(nu - 1) / 2 * self.beamlet_mm
-                v0 = -(nv - 1) / 2 * self.beamlet_mm
-            else:
-                if target_xyz is None:
-                    raise BeamError(f"fields: no field given for beam {b} and no target to cover")
-                open_map, u0, v0 = self.beamlet_map(geom, target_xyz)
             r, c = np.nonzero(open_map)
             index_map = -np.ones(open_map.shape, dtype=np.int64)
             index_map[r, c] = n_cols + np.arange(len(r))
@@ -226,7 +246,7 @@ class PhotonBeams:
             table["col"].append(c)
             table["u_mm"].append(u0 + c * self.beamlet_mm)
             table["v_mm"].append(v0 + r * self.beamlet_mm)
-            beams.append({"gantry_deg": gantry, "couch_deg": 0.0, "isocenter_mm": list(isocenter_mm),
+            beams.append({"gantry_deg": gantry, "couch_deg": 0.0, "isocenter_mm": list(iso),
                           "sad_mm": self.sad_mm, "map_shape": list(open_map.shape),
                           "beamlet_mm": self.beamlet_mm, "u0_mm": u0, "v0_mm": v0,
                           "energy": "6MV"})
@@ -242,23 +262,142 @@ class PhotonBeams:
         return InfluenceMatrix(matrix, voxel_index, grid, {k: np.concatenate(v) for k, v in table.items()},
                                beams, "photon")
 
-    def _beam_dose(self, geom, density, patient, positions, index_map, u0, v0):
-        """Nonzeros (point index, beamlet column, value) of one beam, vectorized over points."""
+    def estimate_memory(
+        self,
+        patient: Patient,
+        target: str | None = None,
+        isocenter_mm: tuple[float, float, float] | None = None,
+        dose_mask: np.ndarray | None = None,
+        fields: dict[int, np.ndarray] | None = None,
+    ) -> dict[str, float]:
+        """Size of the matrix :meth:`influence` would build with these arguments, before building it.
+
+        The beamlets are placed as in :meth:`influence`; the dose-mask voxels (a random sample
+        of at most ``ESTIMATE_SAMPLE``, scaled up) are traced on a coarse ray fan for their
+        radiological depth, and each is paired with the open beamlets by the same lateral
+        reach and ``min_relative`` cut as the dose. Returns ``nnz`` (nonzeros), ``matrix_mb``
+        (nnz x 8 bytes: float32 value + int32 column index of CSR) and ``peak_mb`` (the peak
+        memory of the computation: :data:`BYTES_PER_NONZERO` per nonzero, the per-voxel arrays
+        and the largest per-beam ray fan).
+        """
+        return self._estimate(self._prepare(patient, target, isocenter_mm, dose_mask, fields))
+
+    # -- internals ------------------------------------------------------------------------------
+    def _prepare(self, patient, target, isocenter_mm, dose_mask, fields) -> SimpleNamespace:
+        """Check the arguments of :meth:`influence` and place the beamlets of every beam."""
+        if not isinstance(patient, Patient):
+            raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
+        grid = patient.grid
+        fields = self._check_fields(fields)
+        if target is not None and not isinstance(target, str):
+            raise BeamError(f"target: expected a structure name (str) or None, got {type(target).__name__}")
+        if target is None:
+            targets = [s.name for s in patient.structures if s.role == "target"]
+            if not targets and fields is None:
+                raise BeamError("target: the patient has no structure with role 'target'; name one")
+            target = targets[0] if targets else None
+        try:
+            target_mask = patient.structure(target).mask if target is not None else None
+        except GeometryError as e:
+            raise BeamError(f"target: {e}") from None
+        if target_mask is not None and not target_mask.any():
+            raise BeamError(f"target '{target}': structure is empty")
+        if isocenter_mm is None:
+            if target_mask is None:
+                raise BeamError("isocenter_mm: required when no target is given")
+            isocenter_mm = tuple(grid.positions_mm(np.flatnonzero(target_mask.ravel())).mean(axis=0))
+        iso = check_point(isocenter_mm, "isocenter_mm")
+        density = patient.relative_electron_density()
+        dose_mask = check_dose_mask(density > 0.05 if dose_mask is None else dose_mask, grid.shape)
+        target_xyz = None
+        if target_mask is not None:
+            target_xyz = grid.positions_mm(np.flatnonzero(target_mask.ravel()))
+        geoms, maps = [], []
+        for b, gantry in enumerate(self.gantry_deg):
+            geom = BeamGeometry(gantry, iso, self.sad_mm)
+            if fields is not None and b in fields:
+                open_map = fields[b]
+                nv, nu = open_map.shape
+                maps.append((open_map, -(nu - 1) / 2 * self.beamlet_mm, -(nv - 1) / 2 * self.beamlet_mm))
+            else:
+                if target_xyz is None:
+                    raise BeamError(f"fields: no field given for beam {b} and no target to cover")
+                maps.append(self.beamlet_map(geom, target_xyz))
+            geoms.append(geom)
+        return SimpleNamespace(grid=grid, density=density, voxels=np.flatnonzero(dose_mask.ravel()),
+                               iso=iso, geoms=geoms, maps=maps)
+
+    def _check_fields(self, fields) -> dict[int, np.ndarray] | None:
+        """``fields`` as {beam number: non-empty 2-D boolean map}, or None."""
+        if fields is None:
+            return None
+        n = len(self.gantry_deg)
+        beams = "beam 0" if n == 1 else f"beams 0-{n - 1}"
+        if not isinstance(fields, Mapping):
+            raise BeamError(f"fields: expected a dict {{beam number: 2-D boolean open-beamlet map}}, "
+                            f"got {type(fields).__name__}")
+        out = {}
+        for key, value in fields.items():
+            if isinstance(key, bool) or not isinstance(key, Integral) or not 0 <= int(key) < n:
+                raise BeamError(f"fields: key {key!r} is not a beam number; this PhotonBeams has {beams}")
+            b = int(key)
+            name = f"fields[{b}]"
+            what = f"the open-beamlet map of beam {b} (gantry {self.gantry_deg[b]:g} deg)"
+            open_map = check_bool_array(value, name, f"{what} as a 2-D boolean array (rows = v, cols = u)")
+            if open_map.ndim != 2 or open_map.size == 0:
+                raise BeamError(f"{name}: expected {what} as a non-empty 2-D boolean array (rows = v, "
+                                f"cols = u), got shape {open_map.shape}")
+            if not open_map.any():
+                raise BeamError(f"{name}: {what} has no open beamlet (all False); open at least one, or "
+                                "leave the beam out of fields to cover the target")
+            out[b] = open_map
+        return out
+
+    def _estimate(self, setup: SimpleNamespace) -> dict[str, float]:
+        grid, voxels = setup.grid, setup.voxels
+        sample = voxels
+        if len(voxels) > ESTIMATE_SAMPLE:
+            sample = np.sort(np.random.default_rng(0).choice(voxels, ESTIMATE_SAMPLE, replace=False))
+        scale = len(voxels) / len(sample)
+        positions = grid.positions_mm(sample)
+        nnz, transient = 0.0, 0.0
+        for geom, (open_map, u0, v0) in zip(setup.geoms, setup.maps):
+            index_map = np.where(open_map, 0, -1)
+            u, v, t = geom.to_beam(positions)
+            near = self._near(u, v, t, open_map.shape, u0, v0)
+            if not near.any():
+                continue
+            fan = fan_samples(grid, geom, u[near], v[near])
+            depth = coarse_depth(setup.density, grid, geom, positions[near])
+            n_pairs, n_offsets = 0, 0
+            for idx, _, _ in self._pairs(u[near], v[near], t[near], depth, index_map, u0, v0):
+                n_pairs += len(idx)
+                n_offsets += 1
+            nnz += scale * n_pairs
+            # per beam: the ray fan, then per near voxel its beam coordinates, depth and the two
+            # 1-D profiles per neighbour offset (float64)
+            per_point = 64 + 16 * math.isqrt(n_offsets)
+            transient = max(transient, fan * FAN_BYTES_PER_SAMPLE + scale * near.sum() * per_point)
+        # the ray fans and profiles of a beam coexist with the triplets of the beams before it
+        # (20 B per nonzero), not with the final assembly
+        peak = len(voxels) * BYTES_PER_VOXEL + max(nnz * BYTES_PER_NONZERO, nnz * 20 + transient)
+        return {"nnz": nnz, "matrix_mb": nnz * 8 / 2**20, "peak_mb": peak / 2**20}
+
+    def _near(self, u, v, t, map_shape, u0, v0) -> np.ndarray:
+        """Points whose projection can be reached by some beamlet of a map of ``map_shape``."""
+        w = self.beamlet_mm
+        nv, nu = map_shape
+        sig_max = self.kernel.sigma_mm(400.0) * self.sad_mm / t.min()
+        reach = w / 2 + self.cutoff_sigma * sig_max
+        return ((u >= u0 - reach) & (u <= u0 + (nu - 1) * w + reach)
+                & (v >= v0 - reach) & (v <= v0 + (nv - 1) * w + reach))
+
+    def _pairs(self, u, v, t, depth, index_map, u0, v0):
+        """(point positions, beamlet columns, lateral factors) of the nonzeros, one neighbour
+        offset at a time (separable kernel, truncated at ``cutoff_sigma`` and ``min_relative``)."""
         w = self.beamlet_mm
         nv, nu = index_map.shape
-        k = self.kernel
-        u, v, t = geom.to_beam(positions)
-        # keep points whose projection can be reached by any beamlet of this beam
-        sig_max = k.sigma_mm(400.0) * self.sad_mm / t.min()
-        reach = w / 2 + self.cutoff_sigma * sig_max
-        near = ((u >= u0 - reach) & (u <= u0 + (nu - 1) * w + reach)
-                & (v >= v0 - reach) & (v <= v0 + (nv - 1) * w + reach))
-        pts = np.flatnonzero(near)
-        if len(pts) == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-        u, v, t, depth = radiological_depth(density, patient.grid, geom, positions[pts])
-        sigma_iso = k.sigma_mm(depth) * self.sad_mm / t
-        axial = (self.sad_mm / t) ** 2 * k.depth_dose(depth)
+        sigma_iso = self.kernel.sigma_mm(depth) * self.sad_mm / t
         ci = np.floor((u - u0) / w + 0.5).astype(np.int64)
         ri = np.floor((v - v0) / w + 0.5).astype(np.int64)
         K = int(np.ceil((w / 2 + self.cutoff_sigma * sigma_iso.max()) / w))
@@ -266,7 +405,6 @@ class PhotonBeams:
         pu = {d: _profile(u - (u0 + (ci + d) * w), w / 2, sigma_iso) for d in range(-K, K + 1)}
         pv = {d: _profile(v - (v0 + (ri + d) * w), w / 2, sigma_iso) for d in range(-K, K + 1)}
         centre = _profile(np.zeros(1), w / 2, sigma_iso) ** 2  # on-axis value of a beamlet
-        out_p, out_c, out_v = [], [], []
         for di in range(-K, K + 1):
             for dj in range(-K, K + 1):
                 r = ri + di
@@ -278,7 +416,20 @@ class PhotonBeams:
                 col = index_map[r[idx], c[idx]]
                 open_ = col >= 0
                 idx, col = idx[open_], col[open_]
-                out_p.append(pts[idx])
-                out_c.append(col)
-                out_v.append((axial[idx] * lat[idx]).astype(np.float32))
+                yield idx, col, lat[idx]
+
+    def _beam_dose(self, geom, density, patient, positions, index_map, u0, v0):
+        """Nonzeros (point index, beamlet column, value) of one beam, vectorized over points."""
+        u, v, t = geom.to_beam(positions)
+        # keep points whose projection can be reached by any beamlet of this beam
+        pts = np.flatnonzero(self._near(u, v, t, index_map.shape, u0, v0))
+        if len(pts) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        u, v, t, depth = radiological_depth(density, patient.grid, geom, positions[pts])
+        axial = (self.sad_mm / t) ** 2 * self.kernel.depth_dose(depth)
+        out_p, out_c, out_v = [], [], []
+        for idx, col, lat in self._pairs(u, v, t, depth, index_map, u0, v0):
+            out_p.append(pts[idx])
+            out_c.append(col)
+            out_v.append((axial[idx] * lat).astype(np.float32))
         return np.concatenate(out_p), np.concatenate(out_c), np.concatenate(out_v)

@@ -41,20 +41,35 @@ Spot placement
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import warnings
 from collections.abc import Iterable
+from types import SimpleNamespace
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from ..errors import BeamError
+from ..errors import BeamError, GeometryError
 from ..geometry import Patient
 from ..influence import InfluenceMatrix
 from ..stopping_power import hu_to_rsp
 from . import proton_physics as pp
-from .raytrace import BeamGeometry, radiological_depth
+from .raytrace import (
+    FAN_BYTES_PER_SAMPLE,
+    BeamGeometry,
+    available_memory_mb,
+    check_angles,
+    check_dose_mask,
+    check_max_memory,
+    check_number,
+    check_point,
+    coarse_depth,
+    fan_samples,
+    radiological_depth,
+    refuse_if_too_large,
+)
 
 #: Default virtual source-axis distance of a PBS nozzle, mm (scanning magnets about 2-3 m
 #: upstream of isocentre; verify per machine).
@@ -67,18 +82,26 @@ SPOT_SPACING_SIGMAS = 1.2
 _TABLE_STEP_MM = 0.1
 #: Depth beyond the range (in straggling sigmas) after which a spot deposits nothing.
 _DISTAL_CUT_SIGMAS = 5.0
+#: Peak memory of the dose computation per nonzero of the dose matrix, bytes: the per-layer CSC
+#: blocks, their column-wise join and the conversion to CSR (dose only), plus the same for the
+#: LET x dose matrix (both). Measured as the growth of the resident set size with the number of
+#: nonzeros (25.6 and 45.8 B; tracemalloc alone: 23.4 and 34.7 B).
+BYTES_PER_NONZERO = 26
+BYTES_PER_NONZERO_WITH_LET = 46
+#: Per spot-voxel pair within a layer's maximum lateral reach, bytes, held while that layer is
+#: computed (KD-tree pair list and its filtered copies).
+BYTES_PER_LAYER_PAIR = 72
+#: Memory per dose-mask voxel held during the computation (positions, beam coordinates), bytes.
+BYTES_PER_VOXEL = 100
+#: Dose-mask voxels sampled (at most) by the memory estimate.
+ESTIMATE_SAMPLE = 20_000
 
 
 def _positive(value, name: str, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise BeamError(f"{name}: expected a positive number of mm, got {value!r}") from None
-    if not (np.isfinite(v) and v > 0):
-        raise BeamError(f"{name}: expected a positive number of mm, got {value!r}")
-    return v
+    return check_number(value, name, "a positive number of mm" + (" or None" if allow_none else ""),
+                        lambda v: v > 0)
 
 
 class ProtonBeams:
@@ -97,9 +120,12 @@ class ProtonBeams:
     virtual_sad_mm : virtual source-axis distance, mm
     energies_MeV : optional fixed list of layer energies (70-230 MeV) used by every beam instead
         of the automatic layers (e.g. a single energy for commissioning-type checks)
-    cutoff_sigma : lateral truncation of each spot, in sigmas
+    cutoff_sigma : lateral truncation of each spot, in sigmas (> 0)
     rsp_table : optional HU -> RSP calibration, (N, 2); default
         :data:`optimizer.stopping_power.HU_TO_RSP_TABLE`
+
+    Every argument is checked here (type, NaN, range; gantry angles equal modulo 360 deg are
+    refused as duplicates) and :class:`~optimizer.errors.BeamError` names the one at fault.
     """
 
     def __init__(
@@ -115,45 +141,39 @@ class ProtonBeams:
         cutoff_sigma: float = 3.0,
         rsp_table: np.ndarray | None = None,
     ):
-        try:
-            self.gantry_deg = [float(g) for g in gantry_deg]
-        except TypeError:
-            try:
-                self.gantry_deg = [float(gantry_deg)]
-            except (TypeError, ValueError):
-                raise BeamError(f"gantry_deg: expected angles in degrees, got {gantry_deg!r}") from None
-        except ValueError:
-            raise BeamError(f"gantry_deg: expected angles in degrees, got {gantry_deg!r}") from None
-        if not self.gantry_deg:
-            raise BeamError("gantry_deg: expected at least one gantry angle")
-        if not all(np.isfinite(self.gantry_deg)):
-            raise BeamError(f"gantry_deg: expected finite angles, got {self.gantry_deg}")
+        self.gantry_deg = check_angles(gantry_deg, "gantry_deg")
         self.spot_sigma_air_mm = _positive(spot_sigma_air_mm, "spot_sigma_air_mm")
         self.spot_spacing_mm = _positive(spot_spacing_mm, "spot_spacing_mm", allow_none=True)
         if self.spot_spacing_mm is None:
             self.spot_spacing_mm = SPOT_SPACING_SIGMAS * self.spot_sigma_air_mm
         self.layer_spacing_mm = _positive(layer_spacing_mm, "layer_spacing_mm", allow_none=True)
-        try:
-            margin = float(margin_mm)
-        except (TypeError, ValueError):
-            raise BeamError(f"margin_mm: expected a margin >= 0 mm, got {margin_mm!r}") from None
-        if not (np.isfinite(margin) and margin >= 0):
-            raise BeamError(f"margin_mm: expected a margin >= 0 mm, got {margin_mm!r}")
-        self.margin_mm = margin
+        self.margin_mm = check_number(margin_mm, "margin_mm", "a margin >= 0 mm", lambda v: v >= 0)
         self.energy_spread_pct = pp._spread(energy_spread_pct)
         self.virtual_sad_mm = _positive(virtual_sad_mm, "virtual_sad_mm")
-        self.cutoff_sigma = _positive(cutoff_sigma, "cutoff_sigma")
+        self.cutoff_sigma = check_number(cutoff_sigma, "cutoff_sigma", "a number of sigmas > 0",
+                                         lambda v: v > 0)
         if energies_MeV is not None:
-            e = pp._energy(np.atleast_1d(np.asarray(energies_MeV, dtype=float)), "energies_MeV")
+            if isinstance(energies_MeV, (str, bytes)):
+                raise BeamError(f"energies_MeV: expected energies in MeV (numbers), got {energies_MeV!r}")
+            e = pp._energy(np.atleast_1d(energies_MeV), "energies_MeV")
             energies_MeV = sorted({float(v) for v in e.ravel()}, reverse=True)
         self.energies_MeV = energies_MeV
+        if rsp_table is not None:
+            try:
+                if isinstance(rsp_table, (str, bytes)):
+                    raise GeometryError(f"table: expected an (N, 2) array of HU and RSP, got {rsp_table!r}")
+                hu_to_rsp(np.zeros(1), rsp_table)
+            except GeometryError as err:
+                raise BeamError(f"rsp_table: {str(err).removeprefix('table: ')}") from None
+            rsp_table = np.array(rsp_table, dtype=float)
         self.rsp_table = rsp_table
         self._cache: tuple | None = None
 
     # -- public ---------------------------------------------------------------------------------
     def influence(self, patient: Patient, target: str | None = None,
                   isocenter_mm: tuple[float, float, float] | None = None,
-                  dose_mask: np.ndarray | None = None, progress: bool = False) -> InfluenceMatrix:
+                  dose_mask: np.ndarray | None = None, progress: bool = False,
+                  max_memory_mb: float | None = None) -> InfluenceMatrix:
         """Dose-influence matrix, Gy per fraction per unit spot weight (1e8 protons).
 
         Parameters
@@ -164,67 +184,111 @@ class ProtonBeams:
         isocenter_mm : (x, y, z) LPS, mm; default the target's centroid
         dose_mask : [z, y, x] voxels to compute dose in; default RSP > 0.05 (inside the patient)
         progress : print one line per beam
+        max_memory_mb : memory the computation may use, MB. After the spots are placed and
+            before any dose is computed the peak memory is estimated (:meth:`estimate_memory`)
+            and a larger estimate raises :class:`~optimizer.errors.BeamError`. Default: the
+            memory available now (Linux ``MemAvailable``; no check where unknown); ``math.inf``
+            switches the check off.
 
         Returns an :class:`~optimizer.influence.InfluenceMatrix` with modality "proton"; the
         beamlet table has ``beam, layer, energy_MeV, range_mm, u_mm, v_mm, row, col`` (layer 0 is
         the deepest of its beam; row indexes v, col indexes u on the beam's spot grid).
         """
-        return self._compute(patient, target, isocenter_mm, dose_mask, progress, with_let=False)[0]
+        return self._compute(patient, target, isocenter_mm, dose_mask, progress, False, max_memory_mb)[0]
 
     def let_dose_influence(self, patient: Patient, target: str | None = None,
                            isocenter_mm: tuple[float, float, float] | None = None,
                            dose_mask: np.ndarray | None = None,
-                           progress: bool = False) -> InfluenceMatrix:
+                           progress: bool = False, max_memory_mb: float | None = None) -> InfluenceMatrix:
         """LET x dose matrix matching :meth:`influence` entry by entry (same rows, columns and
         sparsity), keV/um x Gy per fraction per unit spot weight. Computed together with the dose
         and cached: call this (or :meth:`compute`) first, then :meth:`influence` with the same
         arguments returns the cached dose matrix without recomputing."""
-        return self.compute(patient, target, isocenter_mm, dose_mask, progress)[1]
+        return self.compute(patient, target, isocenter_mm, dose_mask, progress, max_memory_mb)[1]
 
     def compute(self, patient: Patient, target: str | None = None,
                 isocenter_mm: tuple[float, float, float] | None = None,
                 dose_mask: np.ndarray | None = None,
-                progress: bool = False) -> tuple[InfluenceMatrix, InfluenceMatrix]:
+                progress: bool = False,
+                max_memory_mb: float | None = None) -> tuple[InfluenceMatrix, InfluenceMatrix]:
         """Both matrices ``(dose, let_dose)``; see :meth:`influence` for the arguments."""
-        return self._compute(patient, target, isocenter_mm, dose_mask, progress, with_let=True)
+        return self._compute(patient, target, isocenter_mm, dose_mask, progress, True, max_memory_mb)
 
-    def _compute(self, patient, target, isocenter_mm, dose_mask, progress, with_let):
+    def estimate_memory(self, patient: Patient, target: str | None = None,
+                        isocenter_mm: tuple[float, float, float] | None = None,
+                        dose_mask: np.ndarray | None = None, with_let: bool = False) -> dict[str, float]:
+        """Size of the matrices :meth:`influence` (``with_let``: :meth:`compute`) would build.
+
+        The spots are placed as in :meth:`influence` (a ray trace of the grown target only);
+        the dose-mask voxels (a random sample of at most ``ESTIMATE_SAMPLE``, scaled up) are
+        traced on a coarse ray fan for their WEPL, and each is paired, layer by layer, with the
+        spots within ``cutoff_sigma`` lateral sigmas at its depth (counted on the spot grid in a
+        square of the same area as that circle) down to the layer's distal cut-off. Returns
+        ``nnz`` (nonzeros of the dose matrix), ``matrix_mb`` (nnz x 8 bytes: float32 value +
+        int32 column index of CSR; twice that with the LET matrix) and ``peak_mb`` (the peak
+        memory of the computation: :data:`BYTES_PER_NONZERO` or
+        :data:`BYTES_PER_NONZERO_WITH_LET` per nonzero, the per-voxel arrays, the largest ray
+        fan and the largest layer's pair list).
+        """
+        setup = self._prepare(patient, target, isocenter_mm, dose_mask)
+        placed = []
+        for b, gantry in enumerate(self.gantry_deg):
+            geom = BeamGeometry(gantry, setup.iso, sad_mm=self.virtual_sad_mm)
+            placed.append((geom, *self._place_spots(b, geom, setup.rsp, patient, setup.grown_idx,
+                                                    setup.target)))
+        return self._estimate(setup, placed, with_let)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _prepare(self, patient, target, isocenter_mm, dose_mask) -> SimpleNamespace:
+        """Check the arguments of :meth:`influence`; the RSP cube, the masks and the isocentre."""
         if not isinstance(patient, Patient):
             raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
         grid = patient.grid
+        if target is not None and not isinstance(target, str):
+            raise BeamError(f"target: expected a structure name (str) or None, got {type(target).__name__}")
         if target is None:
             targets = [s.name for s in patient.structures if s.role == "target"]
             if not targets:
                 raise BeamError("target: the patient has no structure with role 'target'; name one")
             target = targets[0]
-        target_mask = patient.structure(target).mask
+        try:
+            target_mask = patient.structure(target).mask
+        except GeometryError as e:
+            raise BeamError(f"target: {e}") from None
         if not target_mask.any():
             raise BeamError(f"target '{target}': structure is empty (no voxels)")
         rsp = hu_to_rsp(patient.ct_hu, self.rsp_table)
-        if dose_mask is None:
-            dose_mask = rsp > 0.05
-        dose_mask = np.asarray(dose_mask, dtype=bool)
-        if dose_mask.shape != grid.shape:
-            raise BeamError(f"dose_mask: shape {dose_mask.shape} does not match grid.shape {grid.shape}")
-        if not dose_mask.any():
-            raise BeamError("dose_mask: no voxels to compute dose in")
+        dose_mask = check_dose_mask(rsp > 0.05 if dose_mask is None else dose_mask, grid.shape)
         if isocenter_mm is None:
             isocenter_mm = tuple(grid.positions_mm(np.flatnonzero(target_mask.ravel())).mean(axis=0))
-        iso = tuple(float(v) for v in isocenter_mm)
-        key = self._key(patient, target, iso, dose_mask, rsp)
+        iso = check_point(isocenter_mm, "isocenter_mm")
+        grown = patient.expand(target, self.margin_mm) if self.margin_mm > 0 else target_mask
+        return SimpleNamespace(grid=grid, target=target, rsp=rsp, dose_mask=dose_mask, iso=iso,
+                               grown_idx=np.flatnonzero(grown.ravel()))
+
+    def _compute(self, patient, target, isocenter_mm, dose_mask, progress, with_let, max_memory_mb):
+        limit = check_max_memory(max_memory_mb)
+        setup = self._prepare(patient, target, isocenter_mm, dose_mask)
+        grid, target, rsp, iso = setup.grid, setup.target, setup.rsp, setup.iso
+        key = self._key(patient, target, iso, setup.dose_mask, rsp)
         if self._cache is not None and self._cache[0] == key and (self._cache[2] is not None or not with_let):
             return self._cache[1], self._cache[2]
 
-        grown = patient.expand(target, self.margin_mm) if self.margin_mm > 0 else target_mask
-        voxels = np.flatnonzero(dose_mask.ravel())
-        grown_idx = np.flatnonzero(grown.ravel())
+        placed = []
+        for b, gantry in enumerate(self.gantry_deg):
+            geom = BeamGeometry(gantry, iso, sad_mm=self.virtual_sad_mm)
+            placed.append((geom, *self._place_spots(b, geom, rsp, patient, setup.grown_idx, target)))
+        refuse_if_too_large(
+            lambda: self._estimate(setup, placed, with_let), limit,
+            available_memory_mb() if limit is None else None,
+            "Use a coarser dose grid (resample the patient), a larger spot_spacing_mm or layer_spacing_mm, "
+            "a smaller cutoff_sigma or dose_mask, or fewer beams")
+        voxels = np.flatnonzero(setup.dose_mask.ravel())
         dose_blocks, let_blocks = [], []
         table = {k: [] for k in ("beam", "layer", "energy_MeV", "range_mm", "u_mm", "v_mm", "row", "col")}
         beams, n_cols = [], 0
-        for b, gantry in enumerate(self.gantry_deg):
+        for b, (gantry, (geom, spots, info)) in enumerate(zip(self.gantry_deg, placed)):
             t0 = time.perf_counter()
-            geom = BeamGeometry(gantry, iso, sad_mm=self.virtual_sad_mm)
-            spots, info = self._place_spots(b, geom, rsp, patient, grown_idx, target)
             db, lb = self._beam_dose(geom, rsp, patient, voxels, spots, with_let)
             dose_blocks.extend(db)
             let_blocks.extend(lb)
@@ -258,7 +322,6 @@ class ProtonBeams:
         self._cache = (key, dose_inf, let_inf)
         return dose_inf, let_inf
 
-    # -- internals ------------------------------------------------------------------------------
     def _key(self, patient, target, iso, dose_mask, rsp) -> tuple:
         h = hashlib.blake2b(digest_size=16)
         for arr in (rsp, dose_mask, patient.structure(target).mask):
@@ -355,24 +418,81 @@ class ProtonBeams:
                 "energy": "protons"}
         return spots, info
 
+    def _near(self, spots, u, v, t) -> np.ndarray:
+        """Points (iso-plane u, v; source distance t) within the lateral reach of a beam's spots."""
+        e_max = float(spots["energy_MeV"].max())
+        sig_max = float(pp.lateral_sigma_mm(e_max, pp.csda_range_mm(e_max), self.spot_sigma_air_mm))
+        reach = self.cutoff_sigma * sig_max * self.virtual_sad_mm / float(t.min())
+        return ((u >= spots["u_mm"].min() - reach) & (u <= spots["u_mm"].max() + reach)
+                & (v >= spots["v_mm"].min() - reach) & (v <= spots["v_mm"].max() + reach))
+
+    def _deepest_cut(self, spots) -> float:
+        """WEPL beyond which no spot of the beam deposits dose, mm."""
+        e_max = float(spots["energy_MeV"].max())
+        return float(pp.csda_range_mm(e_max)
+                     + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(e_max, self.energy_spread_pct))
+
+    def _estimate(self, setup, placed, with_let) -> dict[str, float]:
+        """See :meth:`estimate_memory`; ``placed``: (geometry, spots, info) of every beam."""
+        grid = setup.grid
+        voxels = np.flatnonzero(setup.dose_mask.ravel())
+        sample = voxels
+        if len(voxels) > ESTIMATE_SAMPLE:
+            sample = np.sort(np.random.default_rng(0).choice(voxels, ESTIMATE_SAMPLE, replace=False))
+        scale = len(voxels) / len(sample)
+        positions = grid.positions_mm(sample)
+        sad, cut, air = self.virtual_sad_mm, self.cutoff_sigma, self.spot_sigma_air_mm
+        square = math.sqrt(math.pi) / 2  # half-side of the square with the area of the unit circle
+        nnz, transient = 0.0, 0.0
+        for geom, spots, info in placed:
+            u, v, t = geom.to_beam(positions)
+            near = self._near(spots, u, v, t)
+            if not near.any():
+                continue
+            fan = fan_samples(grid, geom, u[near], v[near])
+            w = coarse_depth(setup.rsp, grid, geom, positions[near])
+            keep = w <= self._deepest_cut(spots)
+            u, v, t, w = u[near][keep], v[near][keep], t[near][keep], w[keep]
+            if len(w) == 0:
+                continue
+            s = info["spot_spacing_mm"]
+            nv, nu = info["map_shape"]
+            iu0, iv0 = round(info["u0_mm"] / s), round(info["v0_mm"] / s)
+            max_pairs = 0.0
+            for layer in range(int(spots["layer"].max()) + 1):
+                in_layer = spots["layer"] == layer
+                e = float(spots["energy_MeV"][in_layer][0])
+                occupied = np.zeros((nv + 1, nu + 1))
+                occupied[spots["row"][in_layer] + 1, spots["col"][in_layer] + 1] = 1.0
+                table = occupied.cumsum(axis=0).cumsum(axis=1)  # summed-area table
+                w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(
+                    e, self.energy_spread_pct)
+                shallow = w <= w_cut
+                r_iso = cut * pp.lateral_sigma_mm(e, w[shallow], air) * sad / t[shallow]
+                nnz += scale * _box_count(table, (u[shallow] - iu0 * s) / s, (v[shallow] - iv0 * s) / s,
+                                          square * r_iso / s)
+                reach_e = cut * float(pp.lateral_sigma_mm(e, w_cut, air)) * sad / float(t.min())
+                max_pairs = max(max_pairs, scale * _box_count(table, (u - iu0 * s) / s, (v - iv0 * s) / s,
+                                                              np.full(len(u), square * reach_e / s)))
+            # per beam: the ray fan, per near voxel its coordinates and depth, per layer its pairs
+            transient = max(transient, fan * FAN_BYTES_PER_SAMPLE + scale * near.sum() * 64
+                            + max_pairs * BYTES_PER_LAYER_PAIR)
+        per_nnz = BYTES_PER_NONZERO_WITH_LET if with_let else BYTES_PER_NONZERO
+        # a beam's ray fan and layer pairs coexist with the CSC blocks of the beams before it
+        # (8 B per nonzero and matrix), not with their final assembly
+        peak = len(voxels) * BYTES_PER_VOXEL + max(nnz * per_nnz, nnz * (16 if with_let else 8) + transient)
+        return {"nnz": nnz, "matrix_mb": nnz * 8 * (2 if with_let else 1) / 2**20, "peak_mb": peak / 2**20}
+
     def _beam_dose(self, geom, rsp, patient, voxels, spots, with_let=True):
         """Per-layer CSC blocks (rows: position in ``voxels``; columns: the layer's spots) of the
         dose and of the LET x dose of one beam, with identical sparsity."""
         grid = patient.grid
         spread = self.energy_spread_pct
-        energies = np.unique(spots["energy_MeV"])
-        e_max = float(energies.max())
-        r_max = pp.csda_range_mm(e_max)
-        sig_max = float(pp.lateral_sigma_mm(e_max, r_max, self.spot_sigma_air_mm))
         positions = grid.positions_mm(voxels)
         u, v, t = geom.to_beam(positions)
-        reach = self.cutoff_sigma * sig_max * self.virtual_sad_mm / float(t.min())
-        near = ((u >= spots["u_mm"].min() - reach) & (u <= spots["u_mm"].max() + reach)
-                & (v >= spots["v_mm"].min() - reach) & (v <= spots["v_mm"].max() + reach))
-        pts = np.flatnonzero(near)
+        pts = np.flatnonzero(self._near(spots, u, v, t))
         u, v, t, w = radiological_depth(rsp, grid, geom, positions[pts])
-        w_cut_all = r_max + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(e_max, spread)
-        keep = w <= w_cut_all
+        keep = w <= self._deepest_cut(spots)
         pts, u, v, t, w = pts[keep], u[keep], v[keep], t[keep], w[keep]
         vox_tree = cKDTree(np.stack([u, v], axis=1))
         scale = t / self.virtual_sad_mm  # iso-plane -> physical distance at the voxel
@@ -416,6 +536,18 @@ class ProtonBeams:
                 let_blocks.append(sp.csc_matrix(((dose * let_v[k]).astype(np.float32), (rows, js)),
                                                 shape=(n_vox, n_spots)))
         return dose_blocks, let_blocks
+
+
+def _box_count(table: np.ndarray, x: np.ndarray, y: np.ndarray, half: np.ndarray) -> float:
+    """Sum over points of the occupied grid cells with |col - x| <= half and |row - y| <= half
+    (coordinates in cells); ``table``: summed-area table of the occupancy, padded by one."""
+    n_rows, n_cols = table.shape[0] - 1, table.shape[1] - 1
+    c0 = np.clip(np.ceil(x - half), 0, n_cols).astype(np.int64)
+    c1 = np.clip(np.floor(x + half) + 1, 0, n_cols).astype(np.int64)
+    r0 = np.clip(np.ceil(y - half), 0, n_rows).astype(np.int64)
+    r1 = np.clip(np.floor(y + half) + 1, 0, n_rows).astype(np.int64)
+    c1, r1 = np.maximum(c1, c0), np.maximum(r1, r0)
+    return float(np.sum(table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]))
 
 
 def _assemble(blocks: list[sp.csc_matrix], n_rows: int) -> sp.csr_matrix:
@@ -469,6 +601,7 @@ def let_d_map(influence: InfluenceMatrix, let_dose: InfluenceMatrix, weights: np
     if let_dose.matrix.shape != influence.matrix.shape or not np.array_equal(
             let_dose.voxel_index, influence.voxel_index):
         raise BeamError("let_dose: rows and columns must match the dose influence matrix")
+    min_dose_Gy = check_number(min_dose_Gy, "min_dose_Gy", "a dose >= 0 Gy", lambda v: v >= 0)
     d = influence.dose_per_fraction(weights)
     ld = let_dose.dose_per_fraction(weights)
     out = np.full(d.shape, np.nan)

@@ -141,10 +141,16 @@ _ZETA_LET_FLOOR = -5.0
 
 
 def _energy(energy_MeV, name: str = "energy_MeV") -> np.ndarray:
+    # numbers only: strings ("150"), booleans and None are refused rather than converted
+    if isinstance(energy_MeV, (str, bytes)):
+        raise BeamError(f"{name}: expected a number in MeV, got {energy_MeV!r}")
     try:
-        e = np.asarray(energy_MeV, dtype=float)
+        e = np.asarray(energy_MeV)
     except (TypeError, ValueError):
         raise BeamError(f"{name}: expected a number in MeV, got {energy_MeV!r}") from None
+    if e.dtype.kind not in "iuf":
+        raise BeamError(f"{name}: expected numbers in MeV, got {energy_MeV!r}")
+    e = e.astype(float)
     if e.size == 0:
         raise BeamError(f"{name}: expected at least one energy")
     if not np.all(np.isfinite(e)) or np.any(e < E_MIN_MEV - 1e-9) or np.any(e > E_MAX_MEV + 1e-9):
@@ -162,6 +168,8 @@ def _scalar_energy(energy_MeV, name: str = "energy_MeV") -> float:
 
 
 def _spread(energy_spread_pct) -> float:
+    if isinstance(energy_spread_pct, (str, bytes, bool, np.bool_)):
+        raise BeamError(f"energy_spread_pct: expected a number, got {energy_spread_pct!r}")
     try:
         s = float(energy_spread_pct)
     except (TypeError, ValueError):

@@ -11,6 +11,10 @@ real collimator aperture.
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,16 +42,15 @@ class BeamGeometry:
     couch_deg: float = 0.0
 
     def __post_init__(self):
-        if not np.isfinite(self.gantry_deg):
-            raise BeamError(f"gantry_deg: expected a finite angle in degrees, got {self.gantry_deg}")
-        if self.couch_deg != 0:
+        gantry = check_number(self.gantry_deg, "gantry_deg", "a finite angle in degrees")
+        couch = check_real(self.couch_deg, "couch_deg", "0 (only coplanar beams are supported)")
+        if couch != 0:
             raise BeamError(f"couch_deg: only 0 (coplanar beams) is supported, got {self.couch_deg}")
-        iso = np.asarray(self.isocenter_mm, dtype=float)
-        if iso.shape != (3,) or not np.all(np.isfinite(iso)):
-            raise BeamError(f"isocenter_mm: expected 3 finite values (x, y, z), got {self.isocenter_mm}")
-        if not (np.isfinite(self.sad_mm) and self.sad_mm > 0):
-            raise BeamError(f"sad_mm: expected a positive distance in mm, got {self.sad_mm}")
-        object.__setattr__(self, "isocenter_mm", tuple(float(v) for v in iso))
+        iso = check_point(self.isocenter_mm, "isocenter_mm")
+        sad = check_number(self.sad_mm, "sad_mm", "a positive distance in mm", lambda v: v > 0)
+        for name, value in (("gantry_deg", gantry), ("couch_deg", couch), ("isocenter_mm", iso),
+                            ("sad_mm", sad)):
+            object.__setattr__(self, name, value)
 
     @property
     def _theta(self) -> float:
@@ -136,8 +139,10 @@ def radiological_depth(
     if density.shape != grid.shape:
         raise BeamError(f"density: shape {density.shape} does not match grid.shape {grid.shape}")
     h = min(grid.spacing_mm)
-    ray_spacing_mm = h if ray_spacing_mm is None else float(ray_spacing_mm)
-    step_mm = h / 2 if step_mm is None else float(step_mm)
+    ray_spacing_mm = check_number(h if ray_spacing_mm is None else ray_spacing_mm, "ray_spacing_mm",
+                                  "a positive spacing in mm", lambda x: x > 0)
+    step_mm = check_number(h / 2 if step_mm is None else step_mm, "step_mm", "a positive step in mm",
+                           lambda x: x > 0)
     u, v, t = geom.to_beam(positions_xyz)
     if len(t) == 0:
         return u, v, t, np.zeros(0)
@@ -161,3 +166,193 @@ def radiological_depth(
     it = (t - ts[0]) / step_mm
     depth = ndimage.map_coordinates(cum, [iu, iv, it], order=1, mode="nearest")
     return u, v, t, np.maximum(depth, 0.0)
+
+
+def fan_samples(grid: Grid, geom: BeamGeometry, u: np.ndarray, v: np.ndarray,
+                ray_spacing_mm: float | None = None, step_mm: float | None = None) -> int:
+    """Number of density samples :func:`radiological_depth` takes for points with these
+    isocentre-plane coordinates (same defaults): the size of its ray fan, without building it."""
+    if len(u) == 0:
+        return 0
+    h = min(grid.spacing_mm)
+    rs = h if ray_spacing_mm is None else float(ray_spacing_mm)
+    st = h / 2 if step_mm is None else float(step_mm)
+    t0, t1 = _grid_bounds_t(grid, geom)
+    t0 = max(t0, 1e-3)
+    n_u = math.ceil((float(np.max(u)) - float(np.min(u)) + 3 * rs) / rs)
+    n_v = math.ceil((float(np.max(v)) - float(np.min(v)) + 3 * rs) / rs)
+    n_t = math.ceil((t1 - t0 + st) / st)
+    return n_u * n_v * max(n_t, 1)
+
+
+def coarse_depth(density: np.ndarray, grid: Grid, geom: BeamGeometry, positions_xyz: np.ndarray,
+                 max_rays: int = 1024, max_steps: int = 128) -> np.ndarray:
+    """Radiological depth of points traced on a coarse fan (at most ``max_rays`` rays of at most
+    ``max_steps`` samples, never finer than :func:`radiological_depth`'s defaults): cheap at any
+    problem size, for memory estimates."""
+    u, v, t = geom.to_beam(positions_xyz)
+    if len(t) == 0:
+        return np.zeros(0)
+    h = min(grid.spacing_mm)
+    area = (float(u.max() - u.min()) + 3 * h) * (float(v.max() - v.min()) + 3 * h)
+    rs = max(h, math.sqrt(area / max_rays))
+    t0, t1 = _grid_bounds_t(grid, geom)
+    st = max(h / 2, (t1 - max(t0, 1e-3)) / max_steps)
+    return radiological_depth(density, grid, geom, positions_xyz, rs, st)[3]
+
+
+# -- argument checks shared by the beam models -----------------------------------------------------
+#: Bytes :func:`radiological_depth` holds per sample of its ray fan at its peak (U, V, T, the
+#: sample positions, the interpolation coordinates and their stacked copy, the densities;
+#: measured with tracemalloc).
+FAN_BYTES_PER_SAMPLE = 104
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_real(value, name: str, expected: str) -> float:
+    """A real scalar (Python or NumPy int/float, or a 0-d array of them) as a float, NaN and inf
+    included; strings, booleans, None, sequences and other types raise :class:`BeamError`."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
+        raise BeamError(f"{name}: expected {expected}, got {_show(value)}")
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        return float(value)
+    raise BeamError(f"{name}: expected {expected}, got {_show(value)}")
+
+
+def check_number(value, name: str, expected: str, ok=None, allow_inf: bool = False) -> float:
+    """A finite real scalar (inf too with ``allow_inf``) for which ``ok(value)`` holds."""
+    v = check_real(value, name, expected)
+    if math.isnan(v) or (math.isinf(v) and not allow_inf) or (ok is not None and not ok(v)):
+        raise BeamError(f"{name}: expected {expected}, got {_show(value)}")
+    return v
+
+
+def check_angles(values, name: str = "gantry_deg", couch_deg: float = 0.0) -> list[float]:
+    """Gantry angles (one number or a flat sequence of numbers, degrees) as floats, in the given
+    order. Angles equal modulo 360 deg (at the same couch angle) would count one beam direction
+    twice and are refused, naming the duplicates."""
+    expected = "a gantry angle or a sequence of gantry angles in degrees"
+    if isinstance(values, (numbers.Real, np.ndarray)) and np.ndim(values) == 0:
+        angles = [check_number(values, name, "a finite angle in degrees")]
+    else:
+        scalar_like = isinstance(values, (str, bytes, bool, np.bool_)) or values is None
+        if scalar_like or not isinstance(values, Iterable):
+            raise BeamError(f"{name}: expected {expected}, got {_show(values)}")
+        angles = [check_number(g, f"{name}[{i}]", "a finite angle in degrees") for i, g in enumerate(values)]
+    if not angles:
+        raise BeamError(f"{name}: expected at least one gantry angle")
+    dups = []
+    for i in range(len(angles)):
+        for j in range(i + 1, len(angles)):
+            d = abs(angles[i] - angles[j]) % 360.0
+            if min(d, 360.0 - d) < 1e-6:
+                dups.append(f"{angles[i]:g} and {angles[j]:g} (beams {i} and {j})")
+    if dups:
+        raise BeamError(
+            f"{name}: duplicate gantry angles (equal modulo 360 deg at couch {couch_deg:g} deg): "
+            f"{'; '.join(dups)}; each would add the same beam twice. Give each direction once")
+    return angles
+
+
+def check_point(value, name: str = "isocenter_mm") -> tuple[float, float, float]:
+    """Three finite numbers (x, y, z), mm."""
+    expected = "3 finite numbers (x, y, z) in mm"
+    if isinstance(value, (str, bytes)) or value is None:
+        raise BeamError(f"{name}: expected {expected}, got {_show(value)}")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        raise BeamError(f"{name}: expected {expected}, got {_show(value)}") from None
+    if arr.shape != (3,) or arr.dtype.kind not in "iuf" or not np.all(np.isfinite(arr)):
+        raise BeamError(f"{name}: expected {expected}, got {_show(value)}")
+    return tuple(float(c) for c in arr)
+
+
+def check_bool_array(value, name: str, expected: str) -> np.ndarray:
+    """A boolean array from booleans or from numbers that are all exactly 0 or 1 (NaN, 0.5 and
+    other values are refused rather than read as True)."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise BeamError(f"{name}: expected {expected}, got {_show(value)}")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        raise BeamError(f"{name}: expected {expected}, got {_show(value)}") from None
+    if arr.dtype.kind == "b":
+        return arr
+    if arr.dtype.kind not in "iuf":
+        raise BeamError(f"{name}: expected {expected}, got an array of {arr.dtype}")
+    if not np.all((arr == 0) | (arr == 1)):
+        raise BeamError(f"{name}: expected {expected}; values other than 0 and 1 (or NaN) found")
+    return arr.astype(bool)
+
+
+def check_dose_mask(value, shape: tuple[int, int, int], name: str = "dose_mask") -> np.ndarray:
+    """A non-empty [z, y, x] boolean mask of the grid shape."""
+    mask = check_bool_array(value, name, f"a boolean [z, y, x] array of the grid shape {shape}")
+    if mask.shape != tuple(shape):
+        raise BeamError(f"{name}: shape {mask.shape} does not match grid.shape {tuple(shape)}")
+    if not mask.any():
+        raise BeamError(f"{name}: no voxels to compute dose in (the mask is all False)")
+    return mask
+
+
+def check_max_memory(value) -> float | None:
+    """``max_memory_mb``: None (use the available memory) or a positive number of MB; inf
+    switches the check off."""
+    if value is None:
+        return None
+    return check_number(value, "max_memory_mb", "None or a positive number of MB (math.inf: no check)",
+                        lambda v: v > 0, allow_inf=True)
+
+
+def available_memory_mb(meminfo: str = "/proc/meminfo") -> float | None:
+    """Memory available to a new computation, MB: ``MemAvailable`` of ``/proc/meminfo`` on Linux,
+    else the free physical pages from ``os.sysconf``; None when neither is known."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        pages, page_size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+    if pages <= 0 or page_size <= 0:
+        return None
+    return pages * page_size / 2**20
+
+
+def _mb(x: float) -> str:
+    return f"{x:,.0f}" if x >= 10 else f"{x:.3g}"
+
+
+def refuse_if_too_large(estimate, max_memory_mb: float | None, available_mb: float | None,
+                        hint: str) -> dict | None:
+    """Raise :class:`BeamError` when the estimated peak memory exceeds ``max_memory_mb`` (when
+    given) or else ``available_mb`` (when known). ``estimate``: a function returning a dict with
+    ``peak_mb``, ``matrix_mb`` and ``nnz``, called only when there is a finite limit; returns
+    its result (None when not called)."""
+    if max_memory_mb is not None:
+        limit, where = max_memory_mb, f"max_memory_mb is {_mb(max_memory_mb)} MB"
+    elif available_mb is not None:
+        limit, where = available_mb, f"only {_mb(available_mb)} MB available (MemAvailable)"
+    else:
+        return None
+    if math.isinf(limit):
+        return None
+    estimate = estimate()
+    if estimate["peak_mb"] <= limit:
+        return estimate
+    raise BeamError(
+        f"max_memory_mb: building this influence matrix needs about {_mb(estimate['peak_mb'])} MB of "
+        f"memory (estimate: {estimate['nnz']:,.0f} nonzeros, {_mb(estimate['matrix_mb'])} MB for the "
+        f"finished float32 CSR matrix) but {where}. {hint}; or raise max_memory_mb (math.inf skips "
+        "this check)")
