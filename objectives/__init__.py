@@ -1,4 +1,9 @@
-"""bioplan objectives: radiobiology and the planning terms (soft objectives, hard constraints)."""
+"""bioplan objectives: radiobiology and the planning terms (soft objectives, hard constraints).
+
+A term is a shape (``Max``, ``Min``, ``Mean``, ``CVaRMax``, ``SquaredOver``, ``Floor``, ...) applied
+to a quantity (``Dose()``, ``BED(lq)``, ``EQD2(lq)``, ``GARD(rsi)``, ``LETxDose()``, ``Weights()``,
+...); the historical names (``MaxDose``, ``BEDMax``, ``DVHMin``, ``LETdMax``, ...) are aliases.
+"""
 
 from .biological import (
     BEDCVaRMax,
@@ -25,6 +30,7 @@ from .physical import (
     SquaredOverdose,
     SquaredUnderdose,
 )
+from .quantities import BED, EQD2, GARD, DirtyDose, Dose, LETdExcess, LETxDose, Quantity, Weights
 from .radiobiology import (
     LQ,
     NTCP_PARAMETERS,
@@ -47,10 +53,13 @@ from .radiobiology import (
     tcp_poisson,
 )
 from .rbe import RBE_CONSTANT, mcnamara_rbe, mcnamara_rbe_max, mcnamara_rbe_min, rbe_weighted_dose
+from .shapes import CVaRMax, CVaRMin, Floor, FluenceSmoothness, Max, Mean, Min, SquaredOver, SquaredUnder
 from .terms import Term, TermContext
 
 __all__ = [
     "BioplanError", "BiologyError", "TermError", "Term", "TermContext",
+    "Quantity", "Dose", "BED", "EQD2", "GARD", "LETxDose", "DirtyDose", "LETdExcess", "Weights",
+    "Max", "Min", "Mean", "CVaRMax", "CVaRMin", "SquaredOver", "SquaredUnder", "Floor", "FluenceSmoothness",
     "MaxDose", "MinDose", "MeanDose", "SquaredUnderdose", "SquaredOverdose", "SquaredDeviation",
     "DVHMax", "DVHMin", "GEUDMax",
     "BEDMax", "EQD2Max", "MeanBEDMax", "MeanEQD2Max", "SquaredBEDOverdose", "BEDCVaRMax",

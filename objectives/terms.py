@@ -1,17 +1,20 @@
 """The planning-term protocol shared by every objective and constraint.
 
-A term names a structure and turns the cvxpy expression of that structure's voxel doses into
-either a soft penalty (it has a ``weight``) or hard constraints (``weight=None``). Hard terms
-are written as a convex *violation* expression ``g(d)`` that must be ``<= 0`` element-wise;
-the problem states ``g <= 0``, and when the hard set is infeasible it relaxes each term to
-``g <= s_k`` to find the ones in conflict. Soft terms return a convex scalar.
+A term is a shape (max, mean, CVaR, squared, ...; :mod:`objectives.shapes`) applied to a
+quantity (dose, BED, LET x dose, ...; :mod:`objectives.quantities`) of a structure's voxels. It
+is either a soft penalty (it has a ``weight``) or a hard constraint (``weight=None``). Hard terms
+are written as a convex *violation* expression ``g(q)`` that must be ``<= 0`` element-wise; the
+problem states ``g <= 0``, and when the hard set is infeasible it relaxes each term to
+``g <= s_k`` to find the ones in conflict. Soft terms return a convex scalar cost.
 
-Doses handed to terms are the **total course dose** in Gy of the structure's optimization
-voxels (a cvxpy expression of length ``len(ctx.volumes)``).
+Quantities handed to terms are **total course** values of the structure's optimization voxels
+(a cvxpy expression of length ``len(ctx.volumes)``); for the default quantity that is the dose
+in Gy, so a user-defined term only needs ``violation(dose, ctx)`` or ``cost(dose, ctx)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cvxpy as cp
@@ -31,6 +34,7 @@ class TermContext:
     voxel_index : flat C-order grid index of each optimization voxel, numpy (n,)
     fractions : number of fractions n of the course
     grid_shape : (nz, ny, nx) of the planning grid, so voxel maps can be indexed
+    beamlets : the beamlet / spot table (``beam``, ``row``, ``col``, ...) for terms on weights
     """
 
     structure: str
@@ -38,6 +42,7 @@ class TermContext:
     voxel_index: np.ndarray
     fractions: int
     grid_shape: tuple[int, int, int]
+    beamlets: dict | None = None
 
 
 def nonneg_parameter(value, name: str, *, shape=()) -> cp.Parameter:
@@ -61,59 +66,191 @@ def positive_number(value, name: str) -> float:
 
 
 class Term:
-    """Base class of all planning terms.
+    """Base class of all planning terms: a *shape* applied to a *quantity* of a structure's voxels.
 
     Parameters
     ----------
-    structure : name of the structure the term acts on
+    structure : name of the structure the term acts on (None only for terms on the beamlet
+        weights, e.g. :class:`~objectives.shapes.FluenceSmoothness`)
     weight : None for a hard term; a number >= 0 for a soft term (a cvxpy Parameter, so it can
         be swept without recompiling: ``term.weight.value = 10``)
+    quantity : what is measured (:mod:`objectives.quantities`); default the physical dose
+
+    Two faces of one function (see DESIGN.md):
+
+    - cvxpy: ``quantity_expression(forms, ctx)`` gives the per-voxel quantity ``q``;
+      ``violation(forms, ctx)`` is a convex expression ``<= 0`` exactly when a hard term holds;
+      ``cost(forms, ctx)`` the convex unweighted soft cost; ``objective(forms, ctx)`` optionally
+      the weighted cost in a QP-representable DPP form (else the problem uses an epigraph).
+    - numeric, on NumPy/CuPy arrays of the same forms: ``violation_values`` / ``cost_value`` /
+      ``value``, ``gradient`` of the cost (smooth soft terms), ``project`` onto the hard set and
+      ``prox`` of the weighted soft cost, each returning one array per form (what a first-order
+      solver iterates on). A face a term cannot offer raises :class:`TermError` saying
+      "cvxpy only".
+
+    ``forms`` is the dose (a bare expression or array) or a mapping of form name -> values
+    ("dose", "let_dose", "weights", ...); keywords add forms (``let_dose=...``). A shape
+    implements the underscored methods (``_violation(q, ctx)``, ``_cost``, ``_project``, ...) on
+    the quantity q, so it never needs to know which quantity it is applied to.
     """
 
     #: True for terms that only make sense as soft penalties (e.g. squared deviations).
     soft_only = False
     #: True for terms that only make sense as hard constraints.
     hard_only = False
+    #: True for shapes that are convex only on affine quantities (lower bounds, deviations)
+    requires_affine = False
+    #: True when the soft cost is differentiable (gradient offered)
+    smooth = False
 
-    def __init__(self, structure: str, weight: float | None = None):
-        if not isinstance(structure, str) or not structure.strip():
+    def __init__(self, structure: str | None, weight: float | None = None, quantity=None):
+        from .quantities import Dose, Quantity
+
+        quantity = Dose() if quantity is None else quantity
+        if not isinstance(quantity, Quantity):
+            raise TermError(f"{type(self).__name__}.quantity: expected an objectives.quantities.Quantity, "
+                            f"got {quantity!r}")
+        self.quantity = quantity
+        if structure is None and quantity.base_forms != ("weights",):
             raise TermError(f"{type(self).__name__}.structure: expected a structure name")
+        if structure is not None and (not isinstance(structure, str) or not structure.strip()):
+            raise TermError(f"{type(self).__name__}.structure: expected a structure name, got {structure!r}")
         self.structure = structure
+        if getattr(quantity, "structure_hint", "absent") is None:
+            quantity.structure_hint = structure
         if weight is None and self.soft_only:
             raise TermError(f"{type(self).__name__}: is a soft term and needs a weight >= 0")
         if weight is not None and self.hard_only:
             raise TermError(f"{type(self).__name__}: is a hard constraint and takes no weight")
+        if self.requires_affine and not quantity.affine:
+            raise TermError(f"{type(self).__name__}('{structure}'): not convex on the non-affine quantity "
+                            f"{quantity.describe()}; use Floor for lower limits of monotone quantities")
         self.weight = None if weight is None else nonneg_parameter(weight, "weight")
 
     @property
     def hard(self) -> bool:
         return self.weight is None
 
-    # -- to override ---------------------------------------------------------------------------
+    # -- forms --------------------------------------------------------------------------------
+    def _forms(self, forms, extra: dict) -> dict:
+        """A mapping of form name -> values: a bare expression or array is the dose."""
+        out = dict(forms) if isinstance(forms, Mapping) else {"dose": forms}
+        out.update({k: v for k, v in extra.items() if v is not None})
+        return out
+
+    def quantity_expression(self, forms, ctx: TermContext, **extra) -> cp.Expression:
+        """The per-voxel quantity this term's shape acts on, from the forms' expressions."""
+        return self.quantity.expression(self._forms(forms, extra), ctx)
+
+    def numeric_quantity(self, forms, ctx: TermContext, **extra):
+        """The per-voxel quantity from numeric forms (the counterpart of quantity_expression)."""
+        return self.quantity.value(self._forms(forms, extra), ctx)
+
+    # -- cvxpy face ----------------------------------------------------------------------------
     def refresh(self, ctx: TermContext) -> None:
         """Recompute derived Parameter values (e.g. a dose floor from a BED prescription and
         alpha/beta) from the user-facing inputs. Called before every solve, so users can
-        change inputs between solves without recompiling. Default: nothing to do."""
+        change inputs between solves without recompiling."""
+        self.quantity.refresh(ctx)
 
-    def violation(self, dose: cp.Expression, ctx: TermContext) -> cp.Expression:
-        """Convex expression that is <= 0 (element-wise) exactly when the term is met."""
+    def violation(self, forms, ctx: TermContext, **extra) -> cp.Expression:
+        """Convex expression that is <= 0 (element-wise) exactly when the term is met. ``forms``:
+        the dose expression, or a mapping of form name -> expression (keywords add forms)."""
+        return self._violation(self.quantity_expression(forms, ctx, **extra), ctx)
+
+    def cost(self, forms, ctx: TermContext, **extra) -> cp.Expression:
+        """Unweighted convex scalar cost of the soft form (the objective adds ``weight x cost``)."""
+        return self._cost(self.quantity_expression(forms, ctx, **extra), ctx)
+
+    def objective(self, forms, ctx: TermContext, **extra) -> cp.Expression | None:
+        """``weight x cost`` in a DPP form a QP solver accepts, or None; the problem then puts
+        the cost in an epigraph (``cost <= t``, objective ``weight x t``), which keeps a
+        Parameter-holding cost DPP but turns a quadratic cost into a cone."""
+        return self._objective(self.quantity_expression(forms, ctx, **extra), ctx)
+
+    def penalty(self, forms, ctx: TermContext, **extra) -> cp.Expression:
+        """``weight x cost`` as one expression (convex; not DPP when the cost has Parameters)."""
+        return self.weight * self.cost(forms, ctx, **extra)
+
+    # shapes implement these on the quantity q
+    def _violation(self, q, ctx):
         raise NotImplementedError
 
-    def cost(self, dose: cp.Expression, ctx: TermContext, **extras) -> cp.Expression:
-        """Unweighted convex scalar cost of the soft form (the objective adds ``weight x cost``).
-
-        Default: volume-weighted sum of the positive part of the violation (a scalar violation
-        is used as is). The problem puts the cost in an epigraph (``cost <= t_k``, objective
-        ``weight x t_k``) so that a weight Parameter times a cost holding Parameters stays DPP."""
-        g = self.violation(dose, ctx, **extras)
+    def _cost(self, q, ctx):
+        """Default: volume-weighted sum of the positive part of the violation (a scalar
+        violation is used as is)."""
+        g = self._violation(q, ctx)
         if g.size == 1:
             return cp.sum(cp.pos(g))
         return ctx.volumes @ cp.pos(g)
 
-    def penalty(self, dose: cp.Expression, ctx: TermContext) -> cp.Expression:
-        """``weight x cost`` as one expression (convex; not DPP when the cost has Parameters)."""
-        return self.weight * self.cost(dose, ctx)
+    def _objective(self, q, ctx):
+        return None
 
+    # -- numeric face ----------------------------------------------------------------------------
+    def _cvxpy_only(self, what: str):
+        raise TermError(f"{self.describe()}: {what} is not available numerically (cvxpy only)")
+
+    def violation_values(self, forms, ctx: TermContext, **extra):
+        """Numeric violation at numeric forms (same shape as :meth:`violation`)."""
+        return self._violation_values(self.numeric_quantity(forms, ctx, **extra), ctx)
+
+    def cost_value(self, forms, ctx: TermContext, **extra) -> float:
+        """Numeric unweighted soft cost."""
+        return self._cost_value(self.numeric_quantity(forms, ctx, **extra), ctx)
+
+    def value(self, forms, ctx: TermContext, **extra) -> float:
+        """Hard term: the largest violation (<= 0 when met); soft term: weight x cost."""
+        q = self.numeric_quantity(forms, ctx, **extra)
+        if self.hard:
+            return float(self._violation_values(q, ctx).max())
+        return float(self.weight.value) * self._cost_value(q, ctx)
+
+    def gradient(self, forms, ctx: TermContext, **extra) -> dict:
+        """Gradient of the unweighted cost with respect to each form (smooth soft terms)."""
+        forms = self._forms(forms, extra)
+        g = self._gradient(self.quantity.value(forms, ctx), ctx)
+        return {k: g * dq for k, dq in self.quantity.gradient(forms, ctx).items()}
+
+    def project(self, forms, ctx: TermContext, **extra) -> dict:
+        """Euclidean projection of the forms onto the hard set {violation <= 0}. Quantities that
+        are a form themselves project in quantity space; others need a shape-specific rule."""
+        forms = self._forms(forms, extra)
+        names = self.quantity.base_forms
+        if len(names) == 1 and type(self.quantity).__name__ in _IDENTITY:
+            name = "dirty_dose" if type(self.quantity).__name__ == "DirtyDose" else names[0]
+            return {name: self._project(forms[name], ctx)}
+        self._cvxpy_only(f"the projection for {self.quantity.describe()}")
+
+    def prox(self, forms, tau: float, ctx: TermContext, **extra) -> dict:
+        """Proximal operator of ``tau x weight x cost`` at the forms (one-form quantities)."""
+        forms = self._forms(forms, extra)
+        names = self.quantity.base_forms
+        if len(names) == 1 and type(self.quantity).__name__ in _IDENTITY:
+            return {names[0]: self._prox(forms[names[0]], tau, ctx)}
+        self._cvxpy_only(f"the proximal operator for {self.quantity.describe()}")
+
+    # shapes implement these on the quantity q
+    def _violation_values(self, q, ctx):
+        self._cvxpy_only("the violation")
+
+    def _cost_value(self, q, ctx) -> float:
+        g = self._violation_values(q, ctx)
+        xp = _xp(g)
+        if g.size == 1:
+            return float(xp.maximum(g, 0).sum())
+        return float(xp.asarray(ctx.volumes) @ xp.maximum(g, 0))
+
+    def _gradient(self, q, ctx):
+        self._cvxpy_only("the gradient")
+
+    def _project(self, q, ctx):
+        self._cvxpy_only("the projection")
+
+    def _prox(self, q, tau, ctx):
+        self._cvxpy_only("the proximal operator")
+
+    # -- labels --------------------------------------------------------------------------------
     def describe(self) -> str:
         """Short human-readable label used in tables and error messages."""
         return f"{type(self).__name__}('{self.structure}')"
@@ -121,6 +258,16 @@ class Term:
     def __repr__(self) -> str:
         kind = "hard" if self.hard else f"soft, weight={self.weight.value:g}"
         return f"{self.describe()} [{kind}]"
+
+
+#: quantities that are one linear form as is: their projections need no chain rule
+_IDENTITY = {"Dose", "LETxDose", "DirtyDose", "Weights"}
+
+
+def _xp(a):
+    from .quantities import array_module
+
+    return array_module(a)
 
 
 def volume_fraction(volume_pct, name: str = "volume_pct") -> float:

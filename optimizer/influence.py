@@ -254,3 +254,72 @@ class InfluenceMatrix:
         table = {k: np.concatenate(v) for k, v in beamlets.items() if k in keys}
         return InfluenceMatrix(sp.hstack(blocks, format="csr"), voxel_index, grid, table, beams,
                                parts[0].modality)
+
+
+class InfluenceSet(InfluenceMatrix):
+    """Named linear forms of one set of beamlets on one grid: the dose matrix (this object
+    itself, so it is used wherever an :class:`InfluenceMatrix` is) plus further forms such as
+    ``"let_dose"`` (keV/um x Gy per fraction per unit weight) in :attr:`forms`.
+
+    Every beam model returns one; ``PlanProblem`` reads the forms its terms' quantities declare.
+    """
+
+    def __init__(self, dose: InfluenceMatrix, **forms: InfluenceMatrix):
+        if not isinstance(dose, InfluenceMatrix):
+            raise BeamError(f"dose: expected an InfluenceMatrix, got {type(dose).__name__}")
+        super().__init__(dose.matrix, dose.voxel_index, dose.grid, dose.beamlets, dose.beams, dose.modality)
+        self._extra: dict[str, InfluenceMatrix] = {}
+        for name, form in forms.items():
+            self.add_form(name, form)
+
+    def add_form(self, name: str, form: InfluenceMatrix) -> None:
+        """Add a linear form of the same beamlets on the same grid."""
+        if not isinstance(name, str) or not name.isidentifier() or name in ("dose", "weights"):
+            raise BeamError(f"form name: expected an identifier other than 'dose' / 'weights', got {name!r}")
+        if (not isinstance(form, InfluenceMatrix) or form.grid != self.grid
+                or form.n_beamlets != self.n_beamlets):
+            raise BeamError(f"forms['{name}']: expected an InfluenceMatrix on the same grid with "
+                            f"{self.n_beamlets} columns")
+        self._extra[name] = form.dose_form() if isinstance(form, InfluenceSet) else form
+
+    def dose_form(self) -> InfluenceMatrix:
+        """The dose matrix as a plain :class:`InfluenceMatrix`."""
+        return InfluenceMatrix(self.matrix, self.voxel_index, self.grid, self.beamlets, self.beams,
+                               self.modality)
+
+    @property
+    def forms(self) -> dict[str, InfluenceMatrix]:
+        """All forms by name, "dose" first."""
+        return {"dose": self, **self._extra}
+
+    @classmethod
+    def of(cls, influence: InfluenceMatrix, **forms: InfluenceMatrix) -> InfluenceSet:
+        """An InfluenceSet from a plain matrix or a set, adding ``forms``."""
+        out = cls(influence)
+        if isinstance(influence, InfluenceSet):
+            for name, form in influence._extra.items():
+                out.add_form(name, form)
+        for name, form in forms.items():
+            if form is not None:
+                out.add_form(name, form)
+        return out
+
+
+
+def let_d_map(influence: InfluenceMatrix, let_dose: InfluenceMatrix, weights: np.ndarray,
+              min_dose_Gy: float = 1e-3) -> np.ndarray:
+    """Dose-averaged LET of a plan on the full grid, keV/um: (L x) / (D x) where the dose per
+    fraction is at least ``min_dose_Gy`` (Gy), NaN elsewhere (LETd is undefined without dose).
+    The one definition of LETd in bioplan."""
+    if let_dose.matrix.shape != influence.matrix.shape or not np.array_equal(
+            let_dose.voxel_index, influence.voxel_index):
+        raise BeamError("let_dose: rows and columns must match the dose influence matrix")
+    if (isinstance(min_dose_Gy, bool) or not isinstance(min_dose_Gy, (int, float, np.integer, np.floating))
+            or not np.isfinite(min_dose_Gy) or min_dose_Gy < 0):
+        raise BeamError(f"min_dose_Gy: expected a dose >= 0 Gy, got {min_dose_Gy!r}")
+    d = influence.dose_per_fraction(weights)
+    ld = let_dose.dose_per_fraction(weights)
+    out = np.full(d.shape, np.nan)
+    ok = d >= min_dose_Gy
+    out[ok] = ld[ok] / d[ok]
+    return out

@@ -16,7 +16,7 @@ from ._archive import ARCHIVE_VERSION, read_checked_arrays, read_meta
 from ._files import atomic_write
 from .errors import PlanError
 from .geometry import Patient, Structure
-from .influence import InfluenceMatrix
+from .influence import InfluenceMatrix, InfluenceSet, let_d_map
 
 
 @dataclass
@@ -52,15 +52,14 @@ class Plan:
                      let_dose: InfluenceMatrix | None = None) -> Plan:
         """Plan of given weights: dose recomputed on the full grid from the influence matrix.
 
-        With a proton ``let_dose`` matrix the plan's dose-averaged LET map (keV/um, 0 where
-        there is no dose) is stored in ``extras["LETd_keV_um"]``."""
+        When the influence set carries a "let_dose" form (or ``let_dose`` is given), the plan's
+        dose-averaged LET map (keV/um; :func:`~optimizer.influence.let_d_map`, NaN where the
+        dose per fraction is below 1e-3 Gy) is stored in ``extras["LETd_keV_um"]``."""
+        influence = InfluenceSet.of(influence, let_dose=let_dose)
         dose = influence.dose_per_fraction(weights) * fractions
         extras = {}
-        if let_dose is not None:
-            per_fx = dose / fractions
-            ld = let_dose.dose_per_fraction(weights)
-            extras["LETd_keV_um"] = np.where(per_fx > 1e-9 * max(per_fx.max(), 1e-30),
-                                             ld / np.maximum(per_fx, 1e-30), 0.0)
+        if "let_dose" in influence.forms:
+            extras["LETd_keV_um"] = let_d_map(influence, influence.forms["let_dose"], weights)
         return cls(patient, np.asarray(weights, dtype=float), int(fractions), dose,
                    dict(influence.beamlets), list(influence.beams), influence.modality,
                    dict(solver or {}), influence, extras)

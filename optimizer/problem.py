@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 
-from objectives.errors import BioplanError
+from objectives.errors import BioplanError, TermError
 from objectives.terms import Term, TermContext
 
 from .errors import InfeasiblePlanError, PlanError, SolverError
 from .geometry import Patient
-from .influence import InfluenceMatrix
+from .influence import InfluenceMatrix, InfluenceSet
 
 #: Preferred solvers, in order, when none is named: interior-point methods that certify
 #: optimality with a duality gap; CLARABEL handles every cone our terms use.
@@ -61,7 +61,8 @@ class PlanProblem:
     patient : the planning geometry. It is not copied; instead every solve checks
         ``patient.revision()`` and rebuilds when a structure, the CT or the structure list
         changed since the last build.
-    influence : dose-influence matrix on ``patient.grid`` (Gy per fraction per unit weight)
+    influence : dose-influence matrix on ``patient.grid`` (Gy per fraction per unit weight), or an
+        :class:`~optimizer.influence.InfluenceSet` carrying further linear forms ("let_dose")
     fractions : number of fractions n; terms see the total course dose ``n * A x`` in Gy.
         Assigning ``problem.fractions`` later rebuilds the problem.
     max_voxels_per_structure : helper structures (role "other": body, rings) with more voxels
@@ -73,7 +74,7 @@ class PlanProblem:
         ``None`` disables sampling.
     seed : seed of that sample, for reproducible plans
     let_dose : proton LET x dose matrix of the same spots (keV/um x Gy per fraction per unit
-        weight, ``ProtonBeams.let_dose_influence``), needed by LET terms (``objectives.let``)
+        weight), needed by LET terms, when ``influence`` does not carry it already
     hard_tolerance : largest violation of a hard term (in the term's unit: Gy for dose limits)
         on the full grid that still counts as met; a solve whose result exceeds it raises
         :class:`SolverError` instead of returning a plan
@@ -112,8 +113,8 @@ class PlanProblem:
         if not np.isfinite(hard_tolerance) or hard_tolerance <= 0:
             raise PlanError(f"hard_tolerance: expected a finite number > 0, got {hard_tolerance!r}")
         self.patient = patient
-        self.influence = influence
-        self.let_dose = let_dose
+        # one influence type: the set of named linear forms ("dose", "let_dose", ...)
+        self.influence = InfluenceSet.of(influence, let_dose=let_dose)
         self.fractions = fractions
         self.max_voxels_per_structure = max_voxels_per_structure
         self.seed = _check_int(seed, "seed", 0)
@@ -221,67 +222,90 @@ class PlanProblem:
     def _assemble(self) -> set[str]:
         """Build the cvxpy problem; return sampled structures that carry aggregate hard terms."""
         x = cp.Variable(self.influence.n_beamlets, nonneg=True, name="weights")
-        self._term_sets = []
-        for term in self.terms:
-            kind = "hard" if term.hard else "sample"
-            self._term_sets.append(self.voxel_set(term.structure, kind))
-        # one dose expression per voxel set; a set used by several terms gets an auxiliary dose
-        # variable so the large matrix enters the problem once
-        uses: dict[tuple[str, str], int] = {}
-        for vs in self._term_sets:
-            uses[(vs.name, vs.kind)] = uses.get((vs.name, vs.kind), 0) + 1
-        doses, constraints = {}, []
-        for key, n_uses in uses.items():
-            vs = self._sets[key]
-            A = self.influence.rows_of(vs.voxel_index) * float(self.fractions)
-            if A.nnz == 0:
-                raise PlanError(f"structure '{vs.name}': no beamlet reaches it; check beams and target")
-            expr = A @ x
-            if n_uses > 1:
-                d = cp.Variable(len(vs.voxel_index), name=f"dose_{vs.name}_{vs.kind}")
-                constraints.append(d == expr)
-                expr = d
-            doses[key] = expr
+        self._term_sets = [None if term.structure is None else
+                           self.voxel_set(term.structure, "hard" if term.hard else "sample")
+                           for term in self.terms]
+        # the linear forms each term reads, per voxel set; a form used by several terms gets an
+        # auxiliary variable so its (large) matrix enters the problem once
+        self._contexts = [self._context(vs) for vs in self._term_sets]
+        term_rows = [self._form_rows(term, vs, ctx)
+                     for term, vs, ctx in zip(self.terms, self._term_sets, self._contexts)]
+        uses: dict[tuple, int] = {}
+        for rows in term_rows:
+            for key in rows:
+                uses[key] = uses.get(key, 0) + 1
+        exprs, constraints = {}, []
+        for rows in term_rows:
+            for key, R in rows.items():
+                if key in exprs:
+                    continue
+                if R is None:  # the weights themselves
+                    exprs[key] = x
+                    continue
+                if R.nnz == 0 and key[2] == "dose":
+                    raise PlanError(f"structure '{key[0]}': no beamlet reaches it; check beams and target")
+                expr = (R * float(self.fractions)) @ x
+                if uses[key] > 1:
+                    d = cp.Variable(R.shape[0], name=f"{key[2].split('@')[0]}_{key[0]}_{key[1]}")
+                    constraints.append(d == expr)
+                    expr = d
+                exprs[key] = expr
         objective = 0
-        self._contexts, self._hard = [], []
+        self._hard = []
         aggregate = set()
-        for k, (term, vs) in enumerate(zip(self.terms, self._term_sets)):
-            ctx = TermContext(vs.name, vs.volumes, vs.voxel_index, self.fractions, self.patient.grid.shape)
-            self._contexts.append(ctx)
+        parts = zip(self.terms, self._term_sets, self._contexts, term_rows)
+        for k, (term, vs, ctx, rows) in enumerate(parts):
             term.refresh(ctx)
-            extras = self._extras(term, x, vs.voxel_index, ctx)
-            dose = doses[(vs.name, vs.kind)]
+            forms = {key[2].split("@")[0]: exprs[key] for key in rows}
+            # a term that reads only the dose gets the dose expression itself (user-defined terms
+            # are written as functions of the dose)
+            q = forms["dose"] if list(forms) == ["dose"] else forms
             if term.hard:
-                g = term.violation(dose, ctx, **extras)
-                if vs.sampled and g.size != len(vs.voxel_index):
+                g = term.violation(q, ctx)
+                if vs is not None and vs.sampled and g.size != len(vs.voxel_index):
                     aggregate.add(vs.name)
                 self._hard.append((term, g))
                 constraints.append(g <= 0)
-            else:
+                continue
+            weighted = term.objective(q, ctx)
+            if weighted is None:
                 # epigraph keeps weight x (cost with Parameters) DPP; t is free so that a cost
                 # that can be negative (a custom term) is minimised exactly, not clipped at 0
                 t = cp.Variable(name=f"cost_{k}")
-                constraints.append(term.cost(dose, ctx, **extras) <= t)
-                objective = objective + term.weight * t
-        self._doses = doses
+                constraints.append(term.cost(q, ctx) <= t)
+                weighted = term.weight * t
+            objective = objective + weighted
         self._x = x
         self._problem = cp.Problem(cp.Minimize(objective), constraints)
         return aggregate
 
-    def _extras(self, term: Term, x, voxel_index: np.ndarray, ctx: TermContext) -> dict:
-        """Extra linear forms a term asks for through ``term.needs`` (e.g. LET x dose)."""
-        needs = getattr(term, "needs", ())
-        if not needs:
-            return {}
-        available = {"dose": self.influence}
-        if self.let_dose is not None:
-            available["let_dose"] = self.let_dose
-        missing = [k for k in needs if k not in available]
+    def _context(self, vs: _VoxelSet | None) -> TermContext:
+        if vs is None:  # a term on the beamlet weights
+            n = self.influence.n_beamlets
+            return TermContext("weights", np.full(n, 1.0 / n), np.arange(n), self.fractions,
+                               self.patient.grid.shape, self.influence.beamlets)
+        return TermContext(vs.name, vs.volumes, vs.voxel_index, self.fractions, self.patient.grid.shape,
+                           self.influence.beamlets)
+
+    def _form_rows(self, term: Term, vs: _VoxelSet | None, ctx: TermContext) -> dict:
+        """Per-fraction rows of every linear form the term's quantity reads, keyed by
+        (structure, voxel-set kind, form name); None stands for the weights themselves."""
+        quantity = term.quantity
+        if quantity.base_forms == ("weights",):
+            return {("weights", "all", "weights"): None}
+        if vs is None:
+            raise PlanError(f"{term.describe()}: a term on voxel forms needs a structure")
+        available = self.influence.forms
+        missing = [f for f in quantity.base_forms if f not in available]
         if missing:
-            raise PlanError(f"{term.describe()}: needs {', '.join(missing)} rows; pass "
-                            f"PlanProblem(..., let_dose=ProtonBeams.let_dose_influence(...))")
-        rows = {k: available[k].rows_of(voxel_index) for k in needs}
-        return term.extra_expressions(x, rows, ctx)
+            raise PlanError(f"{term.describe()}: needs the {', '.join(missing)} form(s); pass an "
+                            f"InfluenceSet "
+                            f"that carries them (e.g. PlanProblem(..., let_dose=...) for LET terms)")
+        base = {f: available[f].rows_of(vs.voxel_index) for f in quantity.base_forms}
+        rows = quantity.linear_forms(base, ctx)
+        # a derived form (e.g. the dirty dose at a threshold) belongs to its quantity
+        return {(vs.name, vs.kind, f if f in available else f"{f}@{quantity.describe()}"): R
+                for f, R in rows.items()}
 
     # -- solve ---------------------------------------------------------------------------------
     def _pick_solver(self, solver: str | None) -> str:
@@ -371,8 +395,7 @@ class PlanProblem:
             "rounds": rounds,
             "terms": [repr(t) for t in self.terms],
         }
-        return Plan.from_weights(self.patient, self.influence, weights, self.fractions, info,
-                                 let_dose=self.let_dose)
+        return Plan.from_weights(self.patient, self.influence, weights, self.fractions, info)
 
     def _solve_once(self, name: str, verbose: bool, solver_options: dict):
         problem = self.build()
@@ -432,25 +455,36 @@ class PlanProblem:
         grid voxels that violate them by more than a tiny tolerance (to add to the next round)."""
         checks, added = [], {}
         for (term, g), vs in zip(self._hard, (s for s, t in zip(self._term_sets, self.terms) if t.hard)):
-            if vs.sampled:
+            if vs is not None and vs.sampled:
                 full = self.voxel_set(vs.name, "all")
-                ctx = TermContext(full.name, full.volumes, full.voxel_index, self.fractions,
-                                  self.patient.grid.shape)
-                dose = self.influence.rows_of(full.voxel_index) @ weights * float(self.fractions)
-                extras = self._extras(term, cp.Constant(weights), full.voxel_index, ctx)
-                values = np.atleast_1d(np.asarray(term.violation(cp.Constant(dose), ctx, **extras).value,
-                                                  dtype=float))
-                scale = 1e-6 * max(1.0, float(np.max(np.abs(dose))) if dose.size else 1.0)
+                ctx = self._context(full)
+                rows = self._form_rows(term, full, ctx)
+                n = float(self.fractions)
+                forms = {key[2].split("@")[0]: (R @ weights) * n for key, R in rows.items()}
+                values = np.atleast_1d(np.asarray(self._violation_values(term, forms, ctx), dtype=float))
+                scale = 1e-6 * max(1.0, max(float(np.max(np.abs(f))) for f in forms.values()))
                 new = np.setdiff1d(full.voxel_index[values > scale], vs.voxel_index)
                 if len(new):
                     added[vs.name] = np.union1d(added.get(vs.name, np.array([], np.int64)), new)
                 n_checked = len(full.voxel_index)
             else:
                 values = np.atleast_1d(np.asarray(g.value, dtype=float))
-                n_checked = len(vs.voxel_index)
-            checks.append({"term": term.describe(), "structure": vs.name, "voxels_checked": int(n_checked),
+                n_checked = len(values) if vs is None else len(vs.voxel_index)
+            checks.append({"term": term.describe(), "structure": "weights" if vs is None else vs.name,
+                           "voxels_checked": int(n_checked),
                            "max_violation": float(max(np.max(values), 0.0))})
         return checks, added
+
+    @staticmethod
+    def _violation_values(term: Term, forms: dict, ctx: TermContext) -> np.ndarray:
+        """A hard term's violation at numeric forms: its numeric face, or its cvxpy face on
+        constants for terms that offer only that (user-defined ones)."""
+        single = list(forms) == ["dose"]
+        try:
+            return term.violation_values(forms["dose"] if single else forms, ctx)
+        except (TermError, NotImplementedError):
+            const = {k: cp.Constant(v) for k, v in forms.items()}
+            return term.violation(const["dose"] if single else const, ctx).value
 
     def _violated_hard_terms(self, solver: str) -> list[str]:
         if not self._hard:

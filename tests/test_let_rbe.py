@@ -120,8 +120,8 @@ def _ctx(p, name):
 
 def _solve(p, dose, let, terms):
     """min mean squared PTV deviation from 2 Gy (one fraction) subject to hard LET terms on
-    'Distal', assembled exactly as optimizer.problem is asked to: rows by name for term.needs,
-    extra_expressions(x, rows, ctx), violation(dose, ctx, **extras) <= 0."""
+    'Distal', assembled exactly as optimizer.problem does: each term's quantity names the base
+    forms it reads and derives its linear forms from their rows; the term gets their expressions."""
     x = cp.Variable(dose.n_beamlets, nonneg=True)
     a_ptv = dose.rows_of(p.flat_indices("PTV"))
     objective = cp.sum_squares(a_ptv @ x - 2.0) / a_ptv.shape[0]
@@ -130,10 +130,10 @@ def _solve(p, dose, let, terms):
     idx = ctx.voxel_index
     available = {"dose": dose.rows_of(idx), "let_dose": let.rows_of(idx)}
     for term in terms:
-        rows = {k: available[k] for k in term.needs}
-        extras = term.extra_expressions(x, rows, ctx)
-        d_expr = ctx.fractions * (available["dose"] @ x)
-        cons.append(term.violation(d_expr, ctx, **extras) <= 0)
+        base = {k: available[k] for k in term.quantity.base_forms}
+        rows = term.quantity.linear_forms(base, ctx)
+        forms = {k: ctx.fractions * (R @ x) for k, R in rows.items()}
+        cons.append(term.violation(forms, ctx) <= 0)
     prob = cp.Problem(cp.Minimize(objective), cons)
     assert prob.is_dcp() and prob.is_dpp()
     prob.solve(solver="CLARABEL")
@@ -191,8 +191,9 @@ def test_dirty_dose_limit_holds(small_plan):
 
 def test_let_terms_protocol_and_errors():
     t = LETdMax("OAR", 4.0)
-    assert t.needs == ("let_dose",) and t.hard
-    assert DirtyDoseMax("OAR", 1.0, 5.0).needs == ("dose", "let_dose")
+    assert t.quantity.base_forms == ("dose", "let_dose") and t.hard
+    assert DirtyDoseMax("OAR", 1.0, 5.0).quantity.base_forms == ("dose", "let_dose")
+    assert LETDoseMax("OAR", 1.0).quantity.base_forms == ("let_dose",)
     ctx = TermContext("OAR", np.full(3, 1 / 3), np.arange(3), 5, (1, 1, 3))
     dose = cp.Variable(3)
     with pytest.raises(TermError, match="let_dose"):
@@ -202,12 +203,9 @@ def test_let_terms_protocol_and_errors():
     soft = LETDoseMax("OAR", 10.0, weight=2.0)
     pen = soft.penalty(dose, ctx, let_dose=cp.Variable(3))
     assert pen.is_convex() and pen.size == 1
-    with pytest.raises(TermError, match="let_dose"):
-        t.extra_expressions(cp.Variable(4), {}, ctx)
-    with pytest.raises(TermError, match="rows"):
-        t.extra_expressions(cp.Variable(4), {"let_dose": sp.csr_matrix((2, 4))}, ctx)
-    expr = t.extra_expressions(cp.Variable(4), {"let_dose": sp.csr_matrix((3, 4))}, ctx)
-    assert set(expr) == {"let_dose"}
+    rows = DirtyDoseMax("OAR", 1.0, 5.0).quantity.linear_forms(
+        {"dose": sp.csr_matrix(np.ones((3, 4))), "let_dose": sp.csr_matrix(np.full((3, 4), 6.0))}, ctx)
+    assert set(rows) == {"dirty_dose"} and rows["dirty_dose"].nnz == 12
     with pytest.raises(TermError):
         LETdMax("OAR", -1.0)
     with pytest.raises(TermError):

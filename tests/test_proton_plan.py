@@ -82,14 +82,11 @@ def test_hard_let_limits_hold_voxel_by_voxel_on_the_recomputed_plan(case, plans)
     # (voxels whose every contribution has LETd above the limit must get no dose at all: the exact
     # constraint l_i <= L d_i allows that; they meet the limit trivially)
     assert has_dose.sum() >= 10
-    letd_plan = plan.extras["LETd_keV_um"][distal]
-    assert np.all(letd_plan[has_dose] <= letd_limit * (1 + 1e-4) + 1e-6)
+    # the plan's LETd map is the one definition (let_d_map: NaN below 1e-3 Gy per fraction)
+    np.testing.assert_array_equal(plan.extras["LETd_keV_um"], let_d_map(dose, let, plan.weights))
     letd_map = let_d_map(dose, let, plan.weights, min_dose_Gy=1e-9)
-    # Plan.from_weights keeps LETd where the dose per fraction exceeds 1e-9 x its maximum
-    ok = np.isfinite(letd_map) & (plan.dose > 1e-8 * float(plan.dose.max()))
-    np.testing.assert_allclose(plan.extras["LETd_keV_um"][ok], letd_map[ok], rtol=1e-5, atol=1e-6)
     assert np.all(letd_map[distal][has_dose] <= letd_limit * (1 + 1e-4) + 1e-6)
-    assert letd_plan[has_dose].max() > 0.95 * letd_limit or ld.max() > 0.95 * ld_limit
+    assert np.nanmax(letd_map[distal][has_dose]) > 0.95 * letd_limit or ld.max() > 0.95 * ld_limit
     # the PTV is still treated: LETd in the PTV is plausible for protons (1-10 keV/um)
     ptv = p.structure("PTV").mask
     assert plan.dose[ptv].mean() > 0.8 * PRESCRIPTION_GY

@@ -53,7 +53,7 @@ from scipy.spatial import cKDTree
 
 from ..errors import BeamError, GeometryError
 from ..geometry import Patient
-from ..influence import InfluenceMatrix
+from ..influence import InfluenceMatrix, let_d_map  # noqa: F401  (let_d_map: public here too)
 from ..stopping_power import hu_to_rsp
 from . import proton_physics as pp
 from .raytrace import (
@@ -592,19 +592,3 @@ def spot_maps(influence: InfluenceMatrix, weights: np.ndarray) -> list[dict[int,
             layers[int(layer)] = m
         maps.append(layers)
     return maps
-
-
-def let_d_map(influence: InfluenceMatrix, let_dose: InfluenceMatrix, weights: np.ndarray,
-              min_dose_Gy: float = 1e-3) -> np.ndarray:
-    """Dose-averaged LET of a plan on the full grid, keV/um: (L x) / (D x) where the dose per
-    fraction is at least ``min_dose_Gy``, NaN elsewhere."""
-    if let_dose.matrix.shape != influence.matrix.shape or not np.array_equal(
-            let_dose.voxel_index, influence.voxel_index):
-        raise BeamError("let_dose: rows and columns must match the dose influence matrix")
-    min_dose_Gy = check_number(min_dose_Gy, "min_dose_Gy", "a dose >= 0 Gy", lambda v: v >= 0)
-    d = influence.dose_per_fraction(weights)
-    ld = let_dose.dose_per_fraction(weights)
-    out = np.full(d.shape, np.nan)
-    ok = d >= min_dose_Gy
-    out[ok] = ld[ok] / d[ok]
-    return out

@@ -1,0 +1,466 @@
+"""Shapes: *how* a quantity of a structure's voxels is limited or penalised.
+
+Every shape takes ``quantity=Dose()`` by default (:mod:`objectives.quantities`), so
+``Max("Core", 40)`` limits the dose and ``Max("Core", 70, quantity=BED(lq))`` the voxel BED. A
+shape declares which quantities keep it convex: upper limits and hot-tail means take any convex
+quantity; lower limits and deviations need an affine one (lower limits of monotone quantities
+go through :class:`Floor`, their exact dose equivalent); a non-convex combination is refused
+naming the term. Limits are cvxpy Parameters (``term.limit.value = ...``) so sweeps re-solve
+without recompiling.
+"""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import scipy.sparse as sp
+
+from . import projections as pj
+from .errors import TermError
+from .quantities import ParameterSets, Weights, array_module, at_voxels
+from .terms import Term, TermContext, lower_cvar, nonneg_parameter, upper_cvar, volume_fraction
+
+
+def _vol(ctx: TermContext, like):
+    return array_module(like).asarray(ctx.volumes, dtype=float)
+
+
+class _Limited(Term):
+    """A shape with one scalar limit Parameter ``limit`` (in the quantity's unit)."""
+
+    #: the limit's name in error messages (aliases keep their historical names, e.g. dose_Gy)
+    _limit_name = "limit"
+
+    def __init__(self, structure, limit, quantity=None, weight=None):
+        super().__init__(structure, weight, quantity)
+        self.limit = nonneg_parameter(limit, f"{type(self).__name__}.{self._limit_name}")
+
+    def _unit(self) -> str:
+        return self.quantity.unit
+
+    def describe(self) -> str:
+        unit = f" {self._unit()}" if self._unit() else ""
+        return f"{type(self).__name__}('{self.structure}', {self.limit.value:g}{unit})"
+
+
+class Max(_Limited):
+    """Every voxel q_i <= limit (hard), or weight x sum_i v_i max(q_i - limit, 0) (soft).
+    Convex for every convex quantity. Projection: clip; prox: per-voxel soft threshold."""
+
+    def _violation(self, q, ctx):
+        return q - self.limit
+
+    def _violation_values(self, q, ctx):
+        return q - float(self.limit.value)
+
+    def _project(self, q, ctx):
+        return array_module(q).minimum(q, float(self.limit.value))
+
+    def _prox(self, q, tau, ctx):
+        return pj.soft_excess_prox(q, float(self.limit.value), tau * float(self.weight.value) * _vol(ctx, q))
+
+    def project(self, forms, ctx, **extra):
+        forms = self._forms(forms, extra)
+        qty = self.quantity
+        if qty.invertible and qty.increasing and qty.base_forms == ("dose",) and not qty.affine:
+            xp = array_module(forms["dose"])
+            ceiling = xp.asarray(qty.inverse(np.full(len(ctx.volumes), float(self.limit.value)), ctx))
+            return {"dose": xp.minimum(forms["dose"], ceiling)}
+        if qty.affine and len(qty.base_forms) > 1:
+            # q = sum_k g_k f_k per voxel: project each voxel onto its half-space
+            g = qty.gradient(forms, ctx)
+            excess = array_module(self.quantity.value(forms, ctx)).maximum(
+                self.quantity.value(forms, ctx) - float(self.limit.value), 0)
+            norm2 = sum(gk * gk for gk in g.values())
+            return {k: forms[k] - excess * g[k] / norm2 for k in g}
+        return super().project(forms, ctx)
+
+
+class Min(_Limited):
+    """Every voxel q_i >= limit (hard), or weight x sum_i v_i max(limit - q_i, 0) (soft).
+    Convex only for affine quantities (use :class:`Floor` for BED / EQD2 / GARD floors)."""
+
+    requires_affine = True
+
+    def _violation(self, q, ctx):
+        return self.limit - q
+
+    def _violation_values(self, q, ctx):
+        return float(self.limit.value) - q
+
+    def _project(self, q, ctx):
+        return array_module(q).maximum(q, float(self.limit.value))
+
+    def _prox(self, q, tau, ctx):
+        step = tau * float(self.weight.value) * _vol(ctx, q)
+        return pj.soft_shortfall_prox(q, float(self.limit.value), step)
+
+
+class Mean(_Limited):
+    """Volume-weighted mean sum_i v_i q_i <= limit (hard), or weight x max(mean - limit, 0)
+    (soft; with limit 0 it minimises the mean). Convex for convex quantities; projection onto
+    the half-space for affine ones."""
+
+    def _violation(self, q, ctx):
+        return ctx.volumes @ q - self.limit
+
+    def _violation_values(self, q, ctx):
+        return array_module(q).asarray([float(_vol(ctx, q) @ q) - float(self.limit.value)])
+
+    def _project(self, q, ctx):
+        if not self.quantity.affine:
+            self._cvxpy_only("the projection of a non-affine mean")
+        return pj.halfspace(q, _vol(ctx, q), float(self.limit.value))
+
+
+class CVaRMax(_Limited):
+    """Hot-tail mean: the volume-weighted mean of q over the hottest ``volume_pct`` % <= limit.
+
+    A DVH (or BED-volume) limit "at most volume_pct % above limit" is not convex; this bound
+    (CVaR; Rockafellar & Uryasev 2000; Romeijn et al., Oper Res 2006;54:201) is, and because the
+    hot-tail mean is >= the value at that volume, meeting it guarantees the DVH limit: the
+    surrogate is **conservative**. Convex for convex quantities (CVaR is non-decreasing in each
+    q_i). Projection: sorted-threshold search (:func:`objectives.projections.upper_cvar_projection`).
+    """
+
+    def __init__(self, structure, limit, volume_pct, quantity=None, weight=None):
+        super().__init__(structure, limit, quantity, weight)
+        self.volume_pct = float(volume_pct)
+        self._fraction = volume_fraction(volume_pct, f"{type(self).__name__}.volume_pct")
+
+    def _violation(self, q, ctx):
+        cvar, _ = upper_cvar(q, ctx.volumes, self._fraction)
+        return cvar - self.limit
+
+    def _violation_values(self, q, ctx):
+        xp = array_module(q)
+        v = _vol(ctx, q) / float(np.sum(ctx.volumes))
+        order = xp.argsort(-q)
+        k = int(xp.searchsorted(xp.cumsum(v[order]), self._fraction))
+        t = float(q[order][min(k, len(q) - 1)])
+        return xp.asarray([t + float(v @ xp.maximum(q - t, 0)) / self._fraction - float(self.limit.value)])
+
+    def _project(self, q, ctx):
+        return pj.upper_cvar_projection(q, _vol(ctx, q), self._fraction, float(self.limit.value))
+
+    def describe(self):
+        return (f"{type(self).__name__}('{self.structure}', {self.quantity.symbol}{self.volume_pct:g} <= "
+                f"{self.limit.value:g} Gy)")
+
+
+class CVaRMin(_Limited):
+    """Cold-tail mean: the volume-weighted mean of q over the coldest ``100 - volume_pct`` % is
+    >= limit. Conservative for the DVH goal "D_volume_pct >= limit" (the cold-tail mean is <=
+    D_volume_pct). Concave in q, so only affine quantities."""
+
+    requires_affine = True
+
+    def __init__(self, structure, limit, volume_pct, quantity=None, weight=None):
+        super().__init__(structure, limit, quantity, weight)
+        self.volume_pct = float(volume_pct)
+        self._fraction = 1.0 - volume_fraction(volume_pct, f"{type(self).__name__}.volume_pct")
+
+    def _violation(self, q, ctx):
+        cvar, _ = lower_cvar(q, ctx.volumes, self._fraction)
+        return self.limit - cvar
+
+    def _violation_values(self, q, ctx):
+        xp = array_module(q)
+        v = _vol(ctx, q) / float(np.sum(ctx.volumes))
+        order = xp.argsort(q)
+        k = int(xp.searchsorted(xp.cumsum(v[order]), self._fraction))
+        t = float(q[order][min(k, len(q) - 1)])
+        cold = t - float(v @ xp.maximum(t - q, 0)) / self._fraction
+        return xp.asarray([float(self.limit.value) - cold])
+
+    def _project(self, q, ctx):
+        return pj.lower_cvar_projection(q, _vol(ctx, q), self._fraction, float(self.limit.value))
+
+    def describe(self):
+        return (f"{type(self).__name__}('{self.structure}', {self.quantity.symbol}{self.volume_pct:g} >= "
+                f"{self.limit.value:g} Gy)")
+
+
+def geud_expression(q: cp.Expression, volumes, a: float) -> cp.Expression:
+    """cvxpy gEUD of non-negative values with relative volumes ``volumes`` (sum 1), a >= 1."""
+    if a == 1:
+        return volumes @ q
+    return cp.pnorm(cp.multiply(volumes ** (1.0 / a), q), a)
+
+
+class GEUDMax(_Limited):
+    """Generalized EUD upper limit (sum_i v_i q_i^a)^(1/a) <= limit, a >= 1 (a weighted a-norm:
+    convex and non-decreasing in non-negative arguments; a = 1 is the mean, large a approaches
+    the maximum). A non-affine quantity enters as pos(q), equal to q where q >= 0, so cvxpy can
+    verify the composition. Soft form: weight x max(gEUD - limit, 0)."""
+
+    def __init__(self, structure, limit, a, quantity=None, weight=None):
+        super().__init__(structure, limit, quantity, weight)
+        try:
+            self.a = float(a)
+        except (TypeError, ValueError):
+            raise TermError(f"{type(self).__name__}.a: expected a number >= 1, got {a!r}") from None
+        if not (np.isfinite(self.a) and self.a >= 1):
+            raise TermError(f"{type(self).__name__}.a: expected a finite a >= 1 (gEUD is convex only there), "
+                            f"got {a!r}")
+
+    def _violation(self, q, ctx):
+        arg = q if self.quantity.affine else cp.pos(q)
+        return geud_expression(arg, ctx.volumes, self.a) - self.limit
+
+    def _violation_values(self, q, ctx):
+        xp = array_module(q)
+        base = q if self.quantity.affine else xp.maximum(q, 0)
+        v = _vol(ctx, q)
+        if self.a == 1:
+            geud = float(v @ base)
+        else:
+            geud = float(xp.sum(v * xp.abs(base) ** self.a) ** (1.0 / self.a))
+        return xp.asarray([geud - float(self.limit.value)])
+
+    def describe(self):
+        return (f"{type(self).__name__}('{self.structure}', a={self.a:g}, <= {self.limit.value:g}"
+                f"{' ' + self.quantity.unit if self.quantity.unit else ''})")
+
+
+class _Squared(_Limited):
+    """Soft only: weight x sum_i v_i r_i^2 with a residual r. On affine quantities the weighted
+    cost is written QP-representably and DPP: sum_i (s_i q_i - (s L)_i)^2-type terms with the
+    derived Parameters s = sqrt(weight v) and s L, refreshed before every solve."""
+
+    soft_only = True
+    smooth = True
+
+    def __init__(self, structure, limit, quantity=None, weight=None):
+        super().__init__(structure, limit, quantity, weight)
+        self._qp = ParameterSets(type(self).__name__, ("s", "sL"))
+
+    def _residual(self, q, limit):
+        raise NotImplementedError
+
+    def refresh(self, ctx):
+        super().refresh(ctx)
+        if self.quantity.affine:
+            s = np.sqrt(float(self.weight.value) * np.asarray(ctx.volumes, dtype=float))
+            self._qp.set(ctx, {"s": s, "sL": s * float(self.limit.value)})
+
+    def _cost(self, q, ctx):
+        return ctx.volumes @ cp.square(self._residual(q, self.limit))
+
+    def _objective(self, q, ctx):
+        if not self.quantity.affine:
+            return None
+        self.refresh(ctx)
+        p = self._qp.get(ctx)
+        return cp.sum_squares(self._residual(cp.multiply(p["s"], q), p["sL"]))
+
+    def _cost_value(self, q, ctx):
+        r = self._residual_values(q, float(self.limit.value))
+        return float(_vol(ctx, q) @ (r * r))
+
+    def _gradient(self, q, ctx):
+        r = self._residual_values(q, float(self.limit.value))
+        return 2.0 * _vol(ctx, q) * r * self._residual_sign
+
+
+class SquaredOver(_Squared):
+    """Soft: weight x sum_i v_i max(q_i - limit, 0)^2. Convex for convex non-negative q
+    (square is non-decreasing on the non-negative excess)."""
+
+    _residual_sign = 1.0
+
+    def _residual(self, q, limit):
+        return cp.pos(q - limit)
+
+    def _residual_values(self, q, limit):
+        return array_module(q).maximum(q - limit, 0)
+
+
+class SquaredUnder(_Squared):
+    """Soft: weight x sum_i v_i max(limit - q_i, 0)^2. Affine quantities only."""
+
+    requires_affine = True
+    _residual_sign = -1.0
+
+    def _residual(self, q, limit):
+        return cp.pos(limit - q)
+
+    def _residual_values(self, q, limit):
+        return array_module(q).maximum(limit - q, 0)
+
+
+class SquaredDeviation(_Squared):
+    """Soft: weight x sum_i v_i (q_i - limit)^2, a least-squares prescription. Affine only."""
+
+    requires_affine = True
+    _residual_sign = 1.0
+
+    def _residual(self, q, limit):
+        return q - limit
+
+    def _residual_values(self, q, limit):
+        return q - limit
+
+
+def _scalar_or_map(value, name: str):
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise TermError(f"{name}: expected a number or a 3-D [z, y, x] map, got {value!r}") from None
+    if arr.ndim not in (0, 3):
+        raise TermError(f"{name}: expected a number or a 3-D [z, y, x] map, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise TermError(f"{name}: expected finite values >= 0")
+    return float(arr) if arr.ndim == 0 else arr
+
+
+class Floor(Term):
+    """Every voxel q_i >= limit_i for a quantity that is a monotone function of dose (BED,
+    EQD2, GARD, dose): exactly the linear dose floor d_i >= d*_i = inverse(limit_i), even though
+    a lower bound on a convex quantity is not convex as written. ``limit`` is a scalar or a 3-D
+    [z, y, x] map on the planning grid ("dose painting by numbers"); d* is a Parameter
+    recomputed by ``refresh`` from the limit, the quantity's inputs and the fractions.
+
+    Soft form: weight x sum_i v_i max(d*_i - d_i, 0) (the shortfall of *dose*), or its square
+    with ``squared=True``. The term works in dose space: its quantity expression is the dose.
+    """
+
+    _limit_name = "limit"
+
+    def __init__(self, structure, limit, quantity=None, weight=None, squared: bool = False):
+        super().__init__(structure, weight, quantity)
+        if not (self.quantity.invertible and self.quantity.base_forms == ("dose",)):
+            raise TermError(f"{type(self).__name__}('{structure}'): {self.quantity.describe()} is not a "
+                            f"monotone function of dose; no exact floor")
+        self.squared = bool(squared)
+        if self.squared and weight is None:
+            raise TermError(f"{type(self).__name__}.squared: only a soft term (with a weight) can be squared")
+        self.smooth = self.squared
+        self._floors = ParameterSets(type(self).__name__, ("floor",))
+        self._set_limit(limit)
+
+    def _set_limit(self, value) -> None:
+        self._limit = _scalar_or_map(value, f"{type(self).__name__}.{self._limit_name}")
+
+    def dose_floor_Gy(self, ctx: TermContext) -> np.ndarray:
+        """The per-voxel total-dose floor d* (Gy) for the voxels of ``ctx`` (current inputs)."""
+        presc = at_voxels(self._limit, ctx, f"{type(self).__name__}.{self._limit_name}")
+        return np.asarray(self.quantity.inverse(presc, ctx), dtype=float)
+
+    def refresh(self, ctx):
+        try:
+            floor = self.dose_floor_Gy(ctx)
+        except TermError:
+            raise
+        except Exception as err:  # BiologyError from the inverse, named for the term
+            raise type(err)(f"{self.describe()}: {err}") from None
+        self._floors.set(ctx, {"floor": floor})
+
+    def quantity_expression(self, forms, ctx, **extra):
+        return self._forms(forms, extra)["dose"]
+
+    def numeric_quantity(self, forms, ctx, **extra):
+        return self._forms(forms, extra)["dose"]
+
+    def _violation(self, q, ctx):
+        if q.size != len(ctx.volumes):
+            raise TermError(f"{self.describe()}: dose expression has {q.size} entries, expected "
+                            f"{len(ctx.volumes)}")
+        self.refresh(ctx)
+        return self._floors.get(ctx)["floor"] - q
+
+    def _cost(self, q, ctx):
+        shortfall = cp.pos(self._violation(q, ctx))
+        return ctx.volumes @ (cp.square(shortfall) if self.squared else shortfall)
+
+    def _violation_values(self, q, ctx):
+        return array_module(q).asarray(self.dose_floor_Gy(ctx)) - q
+
+    def _cost_value(self, q, ctx):
+        short = array_module(q).maximum(self._violation_values(q, ctx), 0)
+        return float(_vol(ctx, q) @ (short * short if self.squared else short))
+
+    def _gradient(self, q, ctx):
+        if not self.squared:
+            self._cvxpy_only("the gradient of the linear shortfall")
+        short = array_module(q).maximum(self._violation_values(q, ctx), 0)
+        return -2.0 * _vol(ctx, q) * short
+
+    def _project(self, q, ctx):
+        return array_module(q).maximum(q, array_module(q).asarray(self.dose_floor_Gy(ctx)))
+
+    def project(self, forms, ctx, **extra):
+        return {"dose": self._project(self.numeric_quantity(forms, ctx, **extra), ctx)}
+
+    def gradient(self, forms, ctx, **extra):
+        return {"dose": self._gradient(self.numeric_quantity(forms, ctx, **extra), ctx)}
+
+    def describe(self) -> str:
+        p = self._limit
+        text = f"{p:g}" if isinstance(p, float) else f"map {p.shape}"
+        unit = f" {self.quantity.unit}" if self.quantity.unit else ""
+        return f"{type(self).__name__}('{self.structure}', >= {text}{unit})"
+
+
+def neighbour_differences(beamlets: dict) -> sp.csr_matrix:
+    """Sparse D with one row per pair of neighbouring beamlets (same beam and energy layer,
+    adjacent row or column of the map): (D w)_k = w_a - w_b."""
+    beam = np.asarray(beamlets["beam"])
+    layer = np.asarray(beamlets.get("layer", np.zeros(len(beam), int)))
+    row, col = np.asarray(beamlets["row"]), np.asarray(beamlets["col"])
+    index = {key: j for j, key in enumerate(zip(beam.tolist(), layer.tolist(), row.tolist(), col.tolist()))}
+    a_idx, b_idx = [], []
+    for (b, lay, r, c), j in index.items():
+        for nb in ((b, lay, r + 1, c), (b, lay, r, c + 1)):
+            k = index.get(nb)
+            if k is not None:
+                a_idx.append(j)
+                b_idx.append(k)
+    n_pairs = len(a_idx)
+    data = np.r_[np.ones(n_pairs), -np.ones(n_pairs)]
+    rows = np.r_[np.arange(n_pairs), np.arange(n_pairs)]
+    return sp.csr_matrix((data, (rows, np.r_[a_idx, b_idx])), shape=(n_pairs, len(beam)))
+
+
+class FluenceSmoothness(Term):
+    """Soft: weight x sum over neighbouring beamlet pairs (same beam and layer, adjacent map
+    row or column) of (w_a - w_b)^2, on the :class:`~objectives.quantities.Weights` quantity.
+    Smoother fluence maps need fewer, larger MLC segments. QP-representable and DPP."""
+
+    soft_only = True
+    smooth = True
+
+    def __init__(self, weight: float):
+        super().__init__(None, weight, Weights())
+        self._sqrt_w = cp.Parameter(nonneg=True, name="FluenceSmoothness.sqrt_weight")
+        self._D: dict[int, sp.csr_matrix] = {}  # one difference matrix, keyed by the beamlet table
+
+    def _differences(self, ctx) -> sp.csr_matrix:
+        if ctx.beamlets is None:
+            raise TermError("FluenceSmoothness: needs the beamlet table (ctx.beamlets)")
+        cols = [np.ascontiguousarray(ctx.beamlets[k]) for k in ("beam", "row", "col") if k in ctx.beamlets]
+        key = hash(b"".join(c.tobytes() for c in cols))
+        if key not in self._D:
+            self._D = {key: neighbour_differences(ctx.beamlets)}
+        return self._D[key]
+
+    def refresh(self, ctx):
+        self._sqrt_w.value = float(np.sqrt(float(self.weight.value)))
+
+    def _cost(self, q, ctx):
+        return cp.sum_squares(self._differences(ctx) @ q)
+
+    def _objective(self, q, ctx):
+        self.refresh(ctx)
+        return cp.sum_squares(self._sqrt_w * (self._differences(ctx) @ q))
+
+    def _cost_value(self, q, ctx):
+        r = self._differences(ctx) @ q
+        return float(r @ r)
+
+    def _gradient(self, q, ctx):
+        D = self._differences(ctx)
+        return 2.0 * (D.T @ (D @ q))
+
+    def describe(self):
+        return "FluenceSmoothness()"
