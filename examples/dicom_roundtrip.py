@@ -205,12 +205,10 @@ def main(argv=None) -> dict:
     plan_uid = None
     try:
         if args.protons:
-            plan_uid = write_rt_ion_plan(
-                dicom_out / "RN.dcm", plan.beamlets, plan.beams, plan.weights, patient, info,
-                mu_per_weight=1.0, fractions=plan.fractions, overwrite=args.overwrite,
-                structure_set_uid=ss_uid, plan_label="cshape PBS")
-        write_rtdose(plan.dose, patient, dicom_out / "RD.dcm", info, overwrite=args.overwrite,
-                     referenced_plan_uid=plan_uid)
+            plan_uid = write_rt_ion_plan(dicom_out / "RN.dcm", plan, info, mu_per_weight=1.0,
+                                         overwrite=args.overwrite, structure_set_uid=ss_uid,
+                                         plan_label="cshape PBS")
+        write_rtdose(plan, dicom_out / "RD.dcm", info, overwrite=args.overwrite, referenced_plan_uid=plan_uid)
     except FileExistsError as exc:
         raise _refuse(str(exc).rsplit(": exists", 1)[0] + " already exists", out) from exc
     t_write_out = time.perf_counter() - t0

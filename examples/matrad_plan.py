@@ -30,7 +30,7 @@ import numpy as np
 from objectives import DVHMin, SquaredDeviation, SquaredOverdose
 from optimizer import PhotonBeams, PlanProblem, Structure, evaluate, phantoms, plots, report
 from optimizer.geometry import HU_TO_RED_TABLE, Patient, hu_to_red
-from optimizer.matrad import BODY_NAMES, is_body_name, load_matrad
+from optimizer.io.matrad import BODY_NAMES, is_body_name, load_matrad
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -206,7 +206,7 @@ def test_nothing_overwritten_without_permission(exported, tmp_path):
         write_rtstruct(p, exported["root"] / "ct" / "RS.dcm", info)
     spots, beams, weights = _spots_and_beams()
     with pytest.raises(FileExistsError, match="RN.dcm"):
-        write_rt_ion_plan(exported["root"] / "RN.dcm", spots, beams, weights, p, info)
+        write_rt_ion_plan(exported["root"] / "RN.dcm", spots, beams, weights, p, info, fractions=30)
     target = tmp_path / "RD.dcm"
     write_rtdose(exported["dose"], p, target, info)
     write_rtdose(2 * exported["dose"], p, target, info, overwrite=True)
@@ -221,12 +221,12 @@ def test_writer_input_errors(exported, tmp_path):
         write_rtdose(-exported["dose"], p, tmp_path / "b.dcm", info)
     spots, beams, weights = _spots_and_beams()
     with pytest.raises(DicomError, match="weights"):
-        write_rt_ion_plan(tmp_path / "c.dcm", spots, beams, weights[:-1], p, info)
+        write_rt_ion_plan(tmp_path / "c.dcm", spots, beams, weights[:-1], p, info, fractions=30)
     with pytest.raises(DicomError, match="beam"):
-        write_rt_ion_plan(tmp_path / "d.dcm", spots, beams[:1], weights, p, info)
+        write_rt_ion_plan(tmp_path / "d.dcm", spots, beams[:1], weights, p, info, fractions=30)
     bad = dict(spots, energy_MeV=np.arange(7.0) + 100)
     with pytest.raises(DicomError, match="mixes energies"):
-        write_rt_ion_plan(tmp_path / "e.dcm", bad, beams, weights, p, info)
+        write_rt_ion_plan(tmp_path / "e.dcm", bad, beams, weights, p, info, fractions=30)
 
 
 # -- dciodvfy -------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import optimizer.dicom_export as dicom_export
+import optimizer.io.rtdose as rtdose_module
 from optimizer.dicom import DicomError, load_ct_series, load_dicom, load_rtdose, load_rtstruct
 from optimizer.dicom_export import write_ct_series, write_rt_ion_plan, write_rtdose, write_rtstruct
 from optimizer.geometry import Grid, Patient, Structure
@@ -291,7 +292,7 @@ def test_plan_labels_dicom_would_change_are_refused(tmp_path):
         args = {"beams": beams, **kwargs}
         with pytest.raises(DicomError, match=rf"RN\.dcm.*{match}"):
             write_rt_ion_plan(tmp_path / "RN.dcm", spots, args.pop("beams"), np.ones(1), patient, info,
-                              **args)
+                              fractions=1, **args)
     assert not (tmp_path / "RN.dcm").exists()
 
 
@@ -309,13 +310,13 @@ def test_two_concurrent_rtdose_writers_exactly_one_succeeds(tmp_path, monkeypatc
     target = tmp_path / "RD.dcm"
     # both writers have passed their "does the file exist?" check before either writes
     both_checked = threading.Barrier(2, timeout=30)
-    original = dicom_export._new_dataset
+    original = rtdose_module._new_dataset
 
     def synchronized(*args, **kwargs):
         both_checked.wait()
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(dicom_export, "_new_dataset", synchronized)
+    monkeypatch.setattr(rtdose_module, "_new_dataset", synchronized)
     results: list = [None, None]
 
     def writer(i: int) -> None:
@@ -351,7 +352,7 @@ def _write_plan(patient, info, path, overwrite):
     spots = {"beam": np.array([0]), "layer": np.array([0]), "energy_MeV": np.array([100.0]),
              "u_mm": np.array([0.0]), "v_mm": np.array([0.0])}
     beams = [{"gantry_deg": 0.0, "couch_deg": 0.0, "isocenter_mm": (0.0, 0.0, 3.75)}]
-    write_rt_ion_plan(path, spots, beams, np.ones(1), patient, info, overwrite=overwrite)
+    write_rt_ion_plan(path, spots, beams, np.ones(1), patient, info, fractions=1, overwrite=overwrite)
 
 
 def _write_ct(patient, info, path, overwrite):
