@@ -125,8 +125,8 @@ class CVaRMax(_Limited):
 
     def __init__(self, structure, limit, volume_pct, quantity=None, weight=None):
         super().__init__(structure, limit, quantity, weight)
-        self.volume_pct = float(volume_pct)
         self._fraction = volume_fraction(volume_pct, f"{type(self).__name__}.volume_pct")
+        self.volume_pct = float(volume_pct)
 
     def _violation(self, q, ctx):
         cvar, _ = upper_cvar(q, ctx.volumes, self._fraction)
@@ -157,8 +157,8 @@ class CVaRMin(_Limited):
 
     def __init__(self, structure, limit, volume_pct, quantity=None, weight=None):
         super().__init__(structure, limit, quantity, weight)
-        self.volume_pct = float(volume_pct)
         self._fraction = 1.0 - volume_fraction(volume_pct, f"{type(self).__name__}.volume_pct")
+        self.volume_pct = float(volume_pct)
 
     def _violation(self, q, ctx):
         cvar, _ = lower_cvar(q, ctx.volumes, self._fraction)

@@ -47,12 +47,15 @@ class TermContext:
 
 def nonneg_parameter(value, name: str, *, shape=()) -> cp.Parameter:
     """A non-negative cvxpy Parameter with validation that names the field."""
-    arr = np.asarray(value, dtype=float)
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise TermError(f"{name}: expected a finite number >= 0, got {value!r}") from None
     if arr.shape != tuple(shape) and not (shape == () and arr.size == 1):
         raise TermError(f"{name}: expected shape {shape}, got {arr.shape}")
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise TermError(f"{name}: expected a finite value >= 0, got {value!r}")
-    return cp.Parameter(shape, nonneg=True, value=arr.reshape(shape) if shape else float(arr))
+    return cp.Parameter(shape, nonneg=True, value=arr.reshape(shape) if shape else float(arr.item()))
 
 
 def positive_number(value, name: str) -> float:
@@ -201,10 +204,10 @@ class Term:
 
     def value(self, forms, ctx: TermContext, **extra) -> float:
         """Hard term: the largest violation (<= 0 when met); soft term: weight x cost."""
-        q = self.numeric_quantity(forms, ctx, **extra)
         if self.hard:
-            return float(self._violation_values(q, ctx).max())
-        return float(self.weight.value) * self._cost_value(q, ctx)
+            return float(_xp(self.violation_values(forms, ctx, **extra)).max(
+                self.violation_values(forms, ctx, **extra)))
+        return float(self.weight.value) * self.cost_value(forms, ctx, **extra)
 
     def gradient(self, forms, ctx: TermContext, **extra) -> dict:
         """Gradient of the unweighted cost with respect to each form (smooth soft terms)."""

@@ -38,12 +38,28 @@ HU_TO_RED_TABLE = np.array(
 def hu_to_red(hu: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
     """Relative electron density (water = 1) from CT numbers in HU.
 
-    Linear interpolation in ``table`` (N x 2: HU, density), clamped at the ends.
+    Linear interpolation in ``table`` (N x 2: HU, density), clamped at the ends. A table that is
+    not a finite (N, 2) array with strictly increasing HU raises :class:`GeometryError`.
     """
-    t = HU_TO_RED_TABLE if table is None else np.asarray(table, dtype=float)
-    if t.ndim != 2 or t.shape[1] != 2 or np.any(np.diff(t[:, 0]) <= 0):
-        raise ValueError("table: expected an (N, 2) array of strictly increasing HU and density")
+    try:
+        t = HU_TO_RED_TABLE if table is None else np.asarray(table, dtype=float)
+    except (TypeError, ValueError):
+        t = np.empty((0,))
+    if t.ndim != 2 or t.shape[1] != 2 or t.shape[0] < 1 or not np.all(np.isfinite(t)) \
+            or np.any(np.diff(t[:, 0]) <= 0):
+        raise GeometryError("table: expected an (N, 2) array of strictly increasing HU and density")
     return np.interp(np.asarray(hu, dtype=float), t[:, 0], t[:, 1]).astype(np.float32)
+
+
+def _numbers(value, name: str, expected: str, kind) -> tuple:
+    """A tuple of numbers from a sequence, or a GeometryError naming the field."""
+    try:
+        items = np.atleast_1d(np.asarray(value, dtype=float))
+        if items.ndim != 1 or (kind is int and not np.all(np.isfinite(items) & (items == np.round(items)))):
+            raise ValueError
+        return tuple(kind(v) for v in items)
+    except (TypeError, ValueError, OverflowError):
+        raise GeometryError(f"{name}: expected {expected}, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -62,9 +78,9 @@ class Grid:
     origin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self):
-        shape = tuple(int(s) for s in np.atleast_1d(self.shape))
-        spacing = tuple(float(s) for s in np.atleast_1d(self.spacing_mm))
-        origin = tuple(float(s) for s in np.atleast_1d(self.origin_mm))
+        shape = _numbers(self.shape, "shape", "3 positive ints (nz, ny, nx)", int)
+        spacing = _numbers(self.spacing_mm, "spacing_mm", "3 positive finite values (dz, dy, dx)", float)
+        origin = _numbers(self.origin_mm, "origin_mm", "3 finite values (z, y, x)", float)
         if len(shape) != 3 or min(shape) < 1:
             raise GeometryError(f"shape: expected 3 positive ints (nz, ny, nx), got {self.shape}")
         if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
@@ -141,7 +157,7 @@ class Structure:
     def __setattr__(self, key, value):
         if key == "name" and (not isinstance(value, str) or not value.strip()):
             raise GeometryError(f"Structure.name: expected a non-empty string, got {value!r}")
-        if key == "role" and value not in ROLES:
+        if key == "role" and (not isinstance(value, str) or value not in ROLES):
             raise GeometryError(f"Structure '{self.name}'.role: expected one of {ROLES}, got {value!r}")
         if key == "mask":
             try:

@@ -1,0 +1,31 @@
+"""A physical-dose plan is a QP: OSQP (a QP-only solver) takes it and agrees with CLARABEL."""
+
+import pytest
+
+from optimizer import PhotonBeams, PlanProblem, phantoms
+
+
+@pytest.fixture(scope="module")
+def cshape():
+    patient = phantoms.tg119_cshape(spacing_mm=8.0)
+    phantoms.add_cshape_helper_structures(patient)
+    inf = PhotonBeams(range(0, 360, 72), beamlet_mm=10.0).influence(patient, target="PTV")
+    return patient, inf
+
+
+def _problem(patient, inf):
+    problem = PlanProblem(patient, inf, fractions=25, max_voxels_per_structure=500)
+    for term in phantoms.cshape_planning_terms():
+        problem += term
+    return problem
+
+
+def test_cshape_physical_plan_is_a_qp_and_osqp_agrees_with_clarabel(cshape):
+    patient, inf = cshape
+    ref = _problem(patient, inf).solve(solver="CLARABEL")
+    problem = _problem(patient, inf)
+    assert problem.build().is_qp() and problem.build().is_dpp()
+    plan = problem.solve(solver="OSQP", eps_abs=1e-7, eps_rel=1e-7, max_iter=200000)
+    assert plan.solver["status"] == "optimal" and plan.solver["name"] == "OSQP"
+    assert plan.solver["objective"] == pytest.approx(ref.solver["objective"], rel=1e-4)
+    assert all(c["max_violation"] <= 1e-3 for c in plan.solver["hard_terms"])
