@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     beams = PhotonBeams(gantry_deg=range(0, 360, 40), beamlet_mm=args.beamlet_mm)
-    influence = beams.influence(patient, target="PTV")
+    influence = beams.influence(patient, target="PTV", progress=True)
     t_dose = time.perf_counter() - t0
     print(f"influence matrix: {influence.matrix.shape[0]} voxels x {influence.n_beamlets} beamlets, "
           f"{influence.nnz} nonzeros, {t_dose:.1f} s (shared by both plans)")

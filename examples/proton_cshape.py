@@ -9,7 +9,8 @@ the far arm through the core (low-LET entrance dose). 50 Gy in 25 fractions of *
 (the TG-119 goals, ``phantoms.TG119_CSHAPE_GOALS``), optimized as in ``examples/tg119_cshape.py``
 with the PTV goals and the core D10 goal hard (CVaR surrogates, 0.5-1 Gy of room), plus a hard,
 voxel-wise LET x dose limit in the core (``objectives.LETDoseMax``, exact linear constraint; the
-LET x dose matrix enters through ``PlanProblem(..., let_dose=...)``).
+LET x dose matrix is the "let_dose" form of the influence set that ``ProtonBeams.influence``
+returns, which ``PlanProblem`` reads for the LET terms).
 
 Evaluation on the full grid (recomputed from the spot weights):
 
@@ -115,15 +116,15 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     beams = ProtonBeams(GANTRY_DEG, spot_spacing_mm=args.spot_spacing_mm,
                         layer_spacing_mm=args.layer_spacing_mm, margin_mm=args.margin_mm)
-    dose_inf, let_inf = beams.compute(patient, target="PTV", progress=True)
+    influence = beams.influence(patient, target="PTV", progress=True)  # forms "dose" and "let_dose"
+    let_inf = influence.forms["let_dose"]
     t_dose = time.perf_counter() - t0
-    print(f"influence: {dose_inf.matrix.shape[0]} voxels x {dose_inf.n_beamlets} spots, "
-          f"{dose_inf.nnz} dose and {let_inf.nnz} LET x dose nonzeros, {t_dose:.1f} s")
+    print(f"influence: {influence.matrix.shape[0]} voxels x {influence.n_beamlets} spots, "
+          f"{influence.nnz} dose and {let_inf.nnz} LET x dose nonzeros, {t_dose:.1f} s")
 
     # -- problem ------------------------------------------------------------------------------------
     n = phantoms.TG119_CSHAPE_FRACTIONS
-    problem = PlanProblem(patient, dose_inf, fractions=n, max_voxels_per_structure=args.max_voxels,
-                          let_dose=let_inf)
+    problem = PlanProblem(patient, influence, fractions=n, max_voxels_per_structure=args.max_voxels)
     for term in phantoms.cshape_planning_terms():
         problem += term
     problem += DVHMax("Core", 24.0, volume_pct=10)  # TG-119 core goal, hard (CVaR, 1 Gy of room)
@@ -151,7 +152,7 @@ def main(argv=None) -> dict:
           f"limit {limit if limit is not None else 'none'}: "
           f"{'met' if ld_check['met'] else 'NOT met' if limit is not None else '-'}")
 
-    letd = let_d_map(dose_inf, let_inf, plan.weights, min_dose_Gy=1e-6)  # NaN without dose
+    letd = let_d_map(influence, let_inf, plan.weights, min_dose_Gy=1e-6)  # NaN without dose
     hot = plan.dose > LETD_DOSE_THRESHOLD_PCT / 100 * plan.dose.max()
     letd_stats = {"dose_threshold_pct_of_max": LETD_DOSE_THRESHOLD_PCT, "structures": {}}
     for name in ("PTV", "Core", "Ring", "Body"):
@@ -222,8 +223,8 @@ def main(argv=None) -> dict:
     record["timings_s"]["build_only"] = round(float(s["build_s"]), 3)
     record["timings_s"]["compile"] = round(float(s["compile_s"]), 3)
     record["sizes"]["let_nnz"] = let_inf.nnz
-    record["sizes"]["spots"] = dose_inf.n_beamlets
-    record["sizes"]["influence_rows"] = int(dose_inf.matrix.shape[0])
+    record["sizes"]["spots"] = influence.n_beamlets
+    record["sizes"]["influence_rows"] = int(influence.matrix.shape[0])
     record["let_dose_limit"] = ld_check
     record["letd"] = letd_stats
     record["rbe"] = rbe

@@ -2,6 +2,7 @@
 
 from . import bio_evaluate, evaluate, phantoms, plots, report
 from .beams import proton_physics
+from .beams.base import BeamModel
 from .beams.photon import PhotonBeams, PhotonKernel
 from .beams.proton import ProtonBeams, let_d_map, spot_maps
 from .beams.raytrace import BeamGeometry, radiological_depth
@@ -9,7 +10,7 @@ from .dicom import DicomError, load_ct_series, load_dicom, load_rtdose, load_rts
 from .dicom_export import write_ct_series, write_rt_ion_plan, write_rtdose, write_rtstruct
 from .errors import BeamError, GeometryError, InfeasiblePlanError, PlanError, SolverError
 from .geometry import Grid, Patient, Structure, hu_to_red
-from .influence import InfluenceMatrix
+from .influence import InfluenceMatrix, InfluenceSet
 from .matrad import MatradError, load_matrad
 from .plan import Plan
 from .problem import PlanProblem
@@ -19,8 +20,8 @@ __all__ = [
     "bio_evaluate", "evaluate", "phantoms", "plots", "report",
     "BeamError", "GeometryError", "InfeasiblePlanError", "PlanError", "SolverError",
     "DicomError", "MatradError",
-    "Grid", "Patient", "Structure", "hu_to_red", "InfluenceMatrix",
-    "BeamGeometry", "radiological_depth", "PhotonBeams", "PhotonKernel",
+    "Grid", "Patient", "Structure", "hu_to_red", "InfluenceMatrix", "InfluenceSet",
+    "BeamModel", "BeamGeometry", "radiological_depth", "PhotonBeams", "PhotonKernel",
     "ProtonBeams", "spot_maps", "let_d_map", "proton_physics", "hu_to_rsp", "HU_TO_RSP_TABLE",
     "PlanProblem", "Plan",
     "load_ct_series", "load_dicom", "load_rtdose", "load_rtstruct", "load_matrad",

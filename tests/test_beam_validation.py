@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from optimizer import phantoms
-from optimizer.beams import photon as photon_mod
+from optimizer.beams import base as base_mod
 from optimizer.beams import proton as proton_mod
 from optimizer.beams import raytrace
 from optimizer.beams.photon import PhotonBeams, PhotonKernel
@@ -175,7 +175,8 @@ def test_radiological_depth_names_the_bad_sampling(kwargs, field):
 
 
 def test_let_d_map_refuses_a_nan_dose_threshold(proton_box):
-    dose, let = ProtonBeams([0], spot_spacing_mm=8.0).compute(proton_box)
+    dose = ProtonBeams([0], spot_spacing_mm=8.0).influence(proton_box)
+    let = dose.forms["let_dose"]
     w = np.ones(dose.n_beamlets)
     assert np.isfinite(proton_mod.let_d_map(dose, let, w)).any()
     for bad in (NAN, -1.0, "0.1"):
@@ -240,20 +241,21 @@ def test_proton_memory_refused_before_computing(proton_box, monkeypatch):
         raise AssertionError("the dose computation started before the memory check")
 
     monkeypatch.setattr(ProtonBeams, "_beam_dose", never)
-    for call in ("influence", "compute", "let_dose_influence"):
+    for with_let in (True, False):
         with pytest.raises(BeamError, match=r"(?s)max_memory_mb.*MB.*coarser") as err:
-            getattr(ProtonBeams([0, 90], spot_spacing_mm=8.0), call)(proton_box, max_memory_mb=0.01)
+            ProtonBeams([0, 90], spot_spacing_mm=8.0).influence(proton_box, max_memory_mb=0.01,
+                                                                 with_let=with_let)
         assert "spot_spacing_mm" in str(err.value)
 
 
 def test_memory_check_uses_available_memory(cshape, monkeypatch):
-    monkeypatch.setattr(photon_mod, "available_memory_mb", lambda: 0.5)
+    monkeypatch.setattr(base_mod, "available_memory_mb", lambda: 0.5)
     with pytest.raises(BeamError, match=r"0\.5 MB available"):
         PhotonBeams([0], beamlet_mm=10.0).influence(cshape)
     # unknown available memory: no check
-    monkeypatch.setattr(photon_mod, "available_memory_mb", lambda: None)
+    monkeypatch.setattr(base_mod, "available_memory_mb", lambda: None)
     assert PhotonBeams([0], beamlet_mm=10.0).influence(cshape).nnz > 0
-    monkeypatch.setattr(proton_mod, "available_memory_mb", lambda: 0.001)
+    monkeypatch.setattr(base_mod, "available_memory_mb", lambda: 0.001)
     with pytest.raises(BeamError, match="available"):
         ProtonBeams([0], spot_spacing_mm=8.0).influence(phantoms.tg119_cshape(spacing_mm=8))
 
@@ -297,8 +299,9 @@ def test_photon_memory_estimate_follows_the_dose_mask(cshape):
 ])
 def test_proton_memory_estimate_is_close_to_the_real_matrix(proton_box, kwargs):
     beams = ProtonBeams(**kwargs)
-    est = beams.estimate_memory(proton_box)
-    inf = beams.influence(proton_box)
+    est = beams.estimate_memory(proton_box, with_let=False)
+    inf = beams.influence(proton_box, with_let=False)
+    assert list(inf.forms) == ["dose"]
     assert est["nnz"] * 8 / 3 <= inf.nnz * 8 <= est["nnz"] * 8 * 3
-    est_let = beams.estimate_memory(proton_box, with_let=True)
+    est_let = beams.estimate_memory(proton_box)  # with_let=True, as influence()
     assert est_let["nnz"] == est["nnz"] and est_let["peak_mb"] > est["peak_mb"]

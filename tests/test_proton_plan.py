@@ -32,12 +32,13 @@ def case():
     lateral = (np.abs(x) <= 10) & (np.abs(z) <= 10)
     p.add_structure(Structure("PTV", lateral & (y >= -4) & (y <= 16), "target"))
     p.add_structure(Structure("Distal", lateral & (y > 16) & (y <= 24), "oar"))
-    dose, let = ProtonBeams([0, 90], margin_mm=3.0, spot_spacing_mm=6.0).compute(p, "PTV")
-    return p, dose, let
+    influence = ProtonBeams([0, 90], margin_mm=3.0, spot_spacing_mm=6.0).influence(p, "PTV")
+    return p, influence, influence.forms["let_dose"]
 
 
-def _problem(p, dose, let, extra_terms=()):
-    prob = PlanProblem(p, dose, fractions=FRACTIONS, let_dose=let, max_voxels_per_structure=None)
+def _problem(p, influence, let, extra_terms=()):
+    # the set carries "let_dose": no let_dose= needed
+    prob = PlanProblem(p, influence, fractions=FRACTIONS, max_voxels_per_structure=None)
     prob += SquaredDeviation("PTV", PRESCRIPTION_GY, weight=1.0)
     prob += SquaredOverdose("Distal", 0.0, weight=0.01)
     for t in extra_terms:
@@ -95,7 +96,8 @@ def test_hard_let_limits_hold_voxel_by_voxel_on_the_recomputed_plan(case, plans)
 
 
 def test_missing_let_dose_raises_a_plan_error_naming_the_term(case):
-    p, dose, let = case
+    p, influence, let = case
+    dose = influence.dose_form()  # the dose matrix alone, without the "let_dose" form
     prob = PlanProblem(p, dose, fractions=FRACTIONS)
     prob += SquaredDeviation("PTV", PRESCRIPTION_GY, weight=1.0)
     prob += LETDoseMax("Distal", 5.0)

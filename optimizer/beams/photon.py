@@ -30,30 +30,24 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from numbers import Integral
-from types import SimpleNamespace
 
 import numpy as np
 import scipy.sparse as sp
 from scipy import ndimage
 from scipy.special import erf
 
-from ..errors import BeamError, GeometryError
+from ..errors import BeamError
 from ..geometry import Patient
-from ..influence import InfluenceMatrix
+from ..influence import InfluenceMatrix, InfluenceSet
+from .base import BeamModel, BeamSetup
 from .raytrace import (
     FAN_BYTES_PER_SAMPLE,
     BeamGeometry,
-    available_memory_mb,
-    check_angles,
     check_bool_array,
-    check_dose_mask,
-    check_max_memory,
     check_number,
-    check_point,
     coarse_depth,
     fan_samples,
     radiological_depth,
-    refuse_if_too_large,
 )
 
 #: Peak memory of :meth:`PhotonBeams.influence` per nonzero of the result, bytes: the per-beam
@@ -128,7 +122,7 @@ def _profile(x: np.ndarray, half_width: float, sigma: np.ndarray) -> np.ndarray:
     return 0.5 * (erf((x + half_width) / s) - erf((x - half_width) / s))
 
 
-class PhotonBeams:
+class PhotonBeams(BeamModel):
     """Coplanar 6 MV photon IMRT beams with a regular beamlet grid per beam.
 
     Parameters
@@ -141,10 +135,18 @@ class PhotonBeams:
     cutoff_sigma : lateral truncation of each beamlet, in sigmas beyond the beamlet edge (> 0)
     min_relative : entries below this fraction of the beamlet's on-axis value are dropped, in
         [0, 1)
+    couch_deg : patient-support angle(s), degrees; only 0 (coplanar) is supported
 
     Every argument is checked here (type, NaN, range; gantry angles equal modulo 360 deg are
     refused as duplicates) and :class:`~optimizer.errors.BeamError` names the one at fault.
+    :meth:`influence` (see :class:`~optimizer.beams.base.BeamModel`) returns an
+    :class:`~optimizer.influence.InfluenceSet` with the form "dose" only.
     """
+
+    modality = "photon"
+    form_names = ("dose",)
+    _memory_hint = ("Use a coarser dose grid (resample the patient), a larger beamlet_mm, a smaller "
+                    "dose_mask or fewer beams")
 
     def __init__(
         self,
@@ -155,8 +157,10 @@ class PhotonBeams:
         kernel: PhotonKernel | None = None,
         cutoff_sigma: float = 3.0,
         min_relative: float = 1e-3,
+        *,
+        couch_deg: Iterable[float] | float = 0.0,
     ):
-        self.gantry_deg = check_angles(gantry_deg, "gantry_deg")
+        super().__init__(gantry_deg, couch_deg)
         self.beamlet_mm = check_number(beamlet_mm, "beamlet_mm", "a positive size in mm", lambda v: v > 0)
         self.margin_mm = check_number(margin_mm, "margin_mm", "a margin >= 0 mm", lambda v: v >= 0)
         self.sad_mm = check_number(sad_mm, "sad_mm", "a positive distance in mm", lambda v: v > 0)
@@ -169,6 +173,10 @@ class PhotonBeams:
                                          lambda v: v > 0)
         self.min_relative = check_number(min_relative, "min_relative", "a fraction in [0, 1)",
                                          lambda v: 0 <= v < 1)
+
+    @property
+    def source_axis_distance_mm(self) -> float:
+        return self.sad_mm
 
     # -- beamlet placement ----------------------------------------------------------------------
     def beamlet_map(self, geom: BeamGeometry, target_xyz: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -191,81 +199,42 @@ class PhotonBeams:
             hit = dist <= self.margin_mm
         return hit, iu0 * w, iv0 * w
 
-    # -- dose -----------------------------------------------------------------------------------
+    # -- public ---------------------------------------------------------------------------------
     def influence(
         self,
         patient: Patient,
         target: str | None = None,
+        *,
         isocenter_mm: tuple[float, float, float] | None = None,
         dose_mask: np.ndarray | None = None,
-        fields: dict[int, np.ndarray] | None = None,
-        progress: bool = False,
         max_memory_mb: float | None = None,
-    ) -> InfluenceMatrix:
-        """Dose-influence matrix of all beams on the patient grid.
+        progress: bool = False,
+        fields: dict[int, np.ndarray] | None = None,
+    ) -> InfluenceSet:
+        """Dose-influence set of all beams on the patient grid: "dose", Gy per fraction per unit
+        beamlet weight.
 
         Parameters
         ----------
-        patient : geometry with CT (HU -> relative electron density via ``hu_to_red``)
-        target : structure whose projection the beamlets cover (default: the first structure
-            with role "target")
-        isocenter_mm : (x, y, z) LPS, mm; default the target's centroid
-        dose_mask : [z, y, x] boolean mask of voxels to compute dose in; default voxels with
-            relative electron density > 0.05 (inside the patient)
+        patient : geometry with CT (HU -> relative electron density via the patient's table)
+        target, isocenter_mm, dose_mask, max_memory_mb, progress : as in
+            :meth:`optimizer.beams.base.BeamModel.influence` (the beamlets cover the target's
+            projection; the default dose mask is relative electron density > 0.05)
         fields : optional {beam number: 2-D boolean open-beamlet map (rows = v, cols = u)} that
             replaces the automatic placement (for commissioning fields such as 10 x 10 cm2);
-            every map needs at least one open beamlet
-        progress : print one line per beam
-        max_memory_mb : memory the computation may use, MB. Before any dose is computed the
-            peak memory is estimated (:meth:`estimate_memory`) and a larger estimate raises
-            :class:`~optimizer.errors.BeamError`. Default: the memory available now (Linux
-            ``MemAvailable``; no check where unknown); ``math.inf`` switches the check off.
+            every map needs at least one open beamlet. With a field for every beam no target is
+            needed (give ``isocenter_mm``).
+
+        The beamlet table has ``beam, row, col, u_mm, v_mm`` (row indexes v, col indexes u on
+        the beam's beamlet grid; u/v: beamlet centre in the isocentre plane, mm).
         """
-        setup = self._prepare(patient, target, isocenter_mm, dose_mask, fields)
-        limit = check_max_memory(max_memory_mb)
-        refuse_if_too_large(
-            lambda: self._estimate(setup), limit, available_memory_mb() if limit is None else None,
-            "Use a coarser dose grid (resample the patient), a larger beamlet_mm, a smaller dose_mask "
-            "or fewer beams")
-        grid, density, voxels, iso = setup.grid, setup.density, setup.voxels, setup.iso
-        positions = grid.positions_mm(voxels)
-        rows, cols, vals = [], [], []
-        table = {k: [] for k in ("beam", "row", "col", "u_mm", "v_mm")}
-        beams, n_cols = [], 0
-        for b, (gantry, geom, (open_map, u0, v0)) in enumerate(zip(self.gantry_deg, setup.geoms, setup.maps)):
-            t_start = time.perf_counter()
-            r, c = np.nonzero(open_map)
-            index_map = -np.ones(open_map.shape, dtype=np.int64)
-            index_map[r, c] = n_cols + np.arange(len(r))
-            vr, vc, vv = self._beam_dose(geom, density, patient, positions, index_map, u0, v0)
-            rows.append(voxels[vr])
-            cols.append(vc)
-            vals.append(vv)
-            table["beam"].append(np.full(len(r), b))
-            table["row"].append(r)
-            table["col"].append(c)
-            table["u_mm"].append(u0 + c * self.beamlet_mm)
-            table["v_mm"].append(v0 + r * self.beamlet_mm)
-            beams.append({"gantry_deg": gantry, "couch_deg": 0.0, "isocenter_mm": list(iso),
-                          "sad_mm": self.sad_mm, "map_shape": list(open_map.shape),
-                          "beamlet_mm": self.beamlet_mm, "u0_mm": u0, "v0_mm": v0,
-                          "energy": "6MV"})
-            n_cols += len(r)
-            if progress:
-                print(f"  beam {b + 1}/{len(self.gantry_deg)} gantry {gantry:5.1f} deg: {len(r)} beamlets, "
-                      f"{len(vv)} nonzeros, {time.perf_counter() - t_start:.1f} s", flush=True)
-        rows = np.concatenate(rows)
-        cols = np.concatenate(cols)
-        vals = np.concatenate(vals)
-        voxel_index, row_pos = np.unique(rows, return_inverse=True)
-        matrix = sp.csr_matrix((vals.astype(np.float32), (row_pos, cols)), shape=(len(voxel_index), n_cols))
-        return InfluenceMatrix(matrix, voxel_index, grid, {k: np.concatenate(v) for k, v in table.items()},
-                               beams, "photon")
+        return self._run(patient, target, isocenter_mm, dose_mask, max_memory_mb, progress, fields=fields)
 
     def estimate_memory(
         self,
         patient: Patient,
         target: str | None = None,
+        *,
         isocenter_mm: tuple[float, float, float] | None = None,
         dose_mask: np.ndarray | None = None,
         fields: dict[int, np.ndarray] | None = None,
@@ -280,41 +249,23 @@ class PhotonBeams:
         memory of the computation: :data:`BYTES_PER_NONZERO` per nonzero, the per-voxel arrays
         and the largest per-beam ray fan).
         """
-        return self._estimate(self._prepare(patient, target, isocenter_mm, dose_mask, fields))
+        return self._estimate_for(patient, target, isocenter_mm, dose_mask, fields=fields)
 
-    # -- internals ------------------------------------------------------------------------------
-    def _prepare(self, patient, target, isocenter_mm, dose_mask, fields) -> SimpleNamespace:
-        """Check the arguments of :meth:`influence` and place the beamlets of every beam."""
-        if not isinstance(patient, Patient):
-            raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
-        grid = patient.grid
-        fields = self._check_fields(fields)
-        if target is not None and not isinstance(target, str):
-            raise BeamError(f"target: expected a structure name (str) or None, got {type(target).__name__}")
-        if target is None:
-            targets = [s.name for s in patient.structures if s.role == "target"]
-            if not targets and fields is None:
-                raise BeamError("target: the patient has no structure with role 'target'; name one")
-            target = targets[0] if targets else None
-        try:
-            target_mask = patient.structure(target).mask if target is not None else None
-        except GeometryError as e:
-            raise BeamError(f"target: {e}") from None
-        if target_mask is not None and not target_mask.any():
-            raise BeamError(f"target '{target}': structure is empty")
-        if isocenter_mm is None:
-            if target_mask is None:
-                raise BeamError("isocenter_mm: required when no target is given")
-            isocenter_mm = tuple(grid.positions_mm(np.flatnonzero(target_mask.ravel())).mean(axis=0))
-        iso = check_point(isocenter_mm, "isocenter_mm")
-        density = patient.relative_electron_density()
-        dose_mask = check_dose_mask(density > 0.05 if dose_mask is None else dose_mask, grid.shape)
-        target_xyz = None
-        if target_mask is not None:
-            target_xyz = grid.positions_mm(np.flatnonzero(target_mask.ravel()))
-        geoms, maps = [], []
-        for b, gantry in enumerate(self.gantry_deg):
-            geom = BeamGeometry(gantry, iso, self.sad_mm)
+    # -- the physics (see BeamModel) --------------------------------------------------------------
+    def _options(self, fields=None) -> dict:
+        return {"fields": self._check_fields(fields)}
+
+    def _target_required(self, fields=None) -> bool:
+        return fields is None or len(fields) < self.n_beams
+
+    def _density(self, patient: Patient) -> np.ndarray:
+        return patient.relative_electron_density()
+
+    def _place(self, setup: BeamSetup, fields=None) -> list[tuple[np.ndarray, float, float]]:
+        """(open-beamlet map, u0, v0) of every beam: the given field or the target's projection."""
+        target_xyz = setup.target_positions_mm() if setup.target_mask is not None else None
+        maps = []
+        for b, geom in enumerate(setup.geometries):
             if fields is not None and b in fields:
                 open_map = fields[b]
                 nv, nu = open_map.shape
@@ -323,9 +274,43 @@ class PhotonBeams:
                 if target_xyz is None:
                     raise BeamError(f"fields: no field given for beam {b} and no target to cover")
                 maps.append(self.beamlet_map(geom, target_xyz))
-            geoms.append(geom)
-        return SimpleNamespace(grid=grid, density=density, voxels=np.flatnonzero(dose_mask.ravel()),
-                               iso=iso, geoms=geoms, maps=maps)
+        return maps
+
+    def _compute(self, setup: BeamSetup, placed: list, progress: bool, fields=None) -> InfluenceSet:
+        grid, voxels, iso = setup.grid, setup.voxels, setup.isocenter_mm
+        positions = grid.positions_mm(voxels)
+        rows, cols, vals = [], [], []
+        table = {k: [] for k in ("beam", "row", "col", "u_mm", "v_mm")}
+        beams, n_cols = [], 0
+        with self._progress(progress) as bar:
+            for b, (geom, (open_map, u0, v0)) in enumerate(zip(setup.geometries, placed)):
+                started = time.perf_counter()
+                r, c = np.nonzero(open_map)
+                index_map = -np.ones(open_map.shape, dtype=np.int64)
+                index_map[r, c] = n_cols + np.arange(len(r))
+                vr, vc, vv = self._beam_dose(geom, setup.density, setup.patient, positions, index_map, u0, v0)
+                rows.append(voxels[vr])
+                cols.append(vc)
+                vals.append(vv)
+                table["beam"].append(np.full(len(r), b))
+                table["row"].append(r)
+                table["col"].append(c)
+                table["u_mm"].append(u0 + c * self.beamlet_mm)
+                table["v_mm"].append(v0 + r * self.beamlet_mm)
+                beams.append({"gantry_deg": self.gantry_deg[b], "couch_deg": self.couch_deg[b],
+                              "isocenter_mm": list(iso), "sad_mm": self.sad_mm,
+                              "map_shape": list(open_map.shape), "beamlet_mm": self.beamlet_mm,
+                              "u0_mm": u0, "v0_mm": v0, "energy": "6MV"})
+                n_cols += len(r)
+                self._beam_done(bar, b, started, f"{len(r)} beamlets, {len(vv)} nonzeros")
+        rows = np.concatenate(rows)
+        cols = np.concatenate(cols)
+        vals = np.concatenate(vals)
+        voxel_index, row_pos = np.unique(rows, return_inverse=True)
+        matrix = sp.csr_matrix((vals.astype(np.float32), (row_pos, cols)), shape=(len(voxel_index), n_cols))
+        dose = InfluenceMatrix(matrix, voxel_index, grid, {k: np.concatenate(v) for k, v in table.items()},
+                               beams, self.modality)
+        return InfluenceSet(dose)
 
     def _check_fields(self, fields) -> dict[int, np.ndarray] | None:
         """``fields`` as {beam number: non-empty 2-D boolean map}, or None."""
@@ -353,7 +338,7 @@ class PhotonBeams:
             out[b] = open_map
         return out
 
-    def _estimate(self, setup: SimpleNamespace) -> dict[str, float]:
+    def _estimate(self, setup: BeamSetup, placed: list, fields=None) -> dict[str, float]:
         grid, voxels = setup.grid, setup.voxels
         sample = voxels
         if len(voxels) > ESTIMATE_SAMPLE:
@@ -361,7 +346,7 @@ class PhotonBeams:
         scale = len(voxels) / len(sample)
         positions = grid.positions_mm(sample)
         nnz, transient = 0.0, 0.0
-        for geom, (open_map, u0, v0) in zip(setup.geoms, setup.maps):
+        for geom, (open_map, u0, v0) in zip(setup.geometries, placed):
             index_map = np.where(open_map, 0, -1)
             u, v, t = geom.to_beam(positions)
             near = self._near(u, v, t, open_map.shape, u0, v0)

@@ -40,12 +40,10 @@ Spot placement
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
 from collections.abc import Iterable
-from types import SimpleNamespace
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,22 +51,16 @@ from scipy.spatial import cKDTree
 
 from ..errors import BeamError, GeometryError
 from ..geometry import Patient
-from ..influence import InfluenceMatrix, let_d_map  # noqa: F401  (let_d_map: public here too)
+from ..influence import InfluenceMatrix, InfluenceSet, let_d_map  # noqa: F401  (let_d_map: public here too)
 from ..stopping_power import hu_to_rsp
 from . import proton_physics as pp
+from .base import BeamModel, BeamSetup
 from .raytrace import (
     FAN_BYTES_PER_SAMPLE,
-    BeamGeometry,
-    available_memory_mb,
-    check_angles,
-    check_dose_mask,
-    check_max_memory,
     check_number,
-    check_point,
     coarse_depth,
     fan_samples,
     radiological_depth,
-    refuse_if_too_large,
 )
 
 #: Default virtual source-axis distance of a PBS nozzle, mm (scanning magnets about 2-3 m
@@ -104,7 +96,7 @@ def _positive(value, name: str, allow_none: bool = False) -> float | None:
                         lambda v: v > 0)
 
 
-class ProtonBeams:
+class ProtonBeams(BeamModel):
     """Coplanar proton PBS beams: spot placement and dose / LET x dose influence matrices.
 
     Parameters
@@ -123,10 +115,18 @@ class ProtonBeams:
     cutoff_sigma : lateral truncation of each spot, in sigmas (> 0)
     rsp_table : optional HU -> RSP calibration, (N, 2); default
         :data:`optimizer.stopping_power.HU_TO_RSP_TABLE`
+    couch_deg : patient-support angle(s), degrees; only 0 (coplanar) is supported
 
     Every argument is checked here (type, NaN, range; gantry angles equal modulo 360 deg are
     refused as duplicates) and :class:`~optimizer.errors.BeamError` names the one at fault.
+    :meth:`influence` (see :class:`~optimizer.beams.base.BeamModel`) returns an
+    :class:`~optimizer.influence.InfluenceSet` with the forms "dose" and "let_dose".
     """
+
+    modality = "proton"
+    form_names = ("dose", "let_dose")
+    _memory_hint = ("Use a coarser dose grid (resample the patient), a larger spot_spacing_mm or "
+                    "layer_spacing_mm, a smaller cutoff_sigma or dose_mask, or fewer beams")
 
     def __init__(
         self,
@@ -140,8 +140,10 @@ class ProtonBeams:
         energies_MeV: Iterable[float] | None = None,
         cutoff_sigma: float = 3.0,
         rsp_table: np.ndarray | None = None,
+        *,
+        couch_deg: Iterable[float] | float = 0.0,
     ):
-        self.gantry_deg = check_angles(gantry_deg, "gantry_deg")
+        super().__init__(gantry_deg, couch_deg)
         self.spot_sigma_air_mm = _positive(spot_sigma_air_mm, "spot_sigma_air_mm")
         self.spot_spacing_mm = _positive(spot_spacing_mm, "spot_spacing_mm", allow_none=True)
         if self.spot_spacing_mm is None:
@@ -167,57 +169,55 @@ class ProtonBeams:
                 raise BeamError(f"rsp_table: {str(err).removeprefix('table: ')}") from None
             rsp_table = np.array(rsp_table, dtype=float)
         self.rsp_table = rsp_table
-        self._cache: tuple | None = None
+
+    @property
+    def source_axis_distance_mm(self) -> float:
+        return self.virtual_sad_mm
 
     # -- public ---------------------------------------------------------------------------------
-    def influence(self, patient: Patient, target: str | None = None,
+    def influence(self, patient: Patient, target: str | None = None, *,
                   isocenter_mm: tuple[float, float, float] | None = None,
-                  dose_mask: np.ndarray | None = None, progress: bool = False,
-                  max_memory_mb: float | None = None) -> InfluenceMatrix:
-        """Dose-influence matrix, Gy per fraction per unit spot weight (1e8 protons).
+                  dose_mask: np.ndarray | None = None, max_memory_mb: float | None = None,
+                  progress: bool = False, with_let: bool = True) -> InfluenceSet:
+        """Dose and LET x dose influence of all spots on the patient grid.
 
         Parameters
         ----------
         patient : geometry; its CT is converted to RSP with ``rsp_table``
-        target : structure the Bragg peaks cover (default: the first structure with role
-            "target", e.g. "PTV")
-        isocenter_mm : (x, y, z) LPS, mm; default the target's centroid
-        dose_mask : [z, y, x] voxels to compute dose in; default RSP > 0.05 (inside the patient)
-        progress : print one line per beam
-        max_memory_mb : memory the computation may use, MB. After the spots are placed and
-            before any dose is computed the peak memory is estimated (:meth:`estimate_memory`)
-            and a larger estimate raises :class:`~optimizer.errors.BeamError`. Default: the
-            memory available now (Linux ``MemAvailable``; no check where unknown); ``math.inf``
-            switches the check off.
+        target, isocenter_mm, dose_mask, max_memory_mb, progress : as in
+            :meth:`optimizer.beams.base.BeamModel.influence` (the Bragg peaks cover the target +
+            ``margin_mm``; the default dose mask is RSP > 0.05, inside the patient)
+        with_let : also compute the LET x dose form (default); False: "dose" only, in less
+            time and memory
 
-        Returns an :class:`~optimizer.influence.InfluenceMatrix` with modality "proton"; the
-        beamlet table has ``beam, layer, energy_MeV, range_mm, u_mm, v_mm, row, col`` (layer 0 is
-        the deepest of its beam; row indexes v, col indexes u on the beam's spot grid).
+        Returns
+        -------
+        InfluenceSet with modality "proton": "dose", Gy per fraction per unit spot weight (1e8
+        protons), and (``with_let``) "let_dose", keV/um x Gy per fraction per unit spot weight,
+        entry by entry on the same rows, columns and sparsity. The beamlet table has ``beam,
+        layer, energy_MeV, range_mm, u_mm, v_mm, row, col`` (layer 0 is the deepest of its beam;
+        row indexes v, col indexes u on the beam's spot grid). The dose-averaged LET of weights
+        x is :func:`~optimizer.influence.let_d_map`.
         """
-        return self._compute(patient, target, isocenter_mm, dose_mask, progress, False, max_memory_mb)[0]
-
-    def let_dose_influence(self, patient: Patient, target: str | None = None,
-                           isocenter_mm: tuple[float, float, float] | None = None,
-                           dose_mask: np.ndarray | None = None,
-                           progress: bool = False, max_memory_mb: float | None = None) -> InfluenceMatrix:
-        """LET x dose matrix matching :meth:`influence` entry by entry (same rows, columns and
-        sparsity), keV/um x Gy per fraction per unit spot weight. Computed together with the dose
-        and cached: call this (or :meth:`compute`) first, then :meth:`influence` with the same
-        arguments returns the cached dose matrix without recomputing."""
-        return self.compute(patient, target, isocenter_mm, dose_mask, progress, max_memory_mb)[1]
+        return self._run(patient, target, isocenter_mm, dose_mask, max_memory_mb, progress,
+                         with_let=with_let)
 
     def compute(self, patient: Patient, target: str | None = None,
                 isocenter_mm: tuple[float, float, float] | None = None,
-                dose_mask: np.ndarray | None = None,
-                progress: bool = False,
-                max_memory_mb: float | None = None) -> tuple[InfluenceMatrix, InfluenceMatrix]:
-        """Both matrices ``(dose, let_dose)``; see :meth:`influence` for the arguments."""
-        return self._compute(patient, target, isocenter_mm, dose_mask, progress, True, max_memory_mb)
+                dose_mask: np.ndarray | None = None, progress: bool = False,
+                max_memory_mb: float | None = None) -> tuple[InfluenceSet, InfluenceMatrix]:
+        """Deprecated: ``influence(...)`` returns both forms; this returns
+        ``(set, set.forms["let_dose"])``."""
+        warnings.warn("ProtonBeams.compute is deprecated: influence() returns an InfluenceSet with the "
+                      "forms 'dose' and 'let_dose'", DeprecationWarning, stacklevel=2)
+        out = self.influence(patient, target, isocenter_mm=isocenter_mm, dose_mask=dose_mask,
+                             max_memory_mb=max_memory_mb, progress=progress)
+        return out, out.forms["let_dose"]
 
-    def estimate_memory(self, patient: Patient, target: str | None = None,
+    def estimate_memory(self, patient: Patient, target: str | None = None, *,
                         isocenter_mm: tuple[float, float, float] | None = None,
-                        dose_mask: np.ndarray | None = None, with_let: bool = False) -> dict[str, float]:
-        """Size of the matrices :meth:`influence` (``with_let``: :meth:`compute`) would build.
+                        dose_mask: np.ndarray | None = None, with_let: bool = True) -> dict[str, float]:
+        """Size of the matrices :meth:`influence` would build with these arguments.
 
         The spots are placed as in :meth:`influence` (a ray trace of the grown target only);
         the dose-mask voxels (a random sample of at most ``ESTIMATE_SAMPLE``, scaled up) are
@@ -230,106 +230,62 @@ class ProtonBeams:
         :data:`BYTES_PER_NONZERO_WITH_LET` per nonzero, the per-voxel arrays, the largest ray
         fan and the largest layer's pair list).
         """
-        setup = self._prepare(patient, target, isocenter_mm, dose_mask)
+        return self._estimate_for(patient, target, isocenter_mm, dose_mask, with_let=with_let)
+
+    # -- the physics (see BeamModel) --------------------------------------------------------------
+    def _options(self, with_let=True) -> dict:
+        if not isinstance(with_let, (bool, np.bool_)):
+            raise BeamError(f"with_let: expected True or False, got {with_let!r}")
+        return {"with_let": bool(with_let)}
+
+    def _density(self, patient: Patient) -> np.ndarray:
+        return hu_to_rsp(patient.ct_hu, self.rsp_table)
+
+    def _place(self, setup: BeamSetup, with_let=True) -> list:
+        """(geometry, spots, beam info) of every beam: the spots whose Bragg peaks fall in the
+        target grown by ``margin_mm``."""
+        patient, target = setup.patient, setup.target
+        grown = patient.expand(target, self.margin_mm) if self.margin_mm > 0 else setup.target_mask
+        grown_idx = np.flatnonzero(grown.ravel())
         placed = []
-        for b, gantry in enumerate(self.gantry_deg):
-            geom = BeamGeometry(gantry, setup.iso, sad_mm=self.virtual_sad_mm)
-            placed.append((geom, *self._place_spots(b, geom, setup.rsp, patient, setup.grown_idx,
-                                                    setup.target)))
-        return self._estimate(setup, placed, with_let)
+        for b, geom in enumerate(setup.geometries):  # a loop, not a comprehension: warnings' stacklevel
+            placed.append((geom, *self._place_spots(b, geom, setup.density, patient, grown_idx, target)))
+        return placed
 
-    # -- internals ------------------------------------------------------------------------------
-    def _prepare(self, patient, target, isocenter_mm, dose_mask) -> SimpleNamespace:
-        """Check the arguments of :meth:`influence`; the RSP cube, the masks and the isocentre."""
-        if not isinstance(patient, Patient):
-            raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
-        grid = patient.grid
-        if target is not None and not isinstance(target, str):
-            raise BeamError(f"target: expected a structure name (str) or None, got {type(target).__name__}")
-        if target is None:
-            targets = [s.name for s in patient.structures if s.role == "target"]
-            if not targets:
-                raise BeamError("target: the patient has no structure with role 'target'; name one")
-            target = targets[0]
-        try:
-            target_mask = patient.structure(target).mask
-        except GeometryError as e:
-            raise BeamError(f"target: {e}") from None
-        if not target_mask.any():
-            raise BeamError(f"target '{target}': structure is empty (no voxels)")
-        rsp = hu_to_rsp(patient.ct_hu, self.rsp_table)
-        dose_mask = check_dose_mask(rsp > 0.05 if dose_mask is None else dose_mask, grid.shape)
-        if isocenter_mm is None:
-            isocenter_mm = tuple(grid.positions_mm(np.flatnonzero(target_mask.ravel())).mean(axis=0))
-        iso = check_point(isocenter_mm, "isocenter_mm")
-        grown = patient.expand(target, self.margin_mm) if self.margin_mm > 0 else target_mask
-        return SimpleNamespace(grid=grid, target=target, rsp=rsp, dose_mask=dose_mask, iso=iso,
-                               grown_idx=np.flatnonzero(grown.ravel()))
-
-    def _compute(self, patient, target, isocenter_mm, dose_mask, progress, with_let, max_memory_mb):
-        limit = check_max_memory(max_memory_mb)
-        setup = self._prepare(patient, target, isocenter_mm, dose_mask)
-        grid, target, rsp, iso = setup.grid, setup.target, setup.rsp, setup.iso
-        key = self._key(patient, target, iso, setup.dose_mask, rsp)
-        if self._cache is not None and self._cache[0] == key and (self._cache[2] is not None or not with_let):
-            return self._cache[1], self._cache[2]
-
-        placed = []
-        for b, gantry in enumerate(self.gantry_deg):
-            geom = BeamGeometry(gantry, iso, sad_mm=self.virtual_sad_mm)
-            placed.append((geom, *self._place_spots(b, geom, rsp, patient, setup.grown_idx, target)))
-        refuse_if_too_large(
-            lambda: self._estimate(setup, placed, with_let), limit,
-            available_memory_mb() if limit is None else None,
-            "Use a coarser dose grid (resample the patient), a larger spot_spacing_mm or layer_spacing_mm, "
-            "a smaller cutoff_sigma or dose_mask, or fewer beams")
-        voxels = np.flatnonzero(setup.dose_mask.ravel())
+    def _compute(self, setup: BeamSetup, placed: list, progress: bool, with_let=True) -> InfluenceSet:
+        grid, voxels, iso = setup.grid, setup.voxels, setup.isocenter_mm
         dose_blocks, let_blocks = [], []
         table = {k: [] for k in ("beam", "layer", "energy_MeV", "range_mm", "u_mm", "v_mm", "row", "col")}
-        beams, n_cols = [], 0
-        for b, (gantry, (geom, spots, info)) in enumerate(zip(self.gantry_deg, placed)):
-            t0 = time.perf_counter()
-            db, lb = self._beam_dose(geom, rsp, patient, voxels, spots, with_let)
-            dose_blocks.extend(db)
-            let_blocks.extend(lb)
-            n = len(spots["layer"])
-            for k in table:
-                table[k].append(np.full(n, b) if k == "beam" else spots[k])
-            info.update({"gantry_deg": gantry, "couch_deg": 0.0, "isocenter_mm": list(iso)})
-            beams.append(info)
-            n_cols += n
-            if progress:
-                print(f"  beam {b + 1}/{len(self.gantry_deg)} gantry {gantry:5.1f} deg: "
-                      f"{len(info['energies'])} layers, {n} spots, {sum(x.nnz for x in db)} nonzeros, "
-                      f"{time.perf_counter() - t0:.1f} s", flush=True)
+        beams = []
+        with self._progress(progress) as bar:
+            for b, (geom, spots, info) in enumerate(placed):
+                started = time.perf_counter()
+                db, lb = self._beam_dose(geom, setup.density, setup.patient, voxels, spots, with_let)
+                dose_blocks.extend(db)
+                let_blocks.extend(lb)
+                n = len(spots["layer"])
+                for k in table:
+                    table[k].append(np.full(n, b) if k == "beam" else spots[k])
+                beams.append(dict(info, gantry_deg=self.gantry_deg[b], couch_deg=self.couch_deg[b],
+                                  isocenter_mm=list(iso)))
+                self._beam_done(bar, b, started, f"{len(info['energies'])} layers, {n} spots, "
+                                                 f"{sum(x.nnz for x in db)} nonzeros")
         beamlets = {k: np.concatenate(v) for k, v in table.items()}
         dose = _assemble(dose_blocks, len(voxels))
         del dose_blocks
         letd = _assemble(let_blocks, len(voxels)) if with_let else None
         del let_blocks
         # rows: dose-mask voxels that any spot reaches (identical in both matrices)
-        counts = np.diff(dose.indptr)
-        reached = np.flatnonzero(counts > 0)
+        reached = np.flatnonzero(np.diff(dose.indptr) > 0)
         voxel_index = voxels[reached]
-        dose = _select_rows(dose, reached)
-        dose_inf = InfluenceMatrix(dose, voxel_index, grid, beamlets, beams, "proton")
-        let_inf = None
+        out = InfluenceSet(InfluenceMatrix(_select_rows(dose, reached), voxel_index, grid, beamlets, beams,
+                                           self.modality))
         if with_let:
-            letd = _select_rows(letd, reached)
             let_beams = [dict(bm, quantity="let_dose_keVum_Gy") for bm in beams]
-            let_inf = InfluenceMatrix(letd, voxel_index.copy(), grid,
-                                      {k: v.copy() for k, v in beamlets.items()}, let_beams, "proton")
-        self._cache = (key, dose_inf, let_inf)
-        return dose_inf, let_inf
-
-    def _key(self, patient, target, iso, dose_mask, rsp) -> tuple:
-        h = hashlib.blake2b(digest_size=16)
-        for arr in (rsp, dose_mask, patient.structure(target).mask):
-            h.update(np.ascontiguousarray(arr).tobytes())
-        params = (tuple(self.gantry_deg), self.spot_spacing_mm, self.layer_spacing_mm, self.margin_mm,
-                  self.spot_sigma_air_mm, self.energy_spread_pct, self.virtual_sad_mm,
-                  None if self.energies_MeV is None else tuple(self.energies_MeV), self.cutoff_sigma)
-        return (id(patient), patient.grid, patient.structure(target).name, iso, params, h.hexdigest())
+            out.add_form("let_dose", InfluenceMatrix(
+                _select_rows(letd, reached), voxel_index.copy(), grid,
+                {k: v.copy() for k, v in beamlets.items()}, let_beams, self.modality))
+        return out
 
     def _layer_ranges(self, w_min: float, w_max: float, b: int) -> list[float]:
         """CSDA ranges (mm WEPL) of the layers covering [w_min, w_max], deepest first."""
@@ -356,7 +312,7 @@ class ProtonBeams:
                 f"beam {b}: target (+ margin) reaches {w_min:.1f} mm WEPL, shallower than the "
                 f"{pp.E_MIN_MEV:g} MeV range ({r_lo:.1f} mm); the shallowest layer is {pp.E_MIN_MEV:g} MeV "
                 "(no range shifter modelled), so the proximal target is reached only by the plateau",
-                stacklevel=5)
+                stacklevel=6)
         return ranges
 
     def _place_spots(self, b, geom, rsp, patient, grown_idx, target):
@@ -432,10 +388,9 @@ class ProtonBeams:
         return float(pp.csda_range_mm(e_max)
                      + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(e_max, self.energy_spread_pct))
 
-    def _estimate(self, setup, placed, with_let) -> dict[str, float]:
+    def _estimate(self, setup: BeamSetup, placed: list, with_let=True) -> dict[str, float]:
         """See :meth:`estimate_memory`; ``placed``: (geometry, spots, info) of every beam."""
-        grid = setup.grid
-        voxels = np.flatnonzero(setup.dose_mask.ravel())
+        grid, voxels = setup.grid, setup.voxels
         sample = voxels
         if len(voxels) > ESTIMATE_SAMPLE:
             sample = np.sort(np.random.default_rng(0).choice(voxels, ESTIMATE_SAMPLE, replace=False))
@@ -450,7 +405,7 @@ class ProtonBeams:
             if not near.any():
                 continue
             fan = fan_samples(grid, geom, u[near], v[near])
-            w = coarse_depth(setup.rsp, grid, geom, positions[near])
+            w = coarse_depth(setup.density, grid, geom, positions[near])
             keep = w <= self._deepest_cut(spots)
             u, v, t, w = u[near][keep], v[near][keep], t[near][keep], w[keep]
             if len(w) == 0:

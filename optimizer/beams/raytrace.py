@@ -233,31 +233,52 @@ def check_number(value, name: str, expected: str, ok=None, allow_inf: bool = Fal
     return v
 
 
-def check_angles(values, name: str = "gantry_deg", couch_deg: float = 0.0) -> list[float]:
-    """Gantry angles (one number or a flat sequence of numbers, degrees) as floats, in the given
-    order. Angles equal modulo 360 deg (at the same couch angle) would count one beam direction
-    twice and are refused, naming the duplicates."""
-    expected = "a gantry angle or a sequence of gantry angles in degrees"
+def _angle_list(values, name: str, what: str) -> list[float]:
+    """One angle or a flat sequence of angles (degrees) as a list of finite floats."""
+    expected = f"a {what} angle or a sequence of {what} angles in degrees"
     if isinstance(values, (numbers.Real, np.ndarray)) and np.ndim(values) == 0:
-        angles = [check_number(values, name, "a finite angle in degrees")]
-    else:
-        scalar_like = isinstance(values, (str, bytes, bool, np.bool_)) or values is None
-        if scalar_like or not isinstance(values, Iterable):
-            raise BeamError(f"{name}: expected {expected}, got {_show(values)}")
-        angles = [check_number(g, f"{name}[{i}]", "a finite angle in degrees") for i, g in enumerate(values)]
-    if not angles:
+        return [check_number(values, name, "a finite angle in degrees")]
+    scalar_like = isinstance(values, (str, bytes, bool, np.bool_)) or values is None
+    if scalar_like or not isinstance(values, Iterable):
+        raise BeamError(f"{name}: expected {expected}, got {_show(values)}")
+    return [check_number(g, f"{name}[{i}]", "a finite angle in degrees") for i, g in enumerate(values)]
+
+
+def _same_angle(a: float, b: float) -> bool:
+    d = abs(a - b) % 360.0
+    return min(d, 360.0 - d) < 1e-6
+
+
+def check_beam_angles(gantry_deg, couch_deg=0.0, name: str = "gantry_deg",
+                      couch_name: str = "couch_deg") -> tuple[list[float], list[float]]:
+    """Gantry and couch angles of a set of beams (degrees, IEC 61217) as two equal-length lists of
+    floats, in the given order.
+
+    ``gantry_deg``: one number or a flat sequence of numbers; ``couch_deg``: one number for every
+    beam or one per beam. Every angle must be finite. Two beams whose gantry and couch angles are
+    both equal modulo 360 deg would count one beam direction twice and are refused, naming the
+    duplicates."""
+    gantry = _angle_list(gantry_deg, name, "gantry")
+    if not gantry:
         raise BeamError(f"{name}: expected at least one gantry angle")
-    dups = []
-    for i in range(len(angles)):
-        for j in range(i + 1, len(angles)):
-            d = abs(angles[i] - angles[j]) % 360.0
-            if min(d, 360.0 - d) < 1e-6:
-                dups.append(f"{angles[i]:g} and {angles[j]:g} (beams {i} and {j})")
+    if isinstance(couch_deg, (numbers.Real, np.ndarray)) and np.ndim(couch_deg) == 0:
+        couch = _angle_list(couch_deg, couch_name, "couch") * len(gantry)
+    else:
+        couch = _angle_list(couch_deg, couch_name, "couch")
+        if len(couch) != len(gantry):
+            raise BeamError(f"{couch_name}: expected one couch angle or one per beam ({len(gantry)}), "
+                            f"got {len(couch)}")
+    dups, couches = [], set()
+    for i in range(len(gantry)):
+        for j in range(i + 1, len(gantry)):
+            if _same_angle(gantry[i], gantry[j]) and _same_angle(couch[i], couch[j]):
+                dups.append(f"{gantry[i]:g} and {gantry[j]:g} (beams {i} and {j})")
+                couches.add(f"{couch[i]:g}")
     if dups:
         raise BeamError(
-            f"{name}: duplicate gantry angles (equal modulo 360 deg at couch {couch_deg:g} deg): "
-            f"{'; '.join(dups)}; each would add the same beam twice. Give each direction once")
-    return angles
+            f"{name}: duplicate gantry angles (equal modulo 360 deg at couch {', '.join(sorted(couches))} "
+            f"deg): {'; '.join(dups)}; each would add the same beam twice. Give each direction once")
+    return gantry, couch
 
 
 def check_point(value, name: str = "isocenter_mm") -> tuple[float, float, float]:

@@ -1,0 +1,294 @@
+"""The base shared by every beam model (photon, proton, minibeam): one entry point.
+
+``model.influence(patient, target=None, *, isocenter_mm=None, dose_mask=None, max_memory_mb=None,
+progress=False, ...)`` returns an :class:`~optimizer.influence.InfluenceSet` (the dose matrix plus
+the further linear forms the model computes, e.g. ``"let_dose"`` for protons). Everything that
+does not depend on the physics happens here, once:
+
+* beam angles (IEC 61217, degrees): parsed and checked when the model is built (finite; a
+  direction given twice, equal modulo 360 deg, is refused; only couch 0 for now);
+* the patient and the target: the target defaults to the patient's single structure with role
+  "target" (several or none: a :class:`~optimizer.errors.BeamError` that lists them), and must
+  exist and be non-empty;
+* the isocentre (default: the target's centroid, LPS mm), the relative-density cube of the model
+  (:meth:`BeamModel._density`), the dose mask (default: density > 0.05, inside the patient) and
+  one :class:`~optimizer.beams.raytrace.BeamGeometry` per beam;
+* the memory check: after placing the beamlets and before any dose is computed, the model's
+  estimate of the peak memory is compared with ``max_memory_mb`` (default: the memory available
+  now) and a larger one is refused;
+* progress of the per-beam loop through ``tqdm`` when ``progress=True`` and one ``logging``
+  record (INFO, logger ``optimizer.beams.<model>``) per beam.
+
+A subclass sets :attr:`BeamModel.modality` and :attr:`BeamModel.form_names` and implements its
+physics only: :meth:`~BeamModel._density`, :meth:`~BeamModel._place` (beamlets or spots per beam),
+:meth:`~BeamModel._estimate` (memory) and :meth:`~BeamModel._compute` (the matrices). A model
+with options of its own (photon ``fields``, proton ``with_let``) overrides :meth:`influence` and
+:meth:`estimate_memory` with the same parameters plus its keyword-only options, checks them in
+:meth:`~BeamModel._options` and hands them on to :meth:`~BeamModel._run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import BeamError, GeometryError
+from ..geometry import Grid, Patient
+from ..influence import InfluenceSet
+from .raytrace import (
+    BeamGeometry,
+    available_memory_mb,
+    check_beam_angles,
+    check_dose_mask,
+    check_max_memory,
+    check_point,
+    refuse_if_too_large,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Voxels with a relative density at or below this value are outside the patient (the default
+#: dose mask of every model).
+BODY_DENSITY_THRESHOLD = 0.05
+
+
+@dataclass(frozen=True, eq=False)
+class BeamSetup:
+    """The checked inputs of one :meth:`BeamModel.influence` call, shared by the physics.
+
+    Attributes
+    ----------
+    patient : the patient
+    target : name of the target structure as the patient spells it, or None (a model that needs
+        no target for these options, e.g. photon beams with a field for every beam)
+    target_mask : [z, y, x] boolean mask of the target, or None
+    isocenter_mm : (x, y, z) LPS, mm
+    density : [z, y, x] relative density the model traces through (electron density for
+        photons, stopping power for protons), water = 1
+    dose_mask : [z, y, x] boolean mask of the voxels to compute dose in (non-empty)
+    voxels : flat C-order indices of ``dose_mask``, ascending
+    geometries : one :class:`~optimizer.beams.raytrace.BeamGeometry` per beam, in beam order
+    """
+
+    patient: Patient
+    target: str | None
+    target_mask: np.ndarray | None
+    isocenter_mm: tuple[float, float, float]
+    density: np.ndarray
+    dose_mask: np.ndarray
+    voxels: np.ndarray
+    geometries: tuple[BeamGeometry, ...]
+
+    @property
+    def grid(self) -> Grid:
+        return self.patient.grid
+
+    def target_positions_mm(self) -> np.ndarray:
+        """(N, 3) LPS positions of the target voxels, mm."""
+        if self.target_mask is None:
+            raise BeamError("target: no target structure for this computation")
+        return self.grid.positions_mm(np.flatnonzero(self.target_mask.ravel()))
+
+
+def _check_flag(value, name: str) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(value)
+    raise BeamError(f"{name}: expected True or False, got {value!r}")
+
+
+class BeamModel(ABC):
+    """A set of beams that turns a patient into an :class:`~optimizer.influence.InfluenceSet`.
+
+    Parameters
+    ----------
+    gantry_deg : gantry angle(s), degrees (IEC 61217); each direction once
+    couch_deg : patient-support angle(s), degrees (IEC 61217): one for every beam or one per
+        beam; only 0 (coplanar beams) is supported for now
+
+    Attributes
+    ----------
+    modality : "photon", "proton", "minibeam", ... (the influence matrices' modality)
+    form_names : the forms :meth:`influence` returns with its default options, "dose" first
+    gantry_deg, couch_deg : lists of floats, one per beam
+    """
+
+    modality: ClassVar[str] = ""
+    form_names: ClassVar[tuple[str, ...]] = ("dose",)
+    #: How to need less memory; ends the message of a refused computation.
+    _memory_hint: ClassVar[str] = "Use a coarser dose grid (resample the patient) or fewer beams"
+
+    def __init__(self, gantry_deg: Iterable[float] | float, couch_deg: Iterable[float] | float = 0.0):
+        gantry, couch = check_beam_angles(gantry_deg, couch_deg)
+        for b, c in enumerate(couch):
+            if c != 0:
+                raise BeamError(f"couch_deg: only 0 (coplanar beams) is supported, got {c:g} for beam {b}")
+        self.gantry_deg: list[float] = gantry
+        self.couch_deg: list[float] = couch
+
+    @property
+    def n_beams(self) -> int:
+        return len(self.gantry_deg)
+
+    @property
+    @abstractmethod
+    def source_axis_distance_mm(self) -> float:
+        """Distance from the (virtual) source to the isocentre, mm."""
+
+    # -- public ---------------------------------------------------------------------------------
+    def influence(self, patient: Patient, target: str | None = None, *,
+                  isocenter_mm: tuple[float, float, float] | None = None,
+                  dose_mask: np.ndarray | None = None, max_memory_mb: float | None = None,
+                  progress: bool = False) -> InfluenceSet:
+        """The influence set of all beams on the patient grid.
+
+        Parameters
+        ----------
+        patient : the geometry (CT and structures)
+        target : structure the beams cover; default the patient's single structure with role
+            "target" (a :class:`~optimizer.errors.BeamError` lists them when there are several)
+        isocenter_mm : (x, y, z) LPS, mm; default the target's centroid
+        dose_mask : [z, y, x] boolean mask of the voxels to compute dose in; default the voxels
+            with relative density > 0.05 (inside the patient)
+        max_memory_mb : memory the computation may use, MB. After the beamlets are placed and
+            before any dose is computed the peak memory is estimated (:meth:`estimate_memory`)
+            and a larger estimate raises :class:`~optimizer.errors.BeamError`. Default: the
+            memory available now (Linux ``MemAvailable``; no check where unknown); ``math.inf``
+            switches the check off.
+        progress : show a ``tqdm`` progress bar over the beams (quiet by default)
+
+        Returns
+        -------
+        InfluenceSet : "dose" (Gy per fraction per unit beamlet weight) and the model's further
+            forms, on the rows of the dose-mask voxels that some beamlet reaches.
+        """
+        return self._run(patient, target, isocenter_mm, dose_mask, max_memory_mb, progress)
+
+    def estimate_memory(self, patient: Patient, target: str | None = None, *,
+                        isocenter_mm: tuple[float, float, float] | None = None,
+                        dose_mask: np.ndarray | None = None) -> dict[str, float]:
+        """Size of what :meth:`influence` would build with these arguments, before building it:
+        ``nnz`` (nonzeros of the dose matrix), ``matrix_mb`` (the finished float32 CSR matrices)
+        and ``peak_mb`` (peak memory of the computation), from the placed beamlets and a sample of
+        the dose-mask voxels."""
+        return self._estimate_for(patient, target, isocenter_mm, dose_mask)
+
+    @staticmethod
+    def default_target(patient: Patient) -> str:
+        """The patient's single structure with role "target"; a :class:`~optimizer.errors.
+        BeamError` that lists the candidates when there is none or there are several."""
+        targets = [s.name for s in patient.structures if s.role == "target"]
+        if len(targets) == 1:
+            return targets[0]
+        if not targets:
+            raise BeamError("target: the patient has no structure with role 'target'; name the structure "
+                            f"the beams should cover (structures: {', '.join(patient.structure_names)})")
+        raise BeamError(f"target: the patient has {len(targets)} structures with role 'target' "
+                        f"({', '.join(targets)}); name the one the beams should cover")
+
+    # -- the template ---------------------------------------------------------------------------
+    def _run(self, patient, target, isocenter_mm, dose_mask, max_memory_mb, progress,
+             **options: Any) -> InfluenceSet:
+        """Check everything, place the beamlets, refuse what does not fit in memory, compute."""
+        limit = check_max_memory(max_memory_mb)
+        progress = _check_flag(progress, "progress")
+        options = self._options(**options)
+        setup = self._setup(patient, target, isocenter_mm, dose_mask, self._target_required(**options))
+        placed = self._place(setup, **options)
+        refuse_if_too_large(lambda: self._estimate(setup, placed, **options), limit,
+                            available_memory_mb() if limit is None else None, self._memory_hint)
+        return self._compute(setup, placed, progress, **options)
+
+    def _estimate_for(self, patient, target, isocenter_mm, dose_mask, **options: Any) -> dict[str, float]:
+        options = self._options(**options)
+        setup = self._setup(patient, target, isocenter_mm, dose_mask, self._target_required(**options))
+        return self._estimate(setup, self._place(setup, **options), **options)
+
+    def _setup(self, patient, target, isocenter_mm, dose_mask, target_required: bool = True) -> BeamSetup:
+        """Check the patient, the target, the isocentre and the dose mask; the beam geometries."""
+        if not isinstance(patient, Patient):
+            raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
+        if target is not None and not isinstance(target, str):
+            raise BeamError(f"target: expected a structure name (str) or None, got {type(target).__name__}")
+        target_mask = None
+        if target is None:
+            if target_required:
+                target = self.default_target(patient)
+            else:  # the target only places the isocentre
+                targets = [s.name for s in patient.structures if s.role == "target"]
+                target = targets[0] if len(targets) == 1 else None
+                if target is None and isocenter_mm is None:
+                    raise BeamError(f"isocenter_mm: required when no target is given (the patient has "
+                                    f"{len(targets) or 'no'} structures with role 'target')")
+        if target is not None:
+            try:
+                structure = patient.structure(target)
+            except GeometryError as e:
+                raise BeamError(f"target: {e}") from None
+            target, target_mask = structure.name, structure.mask
+            if not target_mask.any():
+                raise BeamError(f"target '{target}': structure is empty (no voxels)")
+        grid = patient.grid
+        if isocenter_mm is None:
+            isocenter_mm = tuple(grid.positions_mm(np.flatnonzero(target_mask.ravel())).mean(axis=0))
+        iso = check_point(isocenter_mm, "isocenter_mm")
+        density = self._density(patient)
+        if dose_mask is None:
+            dose_mask = density > BODY_DENSITY_THRESHOLD
+        mask = check_dose_mask(dose_mask, grid.shape)
+        geoms = tuple(BeamGeometry(g, iso, self.source_axis_distance_mm, c)
+                      for g, c in zip(self.gantry_deg, self.couch_deg))
+        voxels = np.flatnonzero(mask.ravel())
+        return BeamSetup(patient, target, target_mask, iso, density, mask, voxels, geoms)
+
+    # -- progress and messages ------------------------------------------------------------------
+    def _progress(self, progress: bool) -> tqdm:
+        """A progress bar over the beams (disabled unless ``progress``); use as a context manager
+        and call :meth:`_beam_done` after each beam."""
+        return tqdm(total=self.n_beams, desc=f"{self.modality} dose", unit="beam", disable=not progress)
+
+    def _beam_done(self, bar: tqdm, b: int, started: float, summary: str) -> None:
+        """Log one beam (``summary``: what it holds) and advance the bar; ``started``: its
+        :func:`time.perf_counter` at the start of the beam."""
+        seconds = time.perf_counter() - started
+        logger.info("%s beam %d/%d, gantry %g deg, couch %g deg: %s, %.1f s", self.modality, b + 1,
+                    self.n_beams, self.gantry_deg[b], self.couch_deg[b], summary, seconds)
+        bar.set_postfix_str(f"gantry {self.gantry_deg[b]:g}: {summary}", refresh=False)
+        bar.update()
+
+    # -- the physics: what a subclass implements ------------------------------------------------
+    def _options(self, **options: Any) -> dict[str, Any]:
+        """The model's own options of :meth:`influence`, checked (none by default)."""
+        if options:
+            raise BeamError(f"{', '.join(options)}: not an option of {type(self).__name__}.influence")
+        return {}
+
+    def _target_required(self, **options: Any) -> bool:
+        """Whether the beams need a target with these options (default: always)."""
+        return True
+
+    @abstractmethod
+    def _density(self, patient: Patient) -> np.ndarray:
+        """[z, y, x] relative density traced by this model (water = 1)."""
+
+    @abstractmethod
+    def _place(self, setup: BeamSetup, **options: Any) -> list:
+        """Beamlets (or spots) of every beam, in beam order, for :meth:`_estimate` and
+        :meth:`_compute`."""
+
+    @abstractmethod
+    def _estimate(self, setup: BeamSetup, placed: list, **options: Any) -> dict[str, float]:
+        """``nnz``, ``matrix_mb`` and ``peak_mb`` of the computation (see :meth:`estimate_memory`)."""
+
+    @abstractmethod
+    def _compute(self, setup: BeamSetup, placed: list, progress: bool, **options: Any) -> InfluenceSet:
+        """The influence set; per beam, :meth:`_beam_done` inside ``with self._progress(progress)``."""
