@@ -1,4 +1,11 @@
-"""Error types shared by both bioplan packages."""
+"""Error types shared by both bioplan packages.
+
+:class:`BioplanError` is the base of every public bioplan error; it is a ``ValueError`` because
+most of them report bad input (``except ValueError`` and ``pytest.raises(ValueError)`` keep
+working). The optimizer package adds one subclass per room in :mod:`optimizer.errors`
+(``GeometryError``, ``BeamError``, ``PlanError``, ``SolverError``, ``EvaluationError``,
+``PlotError``); DICOM and matRad readers add ``DicomError`` and ``MatradError``.
+"""
 
 
 class BioplanError(ValueError):

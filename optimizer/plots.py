@@ -1,28 +1,31 @@
-"""Matplotlib figures of plans: DVHs, dose colorwash slices with contours, fluence maps.
+"""Matplotlib figures of plans: DVHs, dose colorwash slices with contours, fluence and spot maps.
 
-Every function returns a ``matplotlib.figure.Figure``; save it with ``fig.savefig(path)``.
-The Agg backend is used unless the caller picked another one.
+Every function returns a ``matplotlib.figure.Figure``; save it with ``fig.savefig(path)``, or
+show it in a notebook by leaving it as a cell's value. Figures are built without pyplot: this
+module never picks or switches the matplotlib backend, and its figures are not registered with
+pyplot (no open-figure build-up in long sweeps; ``plt.show()`` does not show them). Invalid input
+raises :class:`optimizer.errors.PlotError`.
 """
 
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-    try:
-        matplotlib.use("Agg")
-    except Exception:  # pragma: no cover - an interactive backend is already running
-        pass
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .errors import PlotError
+from .evaluate import dose_volume as _dose_volume
 
-from . import evaluate  # noqa: E402
 
-_DEFAULT_COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+def _default_colors() -> list:
+    return matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
 
 
 def _color(structure, i):
-    return structure.color if structure.color else _DEFAULT_COLORS[i % len(_DEFAULT_COLORS)]
+    if structure.color:
+        return structure.color
+    colors = _default_colors()
+    return colors[i % len(colors)]
 
 
 def dvh(plans, names=None, labels=None, dose_fn=None, xlabel="Dose (Gy)", title=None):
@@ -32,22 +35,32 @@ def dvh(plans, names=None, labels=None, dose_fn=None, xlabel="Dose (Gy)", title=
     ----------
     plans : a Plan or a list of Plans on the same patient
     names : structures to show (default all)
-    labels : one legend label per plan
+    labels : one legend label per plan (a single string for a single plan); default "plan 1",
+        "plan 2", ... for several plans and none for one. Each curve's legend entry is the
+        structure name followed by its plan's label.
     dose_fn : optional ``f(plan, structure_name) -> voxel values`` to plot another quantity
         (e.g. BED); default the physical dose
     """
-    plans = plans if isinstance(plans, (list, tuple)) else [plans]
-    labels = labels or [f"plan {i + 1}" for i in range(len(plans))] if len(plans) > 1 else [""]
+    plans = list(plans) if isinstance(plans, (list, tuple)) else [plans]
+    if not plans:
+        raise PlotError("plans: expected a Plan or a non-empty list of Plans")
+    if isinstance(labels, str) and len(plans) == 1:
+        labels = [labels]
+    if labels is None:
+        labels = [f"plan {i + 1}" for i in range(len(plans))] if len(plans) > 1 else [""]
+    elif isinstance(labels, str) or len(labels) != len(plans):
+        raise PlotError(f"labels: expected one label per plan ({len(plans)}), got {labels!r}")
     names = names or plans[0].patient.structure_names
     styles = ["-", "--", ":", "-."]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     values = [[(dose_fn(p, n) if dose_fn else p.structure_dose(n)) for n in names] for p in plans]
-    top = max(float(np.max(v)) for vs in values for v in vs) * 1.05
+    top = max(max(float(np.max(v)) for vs in values for v in vs) * 1.05, 1e-9)
     bins = np.linspace(0, top, 500)
     for k, (plan, label) in enumerate(zip(plans, labels)):
         for i, n in enumerate(names):
             s = plan.patient.structure(n)
-            _, vol = evaluate.dvh(values[k][i], bins=bins)
+            _, vol = _dose_volume.dvh(values[k][i], bins=bins)
             ax.plot(bins, vol, styles[k % 4], color=_color(s, i),
                     label=f"{n} {label}".strip())
     ax.set_xlabel(xlabel)
@@ -77,9 +90,9 @@ def dose_slices(plan, values=None, label="Dose (Gy)", z_index=None, x_index=None
     x_index = int(np.median(xx)) if x_index is None else x_index
     (z, y, x) = p.grid.axes_mm()
     vmax = float(np.max(values)) or 1.0
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8),
-                             gridspec_kw={"width_ratios": [len(x), len(z) * p.grid.spacing_mm[0]
-                                                           / p.grid.spacing_mm[2]]})
+    fig = Figure(figsize=(12, 4.8))
+    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [len(x), len(z) * p.grid.spacing_mm[0]
+                                                            / p.grid.spacing_mm[2]]})
     views = [
         (axes[0], p.ct_hu[z_index], values[z_index], lambda m: m[z_index],
          [x[0], x[-1], y[-1], y[0]], "x (mm)", "y (mm)", f"axial z = {z[z_index]:.1f} mm"),
@@ -116,7 +129,8 @@ def fluence_maps(plan, maps=None, title="Fluence maps (beamlet weights)"):
     n = len(maps)
     cols = min(n, 5)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows + 0.6), squeeze=False)
+    fig = Figure(figsize=(2.6 * cols, 2.6 * rows + 0.6))
+    axes = fig.subplots(rows, cols, squeeze=False)
     vmax = max(float(m.max()) for m in maps) or 1.0
     im = None
     for i, ax in enumerate(axes.ravel()):
@@ -159,7 +173,7 @@ def spot_maps(plan_or_maps, beams=None, beam=None, title=None):
         bl = plan.beamlets
         for key in ("layer", "row", "col"):
             if key not in bl:
-                raise ValueError(f"plan_or_maps: beamlet table has no '{key}' column; expected a proton plan")
+                raise PlotError(f"plan_or_maps: beamlet table has no '{key}' column; expected a proton plan")
         maps = []
         for b, bm in enumerate(plan.beams):
             sel = np.flatnonzero(np.asarray(bl["beam"]) == b)
@@ -171,9 +185,9 @@ def spot_maps(plan_or_maps, beams=None, beam=None, title=None):
                 layers[int(layer)] = m
             maps.append(layers)
     if not maps:
-        raise ValueError("plan_or_maps: no beams to show")
+        raise PlotError("plan_or_maps: no beams to show")
     if beam is not None and not (0 <= int(beam) < len(maps)):
-        raise ValueError(f"beam: expected an index in 0..{len(maps) - 1}, got {beam!r}")
+        raise PlotError(f"beam: expected an index in 0..{len(maps) - 1}, got {beam!r}")
 
     def info(b):
         return beams[b] if beams is not None and b < len(beams) else {}
@@ -193,7 +207,8 @@ def spot_maps(plan_or_maps, beams=None, beam=None, title=None):
         layers = sorted(maps[b])
         cols = min(len(layers), 6)
         rows = int(np.ceil(len(layers) / cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 1.2, 2.3 * rows + 0.8), squeeze=False)
+        fig = Figure(figsize=(2.3 * cols + 1.2, 2.3 * rows + 0.8))
+        axes = fig.subplots(rows, cols, squeeze=False)
         vmax = max(float(maps[b][k].max()) for k in layers) or 1.0
         energies, ranges = info(b).get("energies"), info(b).get("ranges_mm")
         im = None
@@ -217,8 +232,8 @@ def spot_maps(plan_or_maps, beams=None, beam=None, title=None):
         return fig
 
     n = len(maps)
-    fig, axes = plt.subplots(2, n, figsize=(4.0 * n + 1.2, 6.6), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1.4], "wspace": 0.4})
+    fig = Figure(figsize=(4.0 * n + 1.2, 6.6))
+    axes = fig.subplots(2, n, squeeze=False, gridspec_kw={"height_ratios": [3, 1.4], "wspace": 0.4})
     summed = [sum(m.values()) if m else np.zeros((1, 1)) for m in maps]
     vmax = max(float(np.max(s)) for s in summed) or 1.0
     im = None

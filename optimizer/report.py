@@ -1,9 +1,19 @@
 """The ``metrics.json`` record that every example writes (one schema for all cases).
 
-Schema: ``{"case", "fractions", "structures": {NAME: {"D95_Gy", "D10_Gy", "D50_Gy", "mean_Gy",
-"max_Gy", ...}}, "goals": [{"structure", "metric", "op", "limit_Gy", "value_Gy", "met"}],
-"sizes": {"grid_voxels", "opt_voxels", "beamlets", "nnz"}, "timings_s": {"dose", "build",
-"solve", "total"}, "solver": {"name", "status", "objective"}}``; examples may add keys.
+Schema::
+
+    {"case", "fractions",
+     "structures": {NAME: {"D95_Gy", "D10_Gy", "D50_Gy", "mean_Gy", "max_Gy", ...}},
+     "goals": [{"structure", "metric", "op", "limit", "value", "unit", "met"}, ...],
+     "sizes": {"grid_voxels", "opt_voxels", "beamlets", "nnz"},
+     "timings_s": {"dose", "build", "solve", "total"},
+     "solver": {"name", "status", "objective", "iterations", "versions"}}
+
+Goal rows are the one goal schema of :mod:`optimizer.evaluate.goals` (``unit`` "Gy", "%",
+"Gy BED", "Gy EQD2" or "" for GARD). Rows of physical-dose goals (no quantity prefix: "D95",
+"mean", "V20Gy") also keep the historical keys ``limit_Gy`` and ``value_Gy`` (equal to ``limit``
+and ``value``; for a Vx goal they hold the volume in %, as they always did) so that readers of
+older records keep working. Examples may add keys.
 """
 
 from __future__ import annotations
@@ -15,14 +25,28 @@ from . import evaluate
 from ._files import write_bytes
 
 
-def metrics(plan, case: str, goals, timings_s: dict[str, float], nnz: int | None = None) -> dict:
-    """Build the metrics record of a solved plan."""
+def goal_row(result: evaluate.GoalResult) -> dict:
+    """A goal's ``metrics.json`` row: :meth:`~optimizer.evaluate.GoalResult.as_dict`, plus
+    ``limit_Gy`` / ``value_Gy`` for physical-dose goals."""
+    row = result.as_dict()
+    if result.quantity == "dose":
+        row["limit_Gy"], row["value_Gy"] = result.limit, result.value
+    return row
+
+
+def metrics(plan, case: str, goals, timings_s: dict[str, float], nnz: int | None = None, *,
+            lq=None, rsi=None) -> dict:
+    """Build the metrics record of a solved plan.
+
+    ``goals`` may mix physical and biological metric strings ("D95", "BED D95", ...); biological
+    ones need ``lq`` (and ``rsi`` for GARD from the RSI), as :func:`optimizer.evaluate.evaluate_goals`.
+    """
     s = plan.solver
     return {
         "case": case,
         "fractions": plan.fractions,
         "structures": evaluate.structure_metrics(plan),
-        "goals": [g.as_dict() for g in evaluate.evaluate_goals(plan, goals)],
+        "goals": [goal_row(g) for g in evaluate.evaluate_goals(plan, goals, lq=lq, rsi=rsi)],
         "sizes": {
             "grid_voxels": plan.patient.grid.n_voxels,
             "opt_voxels": s.get("opt_voxels"),

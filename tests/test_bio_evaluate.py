@@ -153,6 +153,7 @@ def test_voxel_checks_by_hand():
     lq = LQ({"T": 10.0, "O": 3.0})
     c = bio_evaluate.check_bio_limit(plan, "O", "BED", "<=", 40.0, lq=lq)
     assert not c.met and c.margin == pytest.approx(-2.0) and c.worst_voxel == 2  # flat index of [0, 1, 0]
+    assert c.unit == "Gy BED" and "-2 Gy BED" in str(c)  # the unit of the goal schema
     floor_map = np.zeros(plan.patient.grid.shape)
     floor_map[0, 0] = [55.0, 61.0]
     c = bio_evaluate.check_bio_limit(plan, "T", "BED", ">=", floor_map, lq=lq)
