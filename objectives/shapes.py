@@ -225,24 +225,26 @@ class GEUDMax(_Limited):
 
 class _Squared(_Limited):
     """Soft only: weight x sum_i v_i r_i^2 with a residual r. On affine quantities the weighted
-    cost is written QP-representably and DPP: sum_i (s_i q_i - (s L)_i)^2-type terms with the
-    derived Parameters s = sqrt(weight v) and s L, refreshed before every solve."""
+    cost is written QP-representably and DPP as ||a sqrt(v) q - b sqrt(v)||^2-type terms with
+    the derived *scalar* Parameters a = sqrt(weight) and b = sqrt(weight) x limit, refreshed
+    before every solve (scalars: a per-voxel Parameter vector would make cvxpy's DPP tensors grow
+    with the square of the voxel count)."""
 
     soft_only = True
     smooth = True
 
     def __init__(self, structure, limit, quantity=None, weight=None):
         super().__init__(structure, limit, quantity, weight)
-        self._qp = ParameterSets(type(self).__name__, ("s", "sL"))
+        self._a = cp.Parameter(nonneg=True, name=f"{type(self).__name__}.sqrt_weight")
+        self._b = cp.Parameter(nonneg=True, name=f"{type(self).__name__}.sqrt_weight_x_limit")
 
     def _residual(self, q, limit):
         raise NotImplementedError
 
     def refresh(self, ctx):
         super().refresh(ctx)
-        if self.quantity.affine:
-            s = np.sqrt(float(self.weight.value) * np.asarray(ctx.volumes, dtype=float))
-            self._qp.set(ctx, {"s": s, "sL": s * float(self.limit.value)})
+        a = float(np.sqrt(float(self.weight.value)))
+        self._a.value, self._b.value = a, a * float(self.limit.value)
 
     def _cost(self, q, ctx):
         return ctx.volumes @ cp.square(self._residual(q, self.limit))
@@ -251,8 +253,8 @@ class _Squared(_Limited):
         if not self.quantity.affine:
             return None
         self.refresh(ctx)
-        p = self._qp.get(ctx)
-        return cp.sum_squares(self._residual(cp.multiply(p["s"], q), p["sL"]))
+        sqrt_v = np.sqrt(np.asarray(ctx.volumes, dtype=float))
+        return cp.sum_squares(self._residual(self._a * cp.multiply(sqrt_v, q), self._b * sqrt_v))
 
     def _cost_value(self, q, ctx):
         r = self._residual_values(q, float(self.limit.value))

@@ -1,24 +1,43 @@
 """bioplan optimizer: geometry, beam models, problem assembly and solve, plans and evaluation."""
 
-from . import bio_evaluate, evaluate, phantoms, plots, report
+from . import bio_evaluate, evaluate, io, phantoms, plots, report
 from .beams import proton_physics
 from .beams.base import BeamModel
 from .beams.photon import PhotonBeams, PhotonKernel
 from .beams.proton import ProtonBeams, let_d_map, spot_maps
 from .beams.raytrace import BeamGeometry, radiological_depth
-from .dicom import DicomError, load_ct_series, load_dicom, load_rtdose, load_rtstruct
-from .dicom_export import write_ct_series, write_rt_ion_plan, write_rtdose, write_rtstruct
-from .errors import BeamError, GeometryError, InfeasiblePlanError, PlanError, SolverError
+from .errors import (
+    BeamError,
+    EvaluationError,
+    GeometryError,
+    InfeasiblePlanError,
+    PlanError,
+    PlotError,
+    SolverError,
+)
 from .geometry import Grid, Patient, Structure, hu_to_red
 from .influence import InfluenceMatrix, InfluenceSet
-from .matrad import MatradError, load_matrad
+from .io import (
+    DicomError,
+    MatradError,
+    load_ct_series,
+    load_dicom,
+    load_matrad,
+    load_rtdose,
+    load_rtstruct,
+    write_ct_series,
+    write_rt_ion_plan,
+    write_rtdose,
+    write_rtstruct,
+)
 from .plan import Plan
 from .problem import PlanProblem
 from .stopping_power import HU_TO_RSP_TABLE, hu_to_rsp
 
 __all__ = [
-    "bio_evaluate", "evaluate", "phantoms", "plots", "report",
-    "BeamError", "GeometryError", "InfeasiblePlanError", "PlanError", "SolverError",
+    "bio_evaluate", "evaluate", "io", "phantoms", "plots", "report",
+    "BeamError", "GeometryError", "InfeasiblePlanError", "PlanError", "SolverError", "EvaluationError",
+    "PlotError",
     "DicomError", "MatradError",
     "Grid", "Patient", "Structure", "hu_to_red", "InfluenceMatrix", "InfluenceSet",
     "BeamModel", "BeamGeometry", "radiological_depth", "PhotonBeams", "PhotonKernel",

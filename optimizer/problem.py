@@ -20,6 +20,11 @@ from .influence import InfluenceMatrix, InfluenceSet
 #: optimality with a duality gap; CLARABEL handles every cone our terms use.
 DEFAULT_SOLVERS = ("CLARABEL", "ECOS", "SCS")
 
+#: The matrix-free first-order solver (:mod:`optimizer.solvers.first_order`): every voxel, no
+#: sampling; options ``violation_tol``, ``gap_tol``, ``kkt_tol``, ``max_outer``, ``max_inner``,
+#: ``inner`` ("lbfgsb" | "spg"), ``device`` ("cpu" | "cuda"), ``warm_start``.
+FIRST_ORDER = "FIRST_ORDER"
+
 
 @dataclass
 class _VoxelSet:
@@ -129,6 +134,7 @@ class PlanProblem:
         self._contexts: list[TermContext] = []
         self._term_sets: list[_VoxelSet] = []
         self._hard: list[tuple[Term, cp.Expression]] = []
+        self._warm, self._warm_state = None, None  # first-order iterates for warm starts
         self.build_time_s = 0.0
 
     @property
@@ -313,6 +319,8 @@ class PlanProblem:
         if solver is not None:
             if not isinstance(solver, str):
                 raise SolverError(f"solver: expected a solver name (str) such as 'CLARABEL', got {solver!r}")
+            if solver.upper() == FIRST_ORDER:
+                return FIRST_ORDER
             if solver.upper() not in installed:
                 raise SolverError(f"solver: '{solver}' is not installed; installed: {', '.join(installed)}")
             return solver.upper()
@@ -349,6 +357,8 @@ class PlanProblem:
         if not isinstance(verbose, bool):
             raise SolverError(f"verbose: expected True or False, got {verbose!r}")
         max_rounds = _check_int(max_rounds, "max_rounds", 1)
+        if name == FIRST_ORDER:
+            return self._solve_first_order(verbose, solver_options)
         rounds, wall_total, solve_total, iters = [], 0.0, 0.0, 0
         for r in range(1, max_rounds + 1):
             problem, wall = self._solve_once(name, verbose, solver_options)
@@ -396,6 +406,54 @@ class PlanProblem:
             "terms": [repr(t) for t in self.terms],
         }
         return Plan.from_weights(self.patient, self.influence, weights, self.fractions, info)
+
+    def _solve_first_order(self, verbose: bool, options: dict):
+        """The matrix-free path: every voxel of every structure, warm-started from the last
+        solve of this problem when the geometry is unchanged."""
+        from . import solvers
+        from .plan import Plan
+        from .solvers import first_order as fo
+
+        self._sync()
+        if not self.terms:
+            raise PlanError("terms: the problem has no terms; add objectives or constraints first")
+        unsupported = fo.check_supported(self)
+        if unsupported:
+            raise SolverError("solver FIRST_ORDER: these terms offer no numeric gradient (soft) or "
+                              "projection (hard): " + "; ".join(unsupported) + "; use solver='CLARABEL'")
+        warm_start = options.pop("warm_start", True)
+        known = set(fo.Settings.__dataclass_fields__)
+        unknown = set(options) - known
+        if unknown:
+            raise SolverError(f"solver FIRST_ORDER: unknown options {sorted(unknown)}; "
+                              f"known: {sorted(known)}")
+        settings = fo.Settings(verbose=verbose, **options)
+        warm = getattr(self, "_warm", None) if warm_start and self._warm_state == self._state() else None
+        for term in self.terms:
+            vs = None if term.structure is None else self.voxel_set(term.structure, "all")
+            term.refresh(self._context(vs))
+        weights, info, state = fo.solve(self, settings, warm)
+        self._warm, self._warm_state = state, self._state()
+        cert = info.pop("certificate")
+        record = {
+            "name": FIRST_ORDER,
+            "status": "optimal",
+            "objective": cert["objective"],
+            "versions": {"bioplan-first-order": solvers.__name__},
+            "certificate": (f"augmented Lagrangian + {info['inner']}: max hard violation "
+                            f"{cert['max_violation']:.3g} <= {settings.violation_tol:g}, relative gap "
+                            f"{cert['rel_gap']:.2e} <= {settings.gap_tol:g}, KKT residual {cert['kkt']:.2e} "
+                            f"<= {settings.kkt_tol:g} (all voxels)"),
+            "max_violation": cert["max_violation"],
+            "rel_gap": cert["rel_gap"],
+            "kkt": cert["kkt"],
+            "hard_tolerance": settings.violation_tol,
+            "hard_terms": cert["hard_terms"],
+            "warm_started": warm is not None,
+            "terms": [repr(t) for t in self.terms],
+            **info,
+        }
+        return Plan.from_weights(self.patient, self.influence, weights, self.fractions, record)
 
     def _solve_once(self, name: str, verbose: bool, solver_options: dict):
         problem = self.build()

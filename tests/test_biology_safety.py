@@ -20,6 +20,11 @@ from objectives import radiobiology as rb
 from objectives import rbe
 from objectives.errors import BiologyError, BioplanError
 from optimizer import Grid, Patient, Plan, Structure, bio_evaluate
+from optimizer.evaluate import biology as ev_biology
+from optimizer.evaluate import compare as ev_compare
+from optimizer.evaluate import goals as ev_goals
+from optimizer.evaluate import outcome as ev_outcome
+from optimizer.evaluate import voxel_checks as ev_checks
 
 
 def no_warnings():
@@ -49,7 +54,8 @@ def test_rbe_weighted_dose_requires_fractions():
     assert rbe.rbe_weighted_dose(60, fractions=30, model="constant") == pytest.approx(66.0)
 
 
-@pytest.mark.parametrize("module", [rb, rbe, bio_evaluate], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [rb, rbe, ev_biology, ev_outcome, ev_goals, ev_compare, ev_checks],
+                         ids=lambda m: m.__name__)
 def test_no_public_function_has_a_default_number_of_fractions(module):
     offenders = []
     for name, fn in inspect.getmembers(module, inspect.isfunction):

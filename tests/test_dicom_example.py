@@ -45,7 +45,8 @@ def _check_record(out: Path, record: dict, modality: str) -> dict:
         assert {"D95_Gy", "D10_Gy", "D50_Gy", "mean_Gy", "max_Gy"} <= set(on_disk["structures"][name])
     goals = {(g["structure"], g["metric"], g["limit_Gy"]): g for g in on_disk["goals"]}
     for g in goals.values():
-        assert set(g) == {"structure", "metric", "op", "limit_Gy", "value_Gy", "met"}
+        assert set(g) == {"structure", "metric", "op", "limit", "value", "unit", "met",
+                          "limit_Gy", "value_Gy"}
     # the PTV goals are hard constraints (CVaR surrogates with 0.5 Gy of room): always met
     assert goals[("PTV", "D95", 50.0)]["met"] and goals[("PTV", "D10", 55.0)]["met"]
     assert goals[("Core", "D10", 25.0)]["met"]

@@ -109,7 +109,8 @@ def small_plan():
     # LETd limits are meant for voxels that receive dose: where every spot's LET is high (far
     # distal tail of a single beam) the exact constraint forbids any dose
     p.add_structure(Structure("Distal", lateral & (y > 15) & (y <= 18), "oar"))
-    dose, let = ProtonBeams([0, 90], margin_mm=3.0).compute(p, "PTV")
+    influence = ProtonBeams([0, 90], margin_mm=3.0).influence(p, "PTV")
+    dose, let = influence, influence.forms["let_dose"]
     return p, dose, let
 
 

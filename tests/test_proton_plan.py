@@ -2,7 +2,6 @@
 matrices of ProtonBeams, hard LET terms checked voxel by voxel on the recomputed plan, the named
 error when the LET x dose matrix is missing, variable-RBE consistency and spot maps."""
 
-import matplotlib
 import numpy as np
 import pytest
 from scipy.optimize import brentq
@@ -156,6 +155,5 @@ def test_spot_maps_sum_to_the_weight_of_each_beam(case, plans):
     figs = (plots.spot_maps(plan), plots.spot_maps(maps, beams=plan.beams), plots.spot_maps(plan, beam=1))
     for fig in figs:
         assert len(fig.axes) >= 3
-        matplotlib.pyplot.close(fig)
     with pytest.raises(ValueError, match="beam"):
         plots.spot_maps(plan, beam=5)

@@ -285,3 +285,18 @@ def test_non_convex_combinations_are_refused_naming_the_term():
         objectives.SquaredDeviation("S", 60.0, weight=1.0, quantity=objectives.EQD2(LQ))
     with pytest.raises(TermError, match="Floor.*LETxDose"):
         objectives.Floor("S", 1.0, quantity=objectives.LETxDose())
+
+
+@pytest.mark.parametrize("upper", [True, False])
+def test_cvar_projection_with_equal_volumes_matches_cvxpy(upper):
+    """Equal voxel volumes take the prefix-sum fast path of the CVaR projection."""
+    n = 200
+    ctx = TermContext("S", np.full(n, 1.0 / n), np.arange(n), FX, (1, 1, n))
+    z = np.random.default_rng(5).normal(50.0, 6.0, n)
+    term = objectives.CVaRMax("S", 52.0, 10) if upper else objectives.CVaRMin("S", 47.0, 95)
+    p = term.project(z, ctx)["dose"]
+    y = cp.Variable(n)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(y - z)), [term.violation(y, ctx) <= 0])
+    prob.solve(solver="CLARABEL", tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    np.testing.assert_allclose(p, y.value, atol=1e-5)
+    assert float(term.violation_values(p, ctx)[0]) <= 1e-9

@@ -1,0 +1,424 @@
+"""A matrix-free first-order solver for planning problems: augmented Lagrangian outer loop,
+bound-constrained quasi-Newton (or spectral projected gradient) inner loop.
+
+The problem, in the graph form of ``shared/SOLVER.md``: minimize sum_k w_k cost_k(y_k) subject to
+y_j in C_j for the hard terms and x >= 0, where y = K x stacks the linear forms (total course
+dose, LET x dose, ...) of every structure the terms use, over *all* its voxels (no sampling).
+K is touched only through the products ``K x`` and ``K^T r`` (float32 CSR and the CSR of its
+transpose), never ``K^T K`` and never a factorization. Terms enter through the numeric protocol:
+soft terms by value and gradient, hard terms by their projection (Rockafellar's augmented
+Lagrangian ``(rho/2) dist(y_j + lambda_j / rho, C_j)^2``, whose gradient is
+``rho (z - P(z))``; multipliers ``lambda_j <- rho (z - P(z))`` after each inner solve).
+
+Certificate (all on the full voxel sets): the largest violation of every hard term (in its
+unit, Gy for dose limits), the relative KKT residual of the bound constraints, and a duality
+gap from the Lagrangian lower bound ``phi(x) - g^T x - sigma_C(lambda)`` (phi: objective plus
+lambda^T y, g its gradient; a valid bound when g >= 0, which the KKT residual measures).
+"Optimal" only when all three are within tolerance; otherwise :class:`SolverError` with the
+residuals reached.
+
+Arrays are NumPy, or CuPy with ``device="cuda"`` (same code; the spectral projected gradient
+inner solver then runs on the GPU; SciPy's L-BFGS-B is CPU only).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from objectives.errors import TermError
+
+from ..errors import SolverError
+
+#: Products in double precision: the inner line searches compare objective values that differ
+#: in the 8th digit near the optimum, below float32 resolution.
+MATRIX_DTYPE = np.float64
+
+
+@dataclass
+class Settings:
+    """Tolerances and limits of the first-order solver (units: the hard terms' own, Gy for dose)."""
+
+    violation_tol: float = 0.01  # largest hard-term violation accepted, Gy
+    gap_tol: float = 1e-4  # relative duality gap
+    kkt_tol: float = 1e-4  # relative KKT residual of x >= 0
+    max_outer: int = 40
+    max_inner: int = 400
+    inner: str = "auto"  # "lbfgsb" (CPU), "spg" (CPU or GPU), "auto": lbfgsb on CPU, spg on GPU
+    device: str = "cpu"
+    rho0: float = 10.0  # initial penalty, relative to the soft terms' curvature
+    verbose: bool = False
+
+    def __post_init__(self):
+        for name in ("violation_tol", "gap_tol", "kkt_tol", "rho0"):
+            value = getattr(self, name)
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise SolverError(f"{name}: expected a number > 0, got {value!r}") from None
+            if not (np.isfinite(value) and value > 0):
+                raise SolverError(f"{name}: expected a finite number > 0, got {value!r}")
+            setattr(self, name, value)
+        for name in ("max_outer", "max_inner"):
+            value = getattr(self, name)
+            try:
+                ok = float(value).is_integer() and int(float(value)) >= 1 and not isinstance(value, bool)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise SolverError(f"{name}: expected an integer >= 1, got {value!r}")
+            setattr(self, name, int(float(value)))
+        if self.inner not in ("auto", "lbfgsb", "spg"):
+            raise SolverError(f"inner: expected 'auto', 'lbfgsb' or 'spg', got {self.inner!r}")
+        if not isinstance(self.device, str):
+            raise SolverError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")
+
+
+@dataclass
+class _Term:
+    term: object
+    ctx: object
+    blocks: dict  # form name -> block index, or "weights"
+    hard: bool
+
+
+@dataclass
+class Model:
+    """The stacked linear forms of a problem and the terms reading them."""
+
+    K: object  # CSR (rows: all blocks stacked) x n_beamlets, float32
+    KT: object
+    offsets: list[int]
+    terms: list[_Term]
+    n_beamlets: int
+    xp: object = np
+    build_s: float = 0.0
+    extras: dict = field(default_factory=dict)
+
+    def split(self, y) -> list:
+        return [y[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+
+    def forms(self, t: _Term, blocks, x) -> dict:
+        return {name: (x if b == "weights" else blocks[b]) for name, b in t.blocks.items()}
+
+
+def build_model(problem, device: str = "cpu") -> Model:
+    """Stack the forms of every term over all voxels of its structure (no sampling)."""
+    t0 = time.perf_counter()
+    xp = _array_module(device)
+    keys, mats, terms = {}, [], []
+    for term in problem.terms:
+        if term.structure is None:
+            vs = None
+        else:
+            vs = problem.voxel_set(term.structure, "all")
+        ctx = problem._context(vs)
+        term.refresh(ctx)
+        rows = problem._form_rows(term, vs, ctx)
+        blocks = {}
+        for key, R in rows.items():
+            name = key[2].split("@")[0]
+            if R is None:
+                blocks[name] = "weights"
+                continue
+            key = (key[0], "all", key[2])
+            if key not in keys:
+                keys[key] = len(mats)
+                mats.append(sp.csr_matrix(R, dtype=MATRIX_DTYPE) * MATRIX_DTYPE(problem.fractions))
+            blocks[name] = keys[key]
+        terms.append(_Term(term, ctx, blocks, term.hard))
+    n = problem.influence.n_beamlets
+    K = (sp.vstack(mats, format="csr", dtype=MATRIX_DTYPE) if mats
+         else sp.csr_matrix((0, n), dtype=MATRIX_DTYPE))
+    offsets = list(np.cumsum([0] + [m.shape[0] for m in mats]))
+    KT = K.T.tocsr()
+    if xp is not np:
+        import cupyx.scipy.sparse as csp
+
+        K, KT = csp.csr_matrix(K), csp.csr_matrix(KT)
+    return Model(K, KT, offsets, terms, n, xp, time.perf_counter() - t0)
+
+
+def _array_module(device: str):
+    if device == "cpu":
+        return np
+    if device in ("cuda", "gpu"):
+        try:
+            import cupy
+
+            cupy.cuda.runtime.getDeviceCount()
+            return cupy
+        except Exception as exc:  # ImportError, CUDARuntimeError: no usable GPU here
+            raise SolverError(f"device '{device}': no usable CUDA GPU / CuPy here ({type(exc).__name__}: "
+                              f"{exc}); use device='cpu' (the same solver on NumPy)") from None
+    raise SolverError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+
+
+def check_supported(problem) -> list[str]:
+    """Terms the first-order path cannot drive (no gradient for a soft term, no projection
+    for a hard one), as descriptions; empty when every term is supported."""
+    bad = []
+    for term in problem.terms:
+        if term.hard:
+            ok = _has_projection(term)
+        else:
+            ok = bool(getattr(term, "smooth", False))
+        if not ok:
+            bad.append(term.describe())
+    return bad
+
+
+def _has_projection(term) -> bool:
+    n = 3
+    forms = {f: np.ones(n) for f in term.quantity.base_forms}
+    if "dirty_dose" in repr(term.quantity).lower() or type(term.quantity).__name__ == "DirtyDose":
+        forms = {"dirty_dose": np.ones(n)}
+    from objectives.terms import TermContext
+
+    ctx = TermContext("probe", np.full(n, 1 / n), np.arange(n), 1, (1, 1, n),
+                      {"beam": np.zeros(n, int), "row": np.zeros(n, int), "col": np.arange(n)})
+    try:
+        term.project(forms, ctx)
+        return True
+    except TermError as err:
+        return "cvxpy only" not in str(err)
+    except Exception:  # a term whose probe needs real inputs (maps on the grid): assume offered
+        return type(term).project is not type(term).__mro__[-2].project
+
+
+class _Objective:
+    """The augmented Lagrangian of a model for fixed multipliers and penalties."""
+
+    def __init__(self, model: Model, lam: list, rho: list):
+        self.m, self.lam, self.rho = model, lam, rho
+        self.evals = 0
+
+    def __call__(self, x):
+        m, xp = self.m, self.m.xp
+        self.evals += 1
+        y = m.K @ x.astype(MATRIX_DTYPE)
+        blocks = [b.astype(xp.float64) for b in m.split(y)]
+        gy = [xp.zeros_like(b) for b in blocks]
+        gx = xp.zeros_like(x)
+        total = 0.0
+        h = 0
+        for t in m.terms:
+            forms = m.forms(t, blocks, x)
+            if t.hard:
+                z = {k: v + self.lam[h][k] / self.rho[h] for k, v in forms.items()}
+                p = {**z, **t.term.project(z, t.ctx)}
+                for k in z:
+                    r = z[k] - p[k]
+                    shift = float(self.lam[h][k] @ self.lam[h][k]) / self.rho[h] ** 2
+                    total += 0.5 * self.rho[h] * (float(r @ r) - shift)
+                    _add(gy, gx, t.blocks[k], self.rho[h] * r)
+                h += 1
+            else:
+                w = float(t.term.weight.value)
+                if w == 0:
+                    continue
+                total += w * t.term.cost_value(forms, t.ctx)
+                for k, g in t.term.gradient(forms, t.ctx).items():
+                    _add(gy, gx, t.blocks[k], w * g)
+        if len(gy):
+            gx = gx + (m.KT @ xp.concatenate(gy).astype(MATRIX_DTYPE)).astype(xp.float64)
+        return total, gx
+
+
+def _add(gy, gx, block, g):
+    if block == "weights":
+        gx += g
+    else:
+        gy[block] += g
+
+
+def solve(problem, settings: Settings, warm: dict | None = None):
+    """Run the solver on ``problem``; return (weights as NumPy, info dict, warm-start state)."""
+    t_start = time.perf_counter()
+    model = build_model(problem, settings.device)
+    xp = model.xp
+    hard = [t for t in model.terms if t.hard]
+    n = model.n_beamlets
+    # scale of the soft curvature: sum of weights x volume per voxel (squared penalties)
+    soft_w = sum(float(t.term.weight.value) for t in model.terms if not t.hard) or 1.0
+    x = xp.asarray(warm["x"]) if warm and warm.get("n") == n else xp.zeros(n)
+    lam = warm["lam"] if warm and warm.get("n") == n and len(warm["lam"]) == len(hard) else None
+    if lam is None:
+        lam = [{k: xp.zeros(_block_size(model, t, k)) for k in t.blocks} for t in hard]
+    rho = warm["rho"] if warm and lam is warm.get("lam") else [
+        settings.rho0 * soft_w / max(len(t.ctx.volumes), 1) for t in hard]
+    if x.sum() == 0:
+        x = _initial_guess(model, x)
+    inner = settings.inner
+    if inner == "auto":
+        inner = "lbfgsb" if xp is np else "spg"
+    if inner == "lbfgsb" and xp is not np:
+        raise SolverError("inner='lbfgsb' runs on the CPU only; use inner='spg' with device='cuda'")
+    history, evals, prev_viol = [], 0, np.inf
+    cert = None
+    col = xp.sqrt(xp.asarray(model.KT.multiply(model.KT).sum(axis=1)).ravel()) if model.K.shape[0] else None
+    scale = 1.0 / xp.maximum(col, 1e-12 * float(col.max())) if col is not None and col.size else xp.ones(n)
+    scale = scale / float(scale.mean())
+    for outer in range(1, settings.max_outer + 1):
+        f = _Objective(model, lam, rho)
+        # inexact inner solves while the hard terms are far from feasible, tight once they hold
+        near = cert is not None and cert["max_violation"] <= settings.violation_tol
+        ftol = 1e-13 if near else 1e-8
+        x = _inner_solve(f, x, inner, settings.max_inner, xp, scale, ftol)
+        evals += f.evals
+        lam_new, cert = _update_and_certify(model, x, lam, rho)
+        history.append({"outer": outer, "evals": f.evals, **{k: cert[k] for k in
+                                                              ("max_violation", "rel_gap", "kkt")}})
+        if settings.verbose:
+            print(f"outer {outer}: evals {f.evals}, violation {cert['max_violation']:.3g}, "
+                  f"gap {cert['rel_gap']:.2e}, kkt {cert['kkt']:.2e}")
+        lam = lam_new
+        if (cert["max_violation"] <= settings.violation_tol and cert["rel_gap"] <= settings.gap_tol
+                and cert["kkt"] <= settings.kkt_tol):
+            break
+        # raise the penalty while the hard terms are violated beyond tolerance and the violation
+        # does not shrink fast enough (standard augmented-Lagrangian safeguard)
+        if cert["max_violation"] > settings.violation_tol and cert["max_violation"] > 0.25 * prev_viol:
+            rho = [r * 10.0 for r in rho]
+        prev_viol = cert["max_violation"]
+    else:
+        raise SolverError(
+            f"first-order solver: no certified optimum after {settings.max_outer} outer iterations "
+            f"({evals} evaluations): max hard violation {cert['max_violation']:.3g} (tolerance "
+            f"{settings.violation_tol:g}), relative gap {cert['rel_gap']:.2e} (tolerance "
+            f"{settings.gap_tol:g}), KKT residual {cert['kkt']:.2e}; try solver='CLARABEL'")
+    x_np = np.asarray(x.get() if hasattr(x, "get") else x, dtype=float)
+    info = {
+        "iterations": evals,
+        "outer_iterations": len(history),
+        "build_s": model.build_s,
+        "solve_s": time.perf_counter() - t_start - model.build_s,
+        "objective": cert["objective"],
+        "certificate": cert,
+        "history": history,
+        "inner": inner,
+        "device": settings.device,
+        "opt_voxels": int(sum(len(t.ctx.volumes) for t in model.terms if t.term.structure is not None)),
+        "nnz": int(model.K.nnz),
+    }
+    return x_np, info, {"x": x, "lam": lam, "rho": rho, "n": n}
+
+
+def _block_size(model, t, k):
+    b = t.blocks[k]
+    if b == "weights":
+        return model.n_beamlets
+    return int(model.offsets[b + 1] - model.offsets[b])
+
+
+def _initial_guess(model, x):
+    """Uniform weights scaled so the mean target dose is of the order of the prescriptions."""
+    xp = model.xp
+    x1 = xp.ones_like(x)
+    y = model.K @ x1.astype(MATRIX_DTYPE)
+    mean = float(y.mean()) if y.size else 1.0
+    limits = [float(t.term.limit.value) for t in model.terms if hasattr(t.term, "limit")
+              and float(t.term.limit.value) > 0]
+    target = float(np.median(limits)) if limits else 1.0
+    return x1 * (target / mean if mean > 0 else 1.0)
+
+
+def _inner_solve(f, x0, inner: str, max_iter: int, xp, scale, ftol: float):
+    """Minimize f over x >= 0 from x0, in the scaled variables u = x / scale (diagonal
+    preconditioning by the column norms of K: every beamlet then moves the forms alike)."""
+    def fu(u):
+        val, g = f(u * scale)
+        return val, g * scale
+
+    u0 = x0 / scale
+    if inner == "lbfgsb":
+        from scipy.optimize import minimize
+
+        res = minimize(fu, np.asarray(u0, dtype=float), jac=True, method="L-BFGS-B",
+                       bounds=[(0.0, None)] * len(u0),
+                       options={"maxiter": max_iter, "maxcor": 20, "ftol": ftol, "gtol": 0.0})
+        return np.maximum(res.x, 0.0) * scale
+    if inner == "spg":
+        return _spg(fu, u0, max_iter, xp) * scale
+    raise SolverError(f"inner: expected 'lbfgsb', 'spg' or 'auto', got {inner!r}")
+
+
+def _spg(f, x, max_iter: int, xp, memory: int = 10):
+    """Spectral projected gradient (Birgin, Martinez & Raydan, SIAM J Optim 2000) on x >= 0 with
+    a non-monotone Armijo line search: array-API code, runs on NumPy or CuPy."""
+    x = xp.maximum(x, 0)
+    fx, g = f(x)
+    recent = [fx]
+    step = 1.0 / max(float(xp.abs(g).max()), 1e-30)
+    for _ in range(max_iter):
+        d = xp.maximum(x - step * g, 0) - x
+        gd = float(g @ d)
+        if gd > -1e-16 * max(abs(fx), 1.0):
+            break
+        a, ref = 1.0, max(recent[-memory:])
+        while True:
+            xn = x + a * d
+            fn, gn = f(xn)
+            if fn <= ref + 1e-4 * a * gd or a < 1e-12:
+                break
+            a *= 0.5
+        s, yv = xn - x, gn - g
+        sy = float(s @ yv)
+        step = float(s @ s) / sy if sy > 0 else 1e3 * step
+        x, fx, g = xn, fn, gn
+        recent.append(fx)
+    return x
+
+
+def _update_and_certify(model: Model, x, lam, rho):
+    """New multipliers and the certificate at x (all voxels)."""
+    xp = model.xp
+    y = model.K @ x.astype(MATRIX_DTYPE)
+    blocks = [b.astype(xp.float64) for b in model.split(y)]
+    gy = [xp.zeros_like(b) for b in blocks]
+    gx = xp.zeros_like(x)
+    soft, lam_new, comp, worst = 0.0, [], 0.0, 0.0
+    checks = []
+    gy_hard = [xp.zeros_like(b) for b in blocks]
+    h = 0
+    for t in model.terms:
+        forms = model.forms(t, blocks, x)
+        if t.hard:
+            z = {k: v + lam[h][k] / rho[h] for k, v in forms.items()}
+            p = {**z, **t.term.project(z, t.ctx)}
+            new = {k: rho[h] * (z[k] - p[k]) for k in z}
+            for k in z:
+                _add(gy_hard, gx, t.blocks[k], new[k])
+                # lambda^T (y - P(z)): the complementarity part of the gap (sigma_C = lambda^T P(z))
+                comp += float(new[k] @ (forms[k] - p[k]))
+            viol = float(max(np.max(_np(t.term.violation_values(forms, t.ctx))), 0.0))
+            worst = max(worst, viol)
+            checks.append({"term": t.term.describe(), "structure": t.ctx.structure,
+                           "voxels_checked": int(len(t.ctx.volumes)), "max_violation": viol})
+            lam_new.append(new)
+            h += 1
+        else:
+            w = float(t.term.weight.value)
+            if w == 0:
+                continue
+            soft += w * t.term.cost_value(forms, t.ctx)
+            for k, g in t.term.gradient(forms, t.ctx).items():
+                _add(gy, gx, t.blocks[k], w * g)
+    # the gradient of the Lagrangian in x, and of its two parts (soft costs, multipliers) for scale
+    g_parts = [model.KT @ xp.concatenate(part) if len(part) else xp.zeros_like(x) for part in (gy, gy_hard)]
+    gx = gx + g_parts[0] + g_parts[1]
+    # x >= 0: the Lagrangian bound needs g >= 0; its negative part, relative to the size of the
+    # terms that cancel at the optimum, is the KKT residual
+    g_scale = max(max(float(xp.abs(g).max()) for g in g_parts + [gx]), 1e-30) if x.size else 1.0
+    kkt = float(xp.maximum(-gx, 0).max()) if x.size else 0.0
+    gap_abs = abs(float(gx @ x) - comp)
+    scale = max(abs(soft), 1e-12)
+    return lam_new, {"objective": soft, "max_violation": worst, "rel_gap": gap_abs / scale,
+                     "kkt": kkt / g_scale, "hard_terms": checks}
+
+
+def _np(a):
+    return np.asarray(a.get() if hasattr(a, "get") else a)
