@@ -151,7 +151,8 @@ class PlanProblem:
     def add(self, term: Term) -> PlanProblem:
         if not isinstance(term, Term):
             raise PlanError(f"term: expected an objectives.Term, got {type(term).__name__}")
-        self.patient.structure(term.structure)  # unknown names fail here, with the known list
+        if term.structure is not None:  # None: a term on the beamlet weights
+            self.patient.structure(term.structure)  # unknown names fail here, with the known list
         self.terms.append(term)
         self._problem = None
         return self
@@ -199,9 +200,10 @@ class PlanProblem:
     @property
     def n_opt_voxels(self) -> int:
         """Distinct grid voxels that enter the optimization."""
-        if not self._term_sets:
+        sets = [s.voxel_index for s in self._term_sets if s is not None]
+        if not sets:
             return 0
-        return len(np.unique(np.concatenate([s.voxel_index for s in self._term_sets])))
+        return len(np.unique(np.concatenate(sets)))
 
     # -- assembly ------------------------------------------------------------------------------
     def build(self) -> cp.Problem:
@@ -213,7 +215,12 @@ class PlanProblem:
             raise PlanError("terms: the problem has no terms; add objectives or constraints first")
         t0 = time.perf_counter()
         while True:
-            aggregate = self._assemble()
+            # soft quadratic costs as QP objectives where the whole problem is then a QP (QP
+            # solvers accept it); otherwise in epigraphs, which interior-point conic solvers
+            # handle more accurately next to cone constraints (BED, gEUD)
+            aggregate = self._assemble(qp_forms=True)
+            if not aggregate and not self._problem.is_qp():
+                aggregate = self._assemble(qp_forms=False)
             if not aggregate:
                 break
             # an aggregate hard term (mean, DVH, gEUD) on a sample says nothing about the rest of
@@ -225,7 +232,7 @@ class PlanProblem:
         self.build_time_s = time.perf_counter() - t0
         return self._problem
 
-    def _assemble(self) -> set[str]:
+    def _assemble(self, qp_forms: bool = True) -> set[str]:
         """Build the cvxpy problem; return sampled structures that carry aggregate hard terms."""
         x = cp.Variable(self.influence.n_beamlets, nonneg=True, name="weights")
         self._term_sets = [None if term.structure is None else
@@ -273,7 +280,7 @@ class PlanProblem:
                 self._hard.append((term, g))
                 constraints.append(g <= 0)
                 continue
-            weighted = term.objective(q, ctx)
+            weighted = term.objective(q, ctx) if qp_forms else None
             if weighted is None:
                 # epigraph keeps weight x (cost with Parameters) DPP; t is free so that a cost
                 # that can be negative (a custom term) is minimised exactly, not clipped at 0

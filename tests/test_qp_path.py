@@ -29,3 +29,21 @@ def test_cshape_physical_plan_is_a_qp_and_osqp_agrees_with_clarabel(cshape):
     assert plan.solver["status"] == "optimal" and plan.solver["name"] == "OSQP"
     assert plan.solver["objective"] == pytest.approx(ref.solver["objective"], rel=1e-4)
     assert all(c["max_violation"] <= 1e-3 for c in plan.solver["hard_terms"])
+
+
+def test_fluence_smoothness_smooths_the_maps_at_a_small_cost(cshape):
+    from objectives import FluenceSmoothness
+    from objectives.shapes import neighbour_differences
+
+    patient, inf = cshape
+    D = neighbour_differences(inf.beamlets)
+    base = _problem(patient, inf).solve()
+    problem = _problem(patient, inf)
+    problem += FluenceSmoothness(weight=0.05)
+    assert problem.build().is_qp()
+    smooth = problem.solve()
+    r0, r1 = D @ base.weights, D @ smooth.weights
+    assert float(r1 @ r1) < 0.9 * float(r0 @ r0)
+    # the plan part of the objective rises only a little; the total is the plan part + cost
+    plan_part = smooth.solver["objective"] - 0.05 * float(r1 @ r1)
+    assert base.solver["objective"] <= plan_part + 1e-6 <= 1.2 * base.solver["objective"]
