@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import time
 from dataclasses import dataclass
 
 import cvxpy as cp
 import numpy as np
 
-from objectives.errors import BioplanError, TermError
+from objectives.errors import BioplanError
 from objectives.terms import Term, TermContext
 
-from .errors import InfeasiblePlanError, PlanError, SolverError
+from .errors import PlanError, SolverError
 from .geometry import Patient
 from .influence import InfluenceMatrix, InfluenceSet
 
@@ -43,11 +42,6 @@ class _VoxelSet:
     @property
     def sampled(self) -> bool:
         return len(self.voxel_index) < self.n_total
-
-
-#: Soft-term weights spanning more than this ratio are reported as a scaling problem when a
-#: solve fails (interior-point tolerances are relative: ~1e-8).
-_WEIGHT_RATIO_LIMIT = 1e8
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -335,7 +329,6 @@ class PlanProblem:
             if s in installed:
                 return s
         raise SolverError(f"no conic solver found; install clarabel (installed: {', '.join(installed)})")
-
     def solve(self, solver: str | None = None, verbose: bool = False, max_rounds: int = 20,
               **solver_options):
         """Solve to a certified optimum and return a :class:`optimizer.plan.Plan`.
@@ -358,259 +351,19 @@ class PlanProblem:
         SolverError : unbounded, inaccurate or failed solve, badly scaled weights, or a result
             that breaks a hard term on the full grid by more than ``hard_tolerance``
         """
-        from .plan import Plan  # plan imports this module's results, not the other way round
+        from .solvers import cvxpy_backend, plan_first_order
 
         name = self._pick_solver(solver)
         if not isinstance(verbose, bool):
             raise SolverError(f"verbose: expected True or False, got {verbose!r}")
         max_rounds = _check_int(max_rounds, "max_rounds", 1)
         if name == FIRST_ORDER:
-            return self._solve_first_order(verbose, solver_options)
-        rounds, wall_total, solve_total, iters = [], 0.0, 0.0, 0
-        for r in range(1, max_rounds + 1):
-            problem, wall = self._solve_once(name, verbose, solver_options)
-            wall_total += wall
-            stats = problem.solver_stats
-            solve_total += stats.solve_time if stats.solve_time is not None else wall
-            iters += stats.num_iters or 0
-            weights = np.maximum(np.asarray(self._x.value, dtype=float), 0.0)
-            checks, added = self._full_grid_check(weights)
-            rounds.append({"round": r, "wall_s": wall, "objective": float(problem.value),
-                           "added_voxels": {k: int(len(v)) for k, v in added.items()}})
-            if not added:
-                break
-            for key, idx in added.items():
-                self._generated[key] = np.union1d(self._generated.get(key, np.array([], np.int64)), idx)
-                self._sets.pop((key, "hard"), None)
-            self._problem = None
-        else:
-            worst = max(c["max_violation"] for c in checks)
-            raise SolverError(f"constraint generation: hard terms on sampled structures still violated "
-                              f"after {max_rounds} rounds (worst {worst:.3g}); raise max_rounds or "
-                              f"max_voxels_per_structure")
-        bad = [c for c in checks if c["max_violation"] > self.hard_tolerance]
-        if bad:
-            raise SolverError(
-                f"solver {name} reported '{problem.status}' but hard terms are violated on the full grid "
-                f"beyond hard_tolerance={self.hard_tolerance:g}: "
-                + "; ".join(f"{c['term']} by {c['max_violation']:.3g}" for c in bad)
-                + "; try another solver or tighter solver tolerances")
-        info = {
-            "name": name,
-            "status": problem.status,
-            "objective": float(problem.value),
-            "iterations": iters,
-            "build_s": self.build_time_s,
-            "compile_s": max(wall_total - solve_total, 0.0),
-            "solve_s": float(solve_total),
-            "wall_s": wall_total,
-            "versions": _versions(name),
-            "opt_voxels": self.n_opt_voxels,
-            "certificate": _certificate(name, solver_options),
-            "hard_tolerance": self.hard_tolerance,
-            "hard_terms": checks,
-            "rounds": rounds,
-            "terms": [repr(t) for t in self.terms],
-        }
-        return Plan.from_weights(self.patient, self.influence, weights, self.fractions, info)
-
-    def _solve_first_order(self, verbose: bool, options: dict):
-        """The matrix-free path: every voxel of every structure, warm-started from the last
-        solve of this problem when the geometry is unchanged."""
-        from . import solvers
-        from .plan import Plan
-        from .solvers import first_order as fo
-
-        self._sync()
-        if not self.terms:
-            raise PlanError("terms: the problem has no terms; add objectives or constraints first")
-        unsupported = fo.check_supported(self)
-        if unsupported:
-            raise SolverError("solver FIRST_ORDER: these terms offer no numeric gradient (soft) or "
-                              "projection (hard): " + "; ".join(unsupported) + "; use solver='CLARABEL'")
-        warm_start = options.pop("warm_start", True)
-        known = set(fo.Settings.__dataclass_fields__)
-        unknown = set(options) - known
-        if unknown:
-            raise SolverError(f"solver FIRST_ORDER: unknown options {sorted(unknown)}; "
-                              f"known: {sorted(known)}")
-        settings = fo.Settings(verbose=verbose, **options)
-        warm = getattr(self, "_warm", None) if warm_start and self._warm_state == self._state() else None
-        for term in self.terms:
-            vs = None if term.structure is None else self.voxel_set(term.structure, "all")
-            term.refresh(self._context(vs))
-        weights, info, state = fo.solve(self, settings, warm)
-        self._warm, self._warm_state = state, self._state()
-        cert = info.pop("certificate")
-        record = {
-            "name": FIRST_ORDER,
-            "status": "optimal",
-            "objective": cert["objective"],
-            "versions": {"bioplan-first-order": solvers.__name__},
-            "certificate": (f"augmented Lagrangian + {info['inner']}: max hard violation "
-                            f"{cert['max_violation']:.3g} <= {settings.violation_tol:g}, relative gap "
-                            f"{cert['rel_gap']:.2e} <= {settings.gap_tol:g}, KKT residual {cert['kkt']:.2e} "
-                            f"<= {settings.kkt_tol:g} (all voxels)"),
-            "max_violation": cert["max_violation"],
-            "rel_gap": cert["rel_gap"],
-            "kkt": cert["kkt"],
-            "hard_tolerance": settings.violation_tol,
-            "hard_terms": cert["hard_terms"],
-            "warm_started": warm is not None,
-            "terms": [repr(t) for t in self.terms],
-            **info,
-        }
-        return Plan.from_weights(self.patient, self.influence, weights, self.fractions, record)
-
-    def _solve_once(self, name: str, verbose: bool, solver_options: dict):
-        problem = self.build()
-        for term, ctx in zip(self.terms, self._contexts):
-            term.refresh(ctx)
-        t0 = time.perf_counter()
-        try:
-            problem.solve(solver=name, verbose=verbose, **solver_options)
-        except cp.error.SolverError as exc:
-            # numerical failure is often an infeasible hard set in disguise: check with the
-            # elastic problem before reporting a generic failure
-            culprits = self._violated_hard_terms(name)
-            if culprits:
-                raise InfeasiblePlanError(
-                    f"solver {name} failed ({exc}); the hard constraints cannot all hold; in conflict: "
-                    + "; ".join(culprits), culprits) from exc
-            raise SolverError(f"solver {name} failed: {exc}{self._scaling_note()}") from exc
-        wall = time.perf_counter() - t0
-        status = problem.status
-        scaling = self._scaling_note()
-        if scaling and status != cp.OPTIMAL:
-            raise SolverError(f"solver {name}: status '{status}'{scaling}")
-        if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
-            if not self._hard:
-                raise SolverError(f"solver {name}: status '{status}' for a problem without hard terms, "
-                                  f"which is always feasible: numerical trouble; rescale weights or "
-                                  f"try another solver")
-            culprits = self.diagnose_infeasibility(name)
-            raise InfeasiblePlanError(
-                "the hard constraints cannot all hold; in conflict: " + "; ".join(culprits), culprits)
-        if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
-            raise SolverError(f"solver {name}: problem is unbounded: a soft term's cost decreases without "
-                              f"limit; add limits on every structure or check custom terms' costs")
-        if status != cp.OPTIMAL:
-            raise SolverError(
-                f"solver {name}: status '{status}', not a certified optimum; try another solver "
-                f"or rescale weights")
-        return problem, wall
-
-    def _scaling_note(self) -> str:
-        """A message when soft weights span too many orders of magnitude, else ''."""
-        w = np.array([float(t.weight.value) for t in self.terms if not t.hard], dtype=float)
-        w = w[w > 0]
-        if len(w) < 2 or w.max() / w.min() <= _WEIGHT_RATIO_LIMIT:
-            return ""
-        soft = [t for t in self.terms if not t.hard and float(t.weight.value) > 0]
-        lo = min(soft, key=lambda t: float(t.weight.value))
-        hi = max(soft, key=lambda t: float(t.weight.value))
-        return (f"; the problem is badly scaled: soft weights span {w.max() / w.min():.1e} "
-                f"({hi.describe()} weight {float(hi.weight.value):g} vs {lo.describe()} weight "
-                f"{float(lo.weight.value):g}); keep weights within ~{_WEIGHT_RATIO_LIMIT:.0e} of each other")
-
-    def _full_grid_check(self, weights: np.ndarray) -> tuple[list[dict], dict[str, np.ndarray]]:
-        """Largest violation of every hard term over all voxels of its structure.
-
-        Returns the per-term records and, for voxelwise hard terms on sampled structures, the
-        grid voxels that violate them by more than a tiny tolerance (to add to the next round)."""
-        checks, added = [], {}
-        for (term, g), vs in zip(self._hard, (s for s, t in zip(self._term_sets, self.terms) if t.hard)):
-            if vs is not None and vs.sampled:
-                full = self.voxel_set(vs.name, "all")
-                ctx = self._context(full)
-                rows = self._form_rows(term, full, ctx)
-                n = float(self.fractions)
-                forms = {key[2].split("@")[0]: (R @ weights) * n for key, R in rows.items()}
-                values = np.atleast_1d(np.asarray(self._violation_values(term, forms, ctx), dtype=float))
-                scale = 1e-6 * max(1.0, max(float(np.max(np.abs(f))) for f in forms.values()))
-                new = np.setdiff1d(full.voxel_index[values > scale], vs.voxel_index)
-                if len(new):
-                    added[vs.name] = np.union1d(added.get(vs.name, np.array([], np.int64)), new)
-                n_checked = len(full.voxel_index)
-            else:
-                values = np.atleast_1d(np.asarray(g.value, dtype=float))
-                n_checked = len(values) if vs is None else len(vs.voxel_index)
-            checks.append({"term": term.describe(), "structure": "weights" if vs is None else vs.name,
-                           "voxels_checked": int(n_checked),
-                           "max_violation": float(max(np.max(values), 0.0))})
-        return checks, added
-
-    @staticmethod
-    def _violation_values(term: Term, forms: dict, ctx: TermContext) -> np.ndarray:
-        """A hard term's violation at numeric forms: its numeric face, or its cvxpy face on
-        constants for terms that offer only that (user-defined ones)."""
-        single = list(forms) == ["dose"]
-        try:
-            return term.violation_values(forms["dose"] if single else forms, ctx)
-        except (TermError, NotImplementedError):
-            const = {k: cp.Constant(v) for k, v in forms.items()}
-            return term.violation(const["dose"] if single else const, ctx).value
-
-    def _violated_hard_terms(self, solver: str) -> list[str]:
-        if not self._hard:
-            return []
-        try:
-            names = self.diagnose_infeasibility(solver)
-        except cp.error.SolverError:
-            return []
-        return [n for n in names if "violated by" in n]
+            return plan_first_order.solve_plan(self, verbose, solver_options)
+        return cvxpy_backend.solve(self, name, verbose, max_rounds, solver_options)
 
     def diagnose_infeasibility(self, solver: str | None = None) -> list[str]:
-        """Names of hard terms in conflict, from an elastic re-solve.
+        """Names of hard terms in conflict, from an elastic re-solve (see
+        :func:`optimizer.solvers.cvxpy_backend.diagnose_infeasibility`)."""
+        from .solvers import cvxpy_backend
 
-        Each hard term ``g_k <= 0`` is relaxed to ``g_k <= s_k`` with a scalar slack ``s_k >= 0``
-        and the sum of slacks is minimised: terms left with a positive slack cannot be met
-        together with the others (soft terms are ignored).
-        """
-        self.build()
-        if not self._hard:
-            return []
-        slacks, cons = [], []
-        for _term, g in self._hard:
-            s = cp.Variable(nonneg=True)
-            slacks.append(s)
-            cons.append(g <= s)
-        aux = [c for c in self._problem.constraints if isinstance(c, cp.constraints.Zero)]
-        elastic = cp.Problem(cp.Minimize(cp.sum(cp.hstack(slacks))), cons + aux)
-        elastic.solve(solver=self._pick_solver(solver))
-        if elastic.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
-            return [t.describe() for t, _ in self._hard]
-        vals = np.array([s.value for s in slacks], dtype=float)
-        duals = np.array([float(np.sum(np.abs(c.dual_value))) if c.dual_value is not None else 0.0
-                          for c in cons])
-        tol = 1e-6 * max(1.0, float(np.max(np.abs(vals))))
-        # involved: relaxed (positive slack) or binding with a non-zero multiplier in the elastic
-        # problem, i.e. part of the certificate of infeasibility
-        names = []
-        for (t, _), v, y in zip(self._hard, vals, duals):
-            if v > tol:
-                names.append(t.describe() + f" (violated by {v:.3g})")
-            elif y > 1e-4:
-                names.append(t.describe())
-        return names or [t.describe() for t, _ in self._hard]
-
-
-def _certificate(solver: str, options: dict) -> str:
-    """What the solver's 'optimal' status guarantees, with the tolerances in force."""
-    if solver == "CLARABEL":
-        gap = options.get("tol_gap_rel", 1e-8)
-        feas = options.get("tol_feas", 1e-8)
-        return (f"interior point: relative duality gap <= {gap:g}, primal/dual feasibility "
-                f"residuals <= {feas:g} (CLARABEL)")
-    return f"solver {solver} reported status 'optimal' within its default tolerances"
-
-
-def _versions(solver: str) -> dict[str, str]:
-    out = {"cvxpy": cp.__version__}
-    dist = {"CLARABEL": "clarabel", "OSQP": "osqp", "SCS": "scs", "ECOS": "ecos", "HIGHS": "highspy"}
-    if solver in dist:
-        try:
-            out[dist[solver]] = importlib.metadata.version(dist[solver])
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+        return cvxpy_backend.diagnose_infeasibility(self, solver)
