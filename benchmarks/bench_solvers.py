@@ -1,0 +1,78 @@
+"""Solvers side by side on one C-shape problem (same machine, same run): CLARABEL on the
+sampled voxel set of the example, and CLARABEL, OSQP and the first-order solver on the full
+(unsampled) voxel set. Each case runs in its own process, so peak memory is its own.
+
+Run:  python benchmarks/bench_solvers.py [--spacing-mm 6] [--beams 9] [--timeout-s 1800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import platform
+import resource
+import time
+
+CASES = [
+    ("CLARABEL", "sampled", 1500, {}),
+    ("CLARABEL", "full", None, {}),
+    ("OSQP", "full", None, {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iter": 200000}),
+    ("FIRST_ORDER", "full", None, {}),
+]
+
+
+def _run(args):
+    spacing, beams, solver, max_vox, options = args
+    from optimizer import PhotonBeams, PlanProblem, phantoms
+
+    patient = phantoms.tg119_cshape(spacing_mm=spacing)
+    phantoms.add_cshape_helper_structures(patient)
+    t0 = time.perf_counter()
+    inf = PhotonBeams(range(0, 360, 360 // beams), beamlet_mm=5.0).influence(patient, target="PTV")
+    dose_s = time.perf_counter() - t0
+    problem = PlanProblem(patient, inf, fractions=25, max_voxels_per_structure=max_vox)
+    for term in phantoms.cshape_planning_terms():
+        problem += term
+    t0 = time.perf_counter()
+    try:
+        plan = problem.solve(solver=solver, **options)
+        s = plan.solver
+        out = {"objective": s["objective"], "iterations": s["iterations"], "status": s["status"],
+               "max_violation": max([c["max_violation"] for c in s["hard_terms"]] or [0.0])}
+    except Exception as err:  # noqa: BLE001 - a benchmark row reports the failure
+        out = {"objective": float("nan"), "iterations": 0, "status": f"failed: {type(err).__name__}",
+               "max_violation": float("nan")}
+    out.update(solve_s=time.perf_counter() - t0, dose_s=dose_s, nnz=inf.nnz, beamlets=inf.n_beamlets,
+               opt_voxels=problem.n_opt_voxels or sum(patient.structure(n).n_voxels
+                                                      for n in ("PTV", "Core", "Ring", "Tissue")),
+               peak_MB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spacing-mm", type=float, default=6.0)
+    ap.add_argument("--beams", type=int, default=9)
+    ap.add_argument("--timeout-s", type=float, default=1800.0, help="per case")
+    args = ap.parse_args(argv)
+    print(f"machine: {platform.machine()}, {mp.cpu_count()} cores, Python {platform.python_version()} "
+          f"(measured {time.strftime('%Y-%m-%d')})")
+    cols = ["solver", "voxels", "opt_voxels", "beamlets", "nnz", "solve_s", "iterations", "objective",
+            "max_viol_Gy", "peak_MB", "status"]
+    print(" | ".join(f"{c:>11}" for c in cols))
+    ctx = mp.get_context("spawn")
+    for solver, kind, max_vox, options in CASES:
+        with ctx.Pool(1) as pool:
+            job = pool.apply_async(_run, ((args.spacing_mm, args.beams, solver, max_vox, options),))
+            try:
+                r = job.get(timeout=args.timeout_s)
+            except mp.TimeoutError:
+                print(f"{solver:>11} | {kind:>11} | timed out after {args.timeout_s:g} s")
+                continue
+        row = [solver, kind, r["opt_voxels"], r["beamlets"], r["nnz"], f"{r['solve_s']:.1f}", r["iterations"],
+               f"{r['objective']:.6g}", f"{r['max_violation']:.2g}", f"{r['peak_MB']:.0f}", r["status"]]
+        print(" | ".join(f"{str(v):>11}" for v in row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
