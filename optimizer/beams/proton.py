@@ -36,6 +36,9 @@ Spot placement
   whose WEPL lies within half a layer gap of the layer's range (at least half a voxel) projects
   within max(spacing, voxel size) / sqrt 2 of the spot, i.e. only spots whose Bragg peak falls
   in the target (+ margin) along their ray.
+
+(Longer than the ~400-line guide: spot placement, the memory estimate and the dose / LET
+kernels share one geometry pass; splitting them would pass half-built state between modules.)
 """
 
 from __future__ import annotations

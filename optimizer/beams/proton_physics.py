@@ -64,6 +64,8 @@ Models and their sources
   10 and 7.8 keV/um. Secondary protons and heavier fragments are neglected (they raise the
   entrance LETd by a few tenths of keV/um), and beyond 5 sigma past R0, where the primary dose
   is < 1e-6 of the peak, LETd is held at its value there.
+
+(Longer than the ~400-line guide: one model's physics, each formula beside its source.)
 """
 
 from __future__ import annotations
