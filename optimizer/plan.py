@@ -119,7 +119,11 @@ class Plan:
         }
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        text = json.dumps(meta, indent=1, default=_json_default)
+        try:
+            text = json.dumps(meta, indent=1, default=_json_default)
+        except TypeError as exc:  # a value in plan.solver / beams that JSON cannot hold
+            raise PlanError(f"plan record: cannot be stored in the archive ({exc}); keep solver and beam "
+                            f"entries to numbers, strings, lists and dicts") from None
 
         def write(f):
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:

@@ -306,8 +306,8 @@ class PlanProblem:
         missing = [f for f in quantity.base_forms if f not in available]
         if missing:
             raise PlanError(f"{term.describe()}: needs the {', '.join(missing)} form(s); pass an "
-                            f"InfluenceSet "
-                            f"that carries them (e.g. PlanProblem(..., let_dose=...) for LET terms)")
+                            f"InfluenceSet that carries them (ProtonBeams.influence(..., with_let=True) for "
+                            f"LET terms)")
         base = {f: available[f].rows_of(vs.voxel_index) for f in quantity.base_forms}
         rows = quantity.linear_forms(base, ctx)
         # a derived form (e.g. the dirty dose at a threshold) belongs to its quantity
@@ -319,11 +319,12 @@ class PlanProblem:
         installed = cp.installed_solvers()
         if solver is not None:
             if not isinstance(solver, str):
-                raise SolverError(f"solver: expected a solver name (str) such as 'CLARABEL', got {solver!r}")
+                raise PlanError(f"solver: expected a solver name (str) such as 'CLARABEL', got {solver!r}")
             if solver.upper() == FIRST_ORDER:
                 return FIRST_ORDER
             if solver.upper() not in installed:
-                raise SolverError(f"solver: '{solver}' is not installed; installed: {', '.join(installed)}")
+                raise PlanError(f"solver: '{solver}' is not installed; installed: {', '.join(installed)}, "
+                                f"{FIRST_ORDER}")
             return solver.upper()
         for s in DEFAULT_SOLVERS:
             if s in installed:
@@ -355,7 +356,7 @@ class PlanProblem:
 
         name = self._pick_solver(solver)
         if not isinstance(verbose, bool):
-            raise SolverError(f"verbose: expected True or False, got {verbose!r}")
+            raise PlanError(f"verbose: expected True or False, got {verbose!r}")
         max_rounds = _check_int(max_rounds, "max_rounds", 1)
         if name == FIRST_ORDER:
             return plan_first_order.solve_plan(self, verbose, solver_options)

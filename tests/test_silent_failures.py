@@ -197,7 +197,7 @@ def test_wrong_types_get_named_errors():
         PlanProblem(patient, inf, fractions=5, max_voxels_per_structure="all")
     problem = PlanProblem(patient, inf, fractions=5)
     problem += SquaredDeviation("T", 20.0, weight=1.0)
-    with pytest.raises(SolverError, match="solver"):
+    with pytest.raises(PlanError, match="solver"):
         problem.solve(solver=123)
     with pytest.raises(GeometryError, match="mask"):
         Structure("X", "not a mask", "oar")
