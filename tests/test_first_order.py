@@ -76,3 +76,17 @@ def test_bad_input_and_non_convergence_are_named(toy):
     with pytest.raises(SolverError, match=r"MeanDose\('O'.*CLARABEL"):
         problem.solve(solver="FIRST_ORDER")
     assert np.isfinite(inf.matrix.sum())
+
+
+def test_threaded_products_equal_the_plain_ones():
+    import scipy.sparse as sp
+
+    from optimizer.solvers import first_order as fo
+
+    K = sp.random(3000, 700, density=0.02, format="csr", random_state=1)
+    model = fo.Model(K, K.T.tocsr(), [0, 3000], [], 700)
+    model.extras.update(K_parts=fo._row_blocks(K, 2), KT_parts=fo._row_blocks(model.KT, 2),
+                        pool=fo.ThreadPoolExecutor(2))
+    x, r = np.random.default_rng(0).random(700), np.random.default_rng(1).random(3000)
+    np.testing.assert_allclose(model.matvec(x), K @ x, rtol=1e-14)
+    np.testing.assert_allclose(model.rmatvec(r), K.T @ r, rtol=1e-14)

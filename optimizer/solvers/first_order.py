@@ -23,7 +23,9 @@ inner solver then runs on the GPU; SciPy's L-BFGS-B is CPU only).
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,6 +100,21 @@ class Model:
     build_s: float = 0.0
     extras: dict = field(default_factory=dict)
 
+    def matvec(self, x):
+        """K x; on the CPU the row blocks run in threads (SciPy releases the GIL there)."""
+        return self._threaded(self.K, self.extras.get("K_parts"), x)
+
+    def rmatvec(self, r):
+        """K^T r, by the CSR of the transpose (rows: beamlets), threaded like :meth:`matvec`."""
+        return self._threaded(self.KT, self.extras.get("KT_parts"), r)
+
+    def _threaded(self, M, parts, v):
+        pool = self.extras.get("pool")
+        if pool is None or not parts:
+            return M @ v
+        futures = [pool.submit(P.__matmul__, v) for P in parts]
+        return np.concatenate([f.result() for f in futures])
+
     def split(self, y) -> list:
         return [y[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
 
@@ -135,11 +152,26 @@ def build_model(problem, device: str = "cpu") -> Model:
          else sp.csr_matrix((0, n), dtype=MATRIX_DTYPE))
     offsets = list(np.cumsum([0] + [m.shape[0] for m in mats]))
     KT = K.T.tocsr()
+    extras = {}
     if xp is not np:
         import cupyx.scipy.sparse as csp
 
         K, KT = csp.csr_matrix(K), csp.csr_matrix(KT)
-    return Model(K, KT, offsets, terms, n, xp, time.perf_counter() - t0)
+    elif (os.cpu_count() or 1) > 1 and K.nnz > 1_000_000:
+        # two row blocks of K and of K^T, each product in its own thread (2 cores: ~1.7x here)
+        workers = min(2, os.cpu_count() or 1)
+        extras["K_parts"] = _row_blocks(K, workers)
+        extras["KT_parts"] = _row_blocks(KT, workers)
+        extras["pool"] = ThreadPoolExecutor(workers)
+    return Model(K, KT, offsets, terms, n, xp, time.perf_counter() - t0, extras)
+
+
+def _row_blocks(M, parts: int) -> list:
+    """Row blocks of a CSR matrix with about equal non-zeros. SciPy slices copy, so while the
+    solver runs the matrix is held twice (K and its blocks; likewise K^T)."""
+    bounds = np.searchsorted(M.indptr, np.linspace(0, M.nnz, parts + 1)[1:-1])
+    edges = [0, *[int(b) for b in bounds], M.shape[0]]
+    return [M[a:b] for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _array_module(device: str):
@@ -199,7 +231,7 @@ class _Objective:
     def __call__(self, x):
         m, xp = self.m, self.m.xp
         self.evals += 1
-        y = m.K @ x.astype(MATRIX_DTYPE)
+        y = m.matvec(x.astype(MATRIX_DTYPE))
         blocks = [b.astype(xp.float64) for b in m.split(y)]
         gy = [xp.zeros_like(b) for b in blocks]
         gx = xp.zeros_like(x)
@@ -224,7 +256,7 @@ class _Objective:
                 for k, g in t.term.gradient(forms, t.ctx).items():
                     _add(gy, gx, t.blocks[k], w * g)
         if len(gy):
-            gx = gx + (m.KT @ xp.concatenate(gy).astype(MATRIX_DTYPE)).astype(xp.float64)
+            gx = gx + m.rmatvec(xp.concatenate(gy).astype(MATRIX_DTYPE)).astype(xp.float64)
         return total, gx
 
 
@@ -318,7 +350,7 @@ def _initial_guess(model, x):
     """Uniform weights scaled so the mean target dose is of the order of the prescriptions."""
     xp = model.xp
     x1 = xp.ones_like(x)
-    y = model.K @ x1.astype(MATRIX_DTYPE)
+    y = model.matvec(x1.astype(MATRIX_DTYPE))
     mean = float(y.mean()) if y.size else 1.0
     limits = [float(t.term.limit.value) for t in model.terms if hasattr(t.term, "limit")
               and float(t.term.limit.value) > 0]
@@ -376,7 +408,7 @@ def _spg(f, x, max_iter: int, xp, memory: int = 10):
 def _update_and_certify(model: Model, x, lam, rho):
     """New multipliers and the certificate at x (all voxels)."""
     xp = model.xp
-    y = model.K @ x.astype(MATRIX_DTYPE)
+    y = model.matvec(x.astype(MATRIX_DTYPE))
     blocks = [b.astype(xp.float64) for b in model.split(y)]
     gy = [xp.zeros_like(b) for b in blocks]
     gx = xp.zeros_like(x)
@@ -408,7 +440,8 @@ def _update_and_certify(model: Model, x, lam, rho):
             for k, g in t.term.gradient(forms, t.ctx).items():
                 _add(gy, gx, t.blocks[k], w * g)
     # the gradient of the Lagrangian in x, and of its two parts (soft costs, multipliers) for scale
-    g_parts = [model.KT @ xp.concatenate(part) if len(part) else xp.zeros_like(x) for part in (gy, gy_hard)]
+    g_parts = [model.rmatvec(xp.concatenate(part)) if len(part) else xp.zeros_like(x)
+               for part in (gy, gy_hard)]
     gx = gx + g_parts[0] + g_parts[1]
     # x >= 0: the Lagrangian bound needs g >= 0; its negative part, relative to the size of the
     # terms that cancel at the optimum, is the KKT residual
