@@ -180,6 +180,19 @@ def _normalize(name: str) -> str:
     return "".join(name.split()).lower()
 
 
+#: Names of body / external contours (compared ignoring case and whitespace): importers make them
+#: helpers (role "other") and beam models compute dose inside them by default. matRad files use
+#: "BODY" (TG119.mat, PROSTATE.mat) and "Skin" (LIVER.mat); DICOM exports often "External".
+BODY_NAMES = ("Body", "External", "Skin", "Outline", "Patient")
+
+
+def is_body_name(name: str, body_names=None) -> bool:
+    """Whether ``name`` is a body / external contour name (case and whitespace ignored);
+    ``body_names`` defaults to :data:`BODY_NAMES`."""
+    names = BODY_NAMES if body_names is None else body_names
+    return _normalize(name) in {_normalize(n) for n in names}
+
+
 @dataclass
 class Patient:
     """A planning geometry: grid, CT (HU) and structures.
@@ -268,6 +281,12 @@ class Patient:
         raise GeometryError(
             f"structure '{name}' not found; known structures: {', '.join(self.structure_names)}"
         )
+
+    def body(self) -> Structure | None:
+        """The body / external contour (a structure named as in :data:`BODY_NAMES`), or None;
+        the largest one when several match."""
+        bodies = [s for s in self.structures if is_body_name(s.name)]
+        return max(bodies, key=lambda s: s.n_voxels) if bodies else None
 
     def __contains__(self, name: str) -> bool:
         return any(_normalize(s.name) == _normalize(name) for s in self.structures)

@@ -299,3 +299,27 @@ def test_no_cache_keyed_by_object_identity():
         text = path.read_text()
         assert not re.search(r"\bid\(", text), path.name
         assert "self._cache" not in text, path.name
+
+
+def test_default_dose_region_is_the_body_contour_when_there_is_one():
+    """A couch below the body (dense, outside the body contour) gets no dose rows by default."""
+    from optimizer import PhotonBeams, Structure, phantoms
+
+    p = phantoms.tg119_cshape(spacing_mm=8.0)
+    ct = p.ct_hu.copy()
+    z, y, x = np.meshgrid(*p.grid.axes_mm(), indexing="ij")
+    couch = (y > y[p.structure("Body").mask].max()) & (y <= y[p.structure("Body").mask].max() + 16)
+    assert couch.any()
+    ct[couch] = 200.0  # carbon-fibre-like couch, denser than water
+    p.ct_hu = ct
+    inf = PhotonBeams([180], beamlet_mm=10.0).influence(p, "PTV")
+    rows = np.zeros(p.grid.n_voxels, bool)
+    rows[inf.voxel_index] = True
+    assert not rows[couch.ravel()].any()
+    # without a body contour the density rule applies and the couch gets dose rows
+    p.structures = [s for s in p.structures if s.name != "Body"]
+    assert p.body() is None
+    inf2 = PhotonBeams([180], beamlet_mm=10.0).influence(p, "PTV")
+    rows2 = np.zeros(p.grid.n_voxels, bool)
+    rows2[inf2.voxel_index] = True
+    assert rows2[couch.ravel()].any()

@@ -11,7 +11,7 @@ does not depend on the physics happens here, once:
   "target" (several or none: a :class:`~optimizer.errors.BeamError` that lists them), and must
   exist and be non-empty;
 * the isocentre (default: the target's centroid, LPS mm), the relative-density cube of the model
-  (:meth:`BeamModel._density`), the dose mask (default: density > 0.05, inside the patient) and
+  (:meth:`BeamModel._density`), the dose mask (default: the body contour, else density > 0.05) and
   one :class:`~optimizer.beams.raytrace.BeamGeometry` per beam;
 * the memory check: after placing the beamlets and before any dose is computed, the model's
   estimate of the peak memory is compared with ``max_memory_mb`` (default: the memory available
@@ -157,8 +157,9 @@ class BeamModel(ABC):
         target : structure the beams cover; default the patient's single structure with role
             "target" (a :class:`~optimizer.errors.BeamError` lists them when there are several)
         isocenter_mm : (x, y, z) LPS, mm; default the target's centroid
-        dose_mask : [z, y, x] boolean mask of the voxels to compute dose in; default the voxels
-            with relative density > 0.05 (inside the patient)
+        dose_mask : [z, y, x] boolean mask of the voxels to compute dose in; default the body /
+            external contour (:meth:`Patient.body`) where the patient has one, else the voxels
+            with relative density > 0.05
         max_memory_mb : memory the computation may use, MB. After the beamlets are placed and
             before any dose is computed the peak memory is estimated (:meth:`estimate_memory`)
             and a larger estimate raises :class:`~optimizer.errors.BeamError`. Default: the
@@ -243,7 +244,10 @@ class BeamModel(ABC):
         iso = check_point(isocenter_mm, "isocenter_mm")
         density = self._density(patient)
         if dose_mask is None:
-            dose_mask = density > BODY_DENSITY_THRESHOLD
+            # the body / external contour where there is one (no dose in couch, air or
+            # immobilisation devices), else every voxel denser than air
+            body = patient.body()
+            dose_mask = body.mask if body is not None else density > BODY_DENSITY_THRESHOLD
         mask = check_dose_mask(dose_mask, grid.shape)
         geoms = tuple(BeamGeometry(g, iso, self.source_axis_distance_mm, c)
                       for g, c in zip(self.gantry_deg, self.couch_deg))

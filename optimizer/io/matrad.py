@@ -39,18 +39,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import HU_TO_RED_TABLE, Grid, Patient, Structure
+from ..geometry import BODY_NAMES, HU_TO_RED_TABLE, Grid, Patient, Structure, is_body_name
 from ._matfile import MatradError, load_mat_variables
 
 __all__ = ["BODY_NAMES", "MatradError", "is_body_name", "load_matrad"]
 
 _ROLES = {"TARGET": "target", "OAR": "oar", "IGNORED": "other"}
-
-#: Names of body / external contours (compared ignoring case and whitespace). matRad files give
-#: the body type 'OAR' (e.g. "BODY" in TG119.mat and PROSTATE.mat, "Skin" in LIVER.mat);
-#: :func:`load_matrad` imports such a row with role "other", as bioplan treats every body contour.
-BODY_NAMES = ("Body", "External", "Skin", "Outline", "Patient")
-
 
 # -- interpreting ct and cst ------------------------------------------------------------------
 
@@ -190,14 +184,6 @@ def _color(props) -> tuple[float, float, float] | None:
 
 def _normalize(name: str) -> str:
     return "".join(str(name).split()).lower()
-
-
-def is_body_name(name: str, body_names: Iterable[str] | None = None) -> bool:
-    """Whether ``name`` is a body / external contour name (case and whitespace ignored).
-
-    ``body_names`` defaults to :data:`BODY_NAMES`."""
-    names = BODY_NAMES if body_names is None else body_names
-    return _normalize(name) in {_normalize(n) for n in names}
 
 
 def _density_setup(ct: dict, hu_cube, density_cube, path: str):
