@@ -303,7 +303,7 @@ def test_no_cache_keyed_by_object_identity():
 
 def test_default_dose_region_is_the_body_contour_when_there_is_one():
     """A couch below the body (dense, outside the body contour) gets no dose rows by default."""
-    from optimizer import PhotonBeams, Structure, phantoms
+    from optimizer import PhotonBeams, phantoms
 
     p = phantoms.tg119_cshape(spacing_mm=8.0)
     ct = p.ct_hu.copy()
