@@ -1,0 +1,89 @@
+"""Dose grids coarser than the CT: resampling a patient onto a coarser grid, and a dose back.
+
+Rules (stated here once, used everywhere):
+
+- The coarse grid covers the same box as the fine one: its first voxel starts at the fine grid's
+  first voxel edge, and it has ``ceil(extent / spacing)`` voxels per axis (the last may reach a
+  little past the fine grid).
+- CT numbers: trilinear interpolation of the fine CT at the coarse voxel centres (points outside
+  the fine grid take the nearest edge value).
+- Structures: the **centre-point rule** - a coarse voxel belongs to a structure when its centre
+  lies in a fine voxel of the structure (nearest fine voxel). A structure with no coarse voxel
+  is left out with a warning naming it (a finer dose grid keeps it).
+- Dose back onto another grid: trilinear interpolation, 0 outside the source grid.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import GeometryError
+from .geometry import Grid, Patient, Structure
+
+
+def coarse_grid(grid: Grid, spacing_mm) -> Grid:
+    """The grid of voxel size ``spacing_mm`` (one number or (dz, dy, dx), mm) covering ``grid``."""
+    try:
+        spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,)).copy()
+    except (TypeError, ValueError):
+        raise GeometryError(f"spacing_mm: expected a voxel size in mm or 3 of them (dz, dy, dx), "
+                            f"got {spacing_mm!r}") from None
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise GeometryError(f"spacing_mm: expected positive finite sizes in mm, got {spacing_mm!r}")
+    fine = np.asarray(grid.spacing_mm)
+    extent = np.asarray(grid.shape) * fine
+    shape = np.maximum(np.ceil(extent / spacing - 1e-9).astype(int), 1)
+    start = np.asarray(grid.origin_mm) - fine / 2  # first voxel edge
+    return Grid(tuple(int(s) for s in shape), tuple(spacing), tuple(start + spacing / 2))
+
+
+def _fine_index(fine: Grid, coarse: Grid) -> tuple[np.ndarray, ...]:
+    """Fractional [z, y, x] indices into ``fine`` of every ``coarse`` voxel centre."""
+    axes = coarse.axes_mm()
+    idx = [(a - o) / s for a, o, s in zip(axes, fine.origin_mm, fine.spacing_mm)]
+    return np.meshgrid(*idx, indexing="ij")
+
+
+def resample_patient(patient: Patient, spacing_mm) -> Patient:
+    """The patient on a coarser (or finer) grid of voxel size ``spacing_mm`` (see the module
+    rules); the density table an importer set travels with it."""
+    grid = coarse_grid(patient.grid, spacing_mm)
+    zi, yi, xi = _fine_index(patient.grid, grid)
+    coords = np.stack([zi, yi, xi])
+    ct = ndimage.map_coordinates(patient.ct_hu.astype(float), coords, order=1, mode="nearest")
+    nearest = tuple(np.clip(np.rint(c).astype(int), 0, n - 1)
+                    for c, n in zip((zi, yi, xi), patient.grid.shape))
+    inside = np.ones(grid.shape, bool)
+    for c, n in zip((zi, yi, xi), patient.grid.shape):
+        inside &= (c > -0.5) & (c < n - 0.5)
+    structures = []
+    for s in patient.structures:
+        mask = s.mask[nearest] & inside
+        if not mask.any():
+            warnings.warn(f"structure '{s.name}': no voxel of the {tuple(grid.spacing_mm)} mm grid has its "
+                          f"centre inside it; left out (use a finer dose grid)", stacklevel=2)
+            continue
+        structures.append(Structure(s.name, mask, s.role, s.color))
+    out = Patient(grid, ct.astype(np.float32), structures,
+                  name=f"{patient.name} ({grid.spacing_mm[2]:g} mm)")
+    table = getattr(patient, "density_table", None)
+    if table is not None:
+        out.density_table = table
+    return out
+
+
+def resample_dose(dose: np.ndarray, from_grid: Grid, to_grid: Grid) -> np.ndarray:
+    """A dose (Gy, ``from_grid.shape``) on ``to_grid`` by trilinear interpolation; 0 outside."""
+    dose = np.asarray(dose, dtype=float)
+    if dose.shape != from_grid.shape:
+        raise GeometryError(f"dose: shape {dose.shape} does not match from_grid.shape {from_grid.shape}")
+    zi, yi, xi = _fine_index(from_grid, to_grid)
+    # within half a voxel beyond the outer centres the edge value holds (mode "nearest")
+    out = ndimage.map_coordinates(dose, np.stack([zi, yi, xi]), order=1, mode="nearest")
+    inside = np.ones(to_grid.shape, bool)
+    for c, n in zip((zi, yi, xi), from_grid.shape):
+        inside &= (c > -0.5) & (c < n - 0.5)
+    return np.where(inside, out, 0.0)
