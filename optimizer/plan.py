@@ -80,6 +80,21 @@ class Plan:
         """Total dose (Gy) of every voxel of a structure."""
         return self.dose[self.patient.structure(name).mask]
 
+    def on_patient(self, patient: Patient) -> Plan:
+        """This plan's dose interpolated (trilinear) onto another patient's grid, e.g. the CT
+        grid of a plan optimized on a coarser dose grid (:meth:`Patient.resample`), so goals can
+        be reported on both. Weights, beams and the solver record are kept; the influence
+        matrix is not (it indexes the other grid); ``solver["dose_grid"]`` records the source grid."""
+        from .resample import resample_dose
+
+        if not isinstance(patient, Patient):
+            raise PlanError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
+        dose = resample_dose(self.dose, self.patient.grid, patient.grid)
+        solver = {**self.solver, "dose_grid": {"shape": list(self.patient.grid.shape),
+                                               "spacing_mm": list(self.patient.grid.spacing_mm)}}
+        return Plan(patient, self.weights, self.fractions, dose, dict(self.beamlets), list(self.beams),
+                    self.modality, solver, None, {})
+
     # -- archive -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> str:
         """Write the plan to one archive file (a zip with ``arrays.npz`` and ``plan.json``).
