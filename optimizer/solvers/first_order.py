@@ -48,7 +48,7 @@ class Settings:
     gap_tol: float = 1e-4  # relative duality gap
     kkt_tol: float = 1e-4  # relative KKT residual of x >= 0
     max_outer: int = 40
-    max_inner: int = 400
+    max_inner: int = 3000  # inner evaluations per outer round (6 mm C-shape: ~3000 needed)
     inner: str = "auto"  # "lbfgsb" (CPU), "spg" (CPU or GPU), "auto": lbfgsb on CPU, spg on GPU
     device: str = "cpu"
     rho0: float = 10.0  # initial penalty, relative to the soft terms' curvature
