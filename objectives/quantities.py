@@ -120,6 +120,9 @@ class Quantity:
     increasing = True
     #: True when :meth:`inverse` gives the dose that reaches a value (per voxel)
     invertible = True
+    #: the linear form the quantity *is* (its values are that form's values), or None when it is
+    #: a function of its forms; shapes then project and prox in that form directly
+    form: str | None = "dose"
 
     def refresh(self, ctx: TermContext) -> None:
         """Recompute derived Parameter values for the voxels of ``ctx`` (before every solve)."""
@@ -157,6 +160,7 @@ class _LQQuantity(Quantity):
     for d >= 0 (lin, quad >= 0 from the LQ object's alpha/beta and the fractions)."""
 
     affine = False
+    form = None
     _names: tuple[str, ...] = ("quad",)
 
     def __init__(self, lq: rb.LQ):
@@ -263,6 +267,7 @@ class GARD(Quantity):
     unit = ""
     symbol = "GARD"
     affine = False
+    form = None
     increasing = False  # only where alpha >= 0; floors still use the exact inverse
 
     def __init__(self, rsi=None, *, alpha=None, beta_Gy2: float = rb.GARD_BETA_GY2):
@@ -394,6 +399,7 @@ class LETdExcess(Quantity):
     unit = "keV/um Gy"
     increasing = False
     invertible = False
+    form = None
 
     def __init__(self, let_keV_um: float):
         self.let_keV_um = nonneg_parameter(let_keV_um, "LETdMax.let_keV_um")

@@ -68,8 +68,8 @@ class Max(_Limited):
         if qty.affine and len(qty.base_forms) > 1:
             # q = sum_k g_k f_k per voxel: project each voxel onto its half-space
             g = qty.gradient(forms, ctx)
-            excess = array_module(self.quantity.value(forms, ctx)).maximum(
-                self.quantity.value(forms, ctx) - float(self.limit.value), 0)
+            q = qty.value(forms, ctx)
+            excess = array_module(q).maximum(q - float(self.limit.value), 0)
             norm2 = sum(gk * gk for gk in g.values())
             return {k: forms[k] - excess * g[k] / norm2 for k in g}
         return super().project(forms, ctx)

@@ -205,8 +205,8 @@ class Term:
     def value(self, forms, ctx: TermContext, **extra) -> float:
         """Hard term: the largest violation (<= 0 when met); soft term: weight x cost."""
         if self.hard:
-            return float(_xp(self.violation_values(forms, ctx, **extra)).max(
-                self.violation_values(forms, ctx, **extra)))
+            g = self.violation_values(forms, ctx, **extra)
+            return float(_xp(g).max(g))
         return float(self.weight.value) * self.cost_value(forms, ctx, **extra)
 
     def gradient(self, forms, ctx: TermContext, **extra) -> dict:
@@ -219,18 +219,17 @@ class Term:
         """Euclidean projection of the forms onto the hard set {violation <= 0}. Quantities that
         are a form themselves project in quantity space; others need a shape-specific rule."""
         forms = self._forms(forms, extra)
-        names = self.quantity.base_forms
-        if len(names) == 1 and type(self.quantity).__name__ in _IDENTITY:
-            name = "dirty_dose" if type(self.quantity).__name__ == "DirtyDose" else names[0]
+        name = self.quantity.form
+        if name is not None:
             return {name: self._project(forms[name], ctx)}
         self._cvxpy_only(f"the projection for {self.quantity.describe()}")
 
     def prox(self, forms, tau: float, ctx: TermContext, **extra) -> dict:
         """Proximal operator of ``tau x weight x cost`` at the forms (one-form quantities)."""
         forms = self._forms(forms, extra)
-        names = self.quantity.base_forms
-        if len(names) == 1 and type(self.quantity).__name__ in _IDENTITY:
-            return {names[0]: self._prox(forms[names[0]], tau, ctx)}
+        name = self.quantity.form
+        if name is not None:
+            return {name: self._prox(forms[name], tau, ctx)}
         self._cvxpy_only(f"the proximal operator for {self.quantity.describe()}")
 
     # shapes implement these on the quantity q
@@ -261,10 +260,6 @@ class Term:
     def __repr__(self) -> str:
         kind = "hard" if self.hard else f"soft, weight={self.weight.value:g}"
         return f"{self.describe()} [{kind}]"
-
-
-#: quantities that are one linear form as is: their projections need no chain rule
-_IDENTITY = {"Dose", "LETxDose", "DirtyDose", "Weights"}
 
 
 def _xp(a):

@@ -204,12 +204,11 @@ def check_supported(problem) -> list[str]:
 
 
 def _has_projection(term) -> bool:
-    n = 3
-    forms = {f: np.ones(n) for f in term.quantity.base_forms}
-    if "dirty_dose" in repr(term.quantity).lower() or type(term.quantity).__name__ == "DirtyDose":
-        forms = {"dirty_dose": np.ones(n)}
-    from objectives.terms import TermContext
+    from objectives.terms import Term, TermContext
 
+    n = 3
+    names = term.quantity.base_forms + ((term.quantity.form,) if term.quantity.form else ())
+    forms = {f: np.ones(n) for f in names}
     ctx = TermContext("probe", np.full(n, 1 / n), np.arange(n), 1, (1, 1, n),
                       {"beam": np.zeros(n, int), "row": np.zeros(n, int), "col": np.arange(n)})
     try:
@@ -217,8 +216,8 @@ def _has_projection(term) -> bool:
         return True
     except TermError as err:
         return "cvxpy only" not in str(err)
-    except Exception:  # a term whose probe needs real inputs (maps on the grid): assume offered
-        return type(term).project is not type(term).__mro__[-2].project
+    except Exception:  # a probe that needs real inputs (maps on the grid): offered if implemented
+        return term.quantity.form is not None or type(term).project is not Term.project
 
 
 class _Objective:
