@@ -155,29 +155,17 @@ class Dose(Quantity):
     """Physical dose, total course, Gy."""
 
 
-class _LQQuantity(Quantity):
-    """Voxel BED or EQD2 of the total dose d: ``lin_i d_i + quad_i d_i^2``, convex and increasing
-    for d >= 0 (lin, quad >= 0 from the LQ object's alpha/beta and the fractions)."""
+class _QuadraticInDose(Quantity):
+    """A per-voxel quadratic of the total dose, ``lin_i d_i + quad_i d_i^2`` (lin = 1 when a
+    subclass has no "lin" coefficient), convex (quad >= 0). Subclasses give the coefficients."""
 
     affine = False
     form = None
     _names: tuple[str, ...] = ("quad",)
+    _nonneg: tuple[bool, ...] | None = None
 
-    def __init__(self, lq: rb.LQ):
-        if not isinstance(lq, rb.LQ):
-            raise TermError(f"{type(self).__name__}.lq: expected an objectives.radiobiology.LQ, got {lq!r}")
-        self.lq = lq
-        self._params = ParameterSets(type(self).__name__, self._names)
-        self.structure_hint: str | None = None
-
-    def alpha_beta(self, ctx: TermContext) -> np.ndarray:
-        """Per-voxel alpha/beta (Gy) of the voxels of ``ctx`` (looked up by the resolved
-        structure name, falling back to the term's own spelling)."""
-        name = ctx.structure
-        hint = self.structure_hint
-        if not self.lq.has_structure(name) and hint is not None and self.lq.has_structure(hint):
-            name = hint
-        return self.lq.alpha_beta_for(name, ctx.voxel_index, ctx.grid_shape)
+    def __init__(self):
+        self._params = ParameterSets(type(self).__name__, self._names, self._nonneg)
 
     def coefficients(self, ctx: TermContext) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -189,22 +177,50 @@ class _LQQuantity(Quantity):
             raise type(err)(f"{self.describe()}: {err}") from None
         self._params.set(ctx, values)
 
-    def _check(self, dose, ctx):
+    def expression(self, forms, ctx):
+        d = _form(forms, "dose", self.describe())
         k = check_context(type(self).__name__, ctx)
-        if dose.size != k:
-            raise TermError(f"{self.describe()}: dose expression has {dose.size} entries, expected {k}")
+        if d.size != k:
+            raise TermError(f"{self.describe()}: dose expression has {d.size} entries, expected {k}")
+        self.refresh(ctx)
+        p = self._params.get(ctx)
+        linear = cp.multiply(p["lin"], d) if "lin" in p else d
+        return linear + cp.multiply(p["quad"], cp.square(d))
+
+    def _numeric(self, forms, ctx):
+        d = _form(forms, "dose", self.describe())
+        xp = array_module(d)
+        c = {k: xp.asarray(v) for k, v in self.coefficients(ctx).items()}
+        return d, c.get("lin", 1.0), c["quad"]
 
     def value(self, forms, ctx):
-        d = _form(forms, "dose", self.describe())
-        xp = array_module(d)
-        c = {k: xp.asarray(v) for k, v in self.coefficients(ctx).items()}
-        return c.get("lin", 1.0) * d + c["quad"] * d * d
+        d, lin, quad = self._numeric(forms, ctx)
+        return lin * d + quad * d * d
 
     def gradient(self, forms, ctx):
-        d = _form(forms, "dose", self.describe())
-        xp = array_module(d)
-        c = {k: xp.asarray(v) for k, v in self.coefficients(ctx).items()}
-        return {"dose": c.get("lin", 1.0) + 2.0 * c["quad"] * d}
+        d, lin, quad = self._numeric(forms, ctx)
+        return {"dose": lin + 2.0 * quad * d}
+
+
+class _LQQuantity(_QuadraticInDose):
+    """Voxel BED or EQD2 of the total dose d: ``lin_i d_i + quad_i d_i^2``, convex and increasing
+    for d >= 0 (lin, quad >= 0 from the LQ object's alpha/beta and the fractions)."""
+
+    def __init__(self, lq: rb.LQ):
+        if not isinstance(lq, rb.LQ):
+            raise TermError(f"{type(self).__name__}.lq: expected an objectives.radiobiology.LQ, got {lq!r}")
+        super().__init__()
+        self.lq = lq
+        self.structure_hint: str | None = None
+
+    def alpha_beta(self, ctx: TermContext) -> np.ndarray:
+        """Per-voxel alpha/beta (Gy) of the voxels of ``ctx`` (looked up by the resolved
+        structure name, falling back to the term's own spelling)."""
+        name = ctx.structure
+        hint = self.structure_hint
+        if not self.lq.has_structure(name) and hint is not None and self.lq.has_structure(hint):
+            name = hint
+        return self.lq.alpha_beta_for(name, ctx.voxel_index, ctx.grid_shape)
 
 
 class BED(_LQQuantity):
@@ -215,12 +231,6 @@ class BED(_LQQuantity):
 
     def coefficients(self, ctx):
         return {"quad": 1.0 / (float(ctx.fractions) * self.alpha_beta(ctx))}
-
-    def expression(self, forms, ctx):
-        d = _form(forms, "dose", self.describe())
-        self._check(d, ctx)
-        self.refresh(ctx)
-        return d + cp.multiply(self._params.get(ctx)["quad"], cp.square(d))
 
     def inverse(self, q, ctx):
         return rb.dose_for_bed(q, ctx.fractions, self.alpha_beta(ctx))
@@ -240,13 +250,6 @@ class EQD2(_LQQuantity):
         ab = self.alpha_beta(ctx)
         return {"lin": ab / (ab + 2.0), "quad": 1.0 / (float(ctx.fractions) * (ab + 2.0))}
 
-    def expression(self, forms, ctx):
-        d = _form(forms, "dose", self.describe())
-        self._check(d, ctx)
-        self.refresh(ctx)
-        p = self._params.get(ctx)
-        return cp.multiply(p["lin"], d) + cp.multiply(p["quad"], cp.square(d))
-
     def inverse(self, q, ctx):
         return rb.dose_for_eqd2(q, ctx.fractions, self.alpha_beta(ctx))
 
@@ -254,7 +257,7 @@ class EQD2(_LQQuantity):
         return "EQD2(lq)"
 
 
-class GARD(Quantity):
+class GARD(_QuadraticInDose):
     """Genomic-adjusted radiation dose of the total dose (Scott et al., Lancet Oncol
     2017;18:202-211): GARD_i = alpha_i d_i + beta d_i^2 / n, alpha_i from the radiosensitivity
     index ``rsi`` (scalar or 3-D map in (0, 1)) or given as ``alpha`` (Gy^-1, scalar or map).
@@ -266,20 +269,20 @@ class GARD(Quantity):
 
     unit = ""
     symbol = "GARD"
-    affine = False
-    form = None
     increasing = False  # only where alpha >= 0; floors still use the exact inverse
+    _names = ("lin", "quad")  # lin: alpha_i (either sign), quad: beta / n
+    _nonneg = (False, True)
 
     def __init__(self, rsi=None, *, alpha=None, beta_Gy2: float = rb.GARD_BETA_GY2):
         if (rsi is None) == (alpha is None):
             raise TermError("GARD.rsi/alpha: give exactly one of rsi (in (0, 1)) or alpha (Gy^-1)")
+        super().__init__()
         self._rsi = self._alpha = None
         if rsi is not None:
             self.rsi = rsi
         else:
             self.alpha = alpha
         self.beta_Gy2 = float(rb._scalar_positive(beta_Gy2, "GARD.beta_Gy2", "Gy^-2"))
-        self._params = ParameterSets("GARD", ("alpha", "quad"), (False, True))
 
     @property
     def rsi(self):
@@ -312,29 +315,8 @@ class GARD(Quantity):
         return at_voxels(self._alpha, ctx, "GARDFloor.alpha")
 
     def coefficients(self, ctx):
-        return {"alpha": self.alpha_at(ctx),
+        return {"lin": self.alpha_at(ctx),
                 "quad": np.full(len(ctx.volumes), self.beta_Gy2 / float(ctx.fractions))}
-
-    def refresh(self, ctx):
-        self._params.set(ctx, self.coefficients(ctx))
-
-    def expression(self, forms, ctx):
-        d = _form(forms, "dose", self.describe())
-        self.refresh(ctx)
-        p = self._params.get(ctx)
-        return cp.multiply(p["alpha"], d) + cp.multiply(p["quad"], cp.square(d))
-
-    def value(self, forms, ctx):
-        d = _form(forms, "dose", self.describe())
-        xp = array_module(d)
-        c = {k: xp.asarray(v) for k, v in self.coefficients(ctx).items()}
-        return c["alpha"] * d + c["quad"] * d * d
-
-    def gradient(self, forms, ctx):
-        d = _form(forms, "dose", self.describe())
-        xp = array_module(d)
-        c = {k: xp.asarray(v) for k, v in self.coefficients(ctx).items()}
-        return {"dose": c["alpha"] + 2.0 * c["quad"] * d}
 
     def inverse(self, q, ctx):
         return rb.dose_for_gard(q, ctx.fractions, alpha=self.alpha_at(ctx), beta_Gy2=self.beta_Gy2)
