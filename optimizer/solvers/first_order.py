@@ -230,8 +230,7 @@ class _Objective:
     def __call__(self, x):
         m, xp = self.m, self.m.xp
         self.evals += 1
-        y = m.matvec(x.astype(MATRIX_DTYPE))
-        blocks = [b.astype(xp.float64) for b in m.split(y)]
+        blocks = _forms_at(m, x)
         gy = [xp.zeros_like(b) for b in blocks]
         gx = xp.zeros_like(x)
         total = 0.0
@@ -239,8 +238,7 @@ class _Objective:
         for t in m.terms:
             forms = m.forms(t, blocks, x)
             if t.hard:
-                z = {k: v + self.lam[h][k] / self.rho[h] for k, v in forms.items()}
-                p = {**z, **t.term.project(z, t.ctx)}
+                z, p = _shifted_projection(t, forms, self.lam[h], self.rho[h])
                 for k in z:
                     r = z[k] - p[k]
                     shift = float(self.lam[h][k] @ self.lam[h][k]) / self.rho[h] ** 2
@@ -248,15 +246,32 @@ class _Objective:
                     _add(gy, gx, t.blocks[k], self.rho[h] * r)
                 h += 1
             else:
-                w = float(t.term.weight.value)
-                if w == 0:
-                    continue
-                total += w * t.term.cost_value(forms, t.ctx)
-                for k, g in t.term.gradient(forms, t.ctx).items():
-                    _add(gy, gx, t.blocks[k], w * g)
+                total += _soft_part(t, forms, gy, gx)
         if len(gy):
-            gx = gx + m.rmatvec(xp.concatenate(gy).astype(MATRIX_DTYPE)).astype(xp.float64)
+            gx = gx + m.rmatvec(xp.concatenate(gy))
         return total, gx
+
+
+def _forms_at(model: Model, x) -> list:
+    """The stacked forms K x, split into their blocks (views, double precision)."""
+    return model.split(model.matvec(model.xp.asarray(x, dtype=MATRIX_DTYPE)))
+
+
+def _shifted_projection(t: _Term, forms: dict, lam: dict, rho: float) -> tuple[dict, dict]:
+    """z = y + lambda / rho and its projection onto the hard term's set (forms it leaves alone
+    are kept as they are)."""
+    z = {k: v + lam[k] / rho for k, v in forms.items()}
+    return z, {**z, **t.term.project(z, t.ctx)}
+
+
+def _soft_part(t: _Term, forms: dict, gy: list, gx) -> float:
+    """A soft term's weighted cost; its weighted gradient is added to the form gradients."""
+    w = float(t.term.weight.value)
+    if w == 0:
+        return 0.0
+    for k, g in t.term.gradient(forms, t.ctx).items():
+        _add(gy, gx, t.blocks[k], w * g)
+    return w * t.term.cost_value(forms, t.ctx)
 
 
 def _add(gy, gx, block, g):
@@ -349,7 +364,7 @@ def _initial_guess(model, x):
     """Uniform weights scaled so the mean target dose is of the order of the prescriptions."""
     xp = model.xp
     x1 = xp.ones_like(x)
-    y = model.matvec(x1.astype(MATRIX_DTYPE))
+    y = model.matvec(x1)
     mean = float(y.mean()) if y.size else 1.0
     limits = [float(t.term.limit.value) for t in model.terms if hasattr(t.term, "limit")
               and float(t.term.limit.value) > 0]
@@ -407,8 +422,7 @@ def _spg(f, x, max_iter: int, xp, memory: int = 10):
 def _update_and_certify(model: Model, x, lam, rho):
     """New multipliers and the certificate at x (all voxels)."""
     xp = model.xp
-    y = model.matvec(x.astype(MATRIX_DTYPE))
-    blocks = [b.astype(xp.float64) for b in model.split(y)]
+    blocks = _forms_at(model, x)
     gy = [xp.zeros_like(b) for b in blocks]
     gx = xp.zeros_like(x)
     soft, lam_new, comp, worst = 0.0, [], 0.0, 0.0
@@ -418,8 +432,7 @@ def _update_and_certify(model: Model, x, lam, rho):
     for t in model.terms:
         forms = model.forms(t, blocks, x)
         if t.hard:
-            z = {k: v + lam[h][k] / rho[h] for k, v in forms.items()}
-            p = {**z, **t.term.project(z, t.ctx)}
+            z, p = _shifted_projection(t, forms, lam[h], rho[h])
             new = {k: rho[h] * (z[k] - p[k]) for k in z}
             for k in z:
                 _add(gy_hard, gx, t.blocks[k], new[k])
@@ -432,12 +445,7 @@ def _update_and_certify(model: Model, x, lam, rho):
             lam_new.append(new)
             h += 1
         else:
-            w = float(t.term.weight.value)
-            if w == 0:
-                continue
-            soft += w * t.term.cost_value(forms, t.ctx)
-            for k, g in t.term.gradient(forms, t.ctx).items():
-                _add(gy, gx, t.blocks[k], w * g)
+            soft += _soft_part(t, forms, gy, gx)
     # the gradient of the Lagrangian in x, and of its two parts (soft costs, multipliers) for scale
     g_parts = [model.rmatvec(xp.concatenate(part)) if len(part) else xp.zeros_like(x)
                for part in (gy, gy_hard)]

@@ -27,9 +27,6 @@ def solve_plan(problem, verbose: bool, options: dict):
                           f"known: {sorted(known)}")
     settings = fo.Settings(verbose=verbose, **options)
     warm = getattr(problem, "_warm", None) if warm_start and problem._warm_state == problem._state() else None
-    for term in problem.terms:
-        vs = None if term.structure is None else problem.voxel_set(term.structure, "all")
-        term.refresh(problem._context(vs))
     weights, info, state = fo.solve(problem, settings, warm)
     problem._warm, problem._warm_state = state, problem._state()
     cert = info.pop("certificate")
