@@ -59,6 +59,9 @@ logger = logging.getLogger(__name__)
 #: dose mask of every model).
 BODY_DENSITY_THRESHOLD = 0.05
 
+#: Dose-mask voxels sampled (at most) by the memory estimates of the models.
+ESTIMATE_SAMPLE = 20_000
+
 
 @dataclass(frozen=True, eq=False)
 class BeamSetup:
@@ -90,6 +93,15 @@ class BeamSetup:
     @property
     def grid(self) -> Grid:
         return self.patient.grid
+
+    def estimate_sample(self) -> tuple[np.ndarray, float]:
+        """LPS positions (N, 3, mm) of the dose-mask voxels a memory estimate traces (a fixed
+        random sample of at most :data:`ESTIMATE_SAMPLE`) and the factor that scales counts on
+        the sample up to the whole mask."""
+        sample = self.voxels
+        if len(sample) > ESTIMATE_SAMPLE:
+            sample = np.sort(np.random.default_rng(0).choice(sample, ESTIMATE_SAMPLE, replace=False))
+        return self.grid.positions_mm(sample), len(self.voxels) / len(sample)
 
     def target_positions_mm(self) -> np.ndarray:
         """(N, 3) LPS positions of the target voxels, mm."""

@@ -58,8 +58,6 @@ BYTES_PER_NONZERO = 92
 #: Memory per dose-mask voxel held during the computation (positions, flat indices, beam
 #: coordinates), bytes.
 BYTES_PER_VOXEL = 100
-#: Dose-mask voxels sampled (at most) by the memory estimate.
-ESTIMATE_SAMPLE = 20_000
 
 
 @dataclass(frozen=True)
@@ -242,7 +240,7 @@ class PhotonBeams(BeamModel):
         """Size of the matrix :meth:`influence` would build with these arguments, before building it.
 
         The beamlets are placed as in :meth:`influence`; the dose-mask voxels (a random sample
-        of at most ``ESTIMATE_SAMPLE``, scaled up) are traced on a coarse ray fan for their
+        of at most ``base.ESTIMATE_SAMPLE``, scaled up) are traced on a coarse ray fan for their
         radiological depth, and each is paired with the open beamlets by the same lateral
         reach and ``min_relative`` cut as the dose. Returns ``nnz`` (nonzeros), ``matrix_mb``
         (nnz x 8 bytes: float32 value + int32 column index of CSR) and ``peak_mb`` (the peak
@@ -340,11 +338,7 @@ class PhotonBeams(BeamModel):
 
     def _estimate(self, setup: BeamSetup, placed: list, fields=None) -> dict[str, float]:
         grid, voxels = setup.grid, setup.voxels
-        sample = voxels
-        if len(voxels) > ESTIMATE_SAMPLE:
-            sample = np.sort(np.random.default_rng(0).choice(voxels, ESTIMATE_SAMPLE, replace=False))
-        scale = len(voxels) / len(sample)
-        positions = grid.positions_mm(sample)
+        positions, scale = setup.estimate_sample()
         nnz, transient = 0.0, 0.0
         for geom, (open_map, u0, v0) in zip(setup.geometries, placed):
             index_map = np.where(open_map, 0, -1)

@@ -88,8 +88,6 @@ BYTES_PER_NONZERO_WITH_LET = 46
 BYTES_PER_LAYER_PAIR = 72
 #: Memory per dose-mask voxel held during the computation (positions, beam coordinates), bytes.
 BYTES_PER_VOXEL = 100
-#: Dose-mask voxels sampled (at most) by the memory estimate.
-ESTIMATE_SAMPLE = 20_000
 
 
 def _positive(value, name: str, allow_none: bool = False) -> float | None:
@@ -223,7 +221,7 @@ class ProtonBeams(BeamModel):
         """Size of the matrices :meth:`influence` would build with these arguments.
 
         The spots are placed as in :meth:`influence` (a ray trace of the grown target only);
-        the dose-mask voxels (a random sample of at most ``ESTIMATE_SAMPLE``, scaled up) are
+        the dose-mask voxels (a random sample of at most ``base.ESTIMATE_SAMPLE``, scaled up) are
         traced on a coarse ray fan for their WEPL, and each is paired, layer by layer, with the
         spots within ``cutoff_sigma`` lateral sigmas at its depth (counted on the spot grid in a
         square of the same area as that circle) down to the layer's distal cut-off. Returns
@@ -394,11 +392,7 @@ class ProtonBeams(BeamModel):
     def _estimate(self, setup: BeamSetup, placed: list, with_let=True) -> dict[str, float]:
         """See :meth:`estimate_memory`; ``placed``: (geometry, spots, info) of every beam."""
         grid, voxels = setup.grid, setup.voxels
-        sample = voxels
-        if len(voxels) > ESTIMATE_SAMPLE:
-            sample = np.sort(np.random.default_rng(0).choice(voxels, ESTIMATE_SAMPLE, replace=False))
-        scale = len(voxels) / len(sample)
-        positions = grid.positions_mm(sample)
+        positions, scale = setup.estimate_sample()
         sad, cut, air = self.virtual_sad_mm, self.cutoff_sigma, self.spot_sigma_air_mm
         square = math.sqrt(math.pi) / 2  # half-side of the square with the area of the unit circle
         nnz, transient = 0.0, 0.0
