@@ -281,15 +281,20 @@ def check_beam_angles(gantry_deg, couch_deg=0.0, name: str = "gantry_deg",
     return gantry, couch
 
 
-def check_point(value, name: str = "isocenter_mm") -> tuple[float, float, float]:
-    """Three finite numbers (x, y, z), mm."""
-    expected = "3 finite numbers (x, y, z) in mm"
+def _as_array(value, name: str, expected: str) -> np.ndarray:
+    """``value`` as an array; strings, None and ragged input are refused naming the field."""
     if isinstance(value, (str, bytes)) or value is None:
         raise BeamError(f"{name}: expected {expected}, got {_show(value)}")
     try:
-        arr = np.asarray(value)
+        return np.asarray(value)
     except (TypeError, ValueError):
         raise BeamError(f"{name}: expected {expected}, got {_show(value)}") from None
+
+
+def check_point(value, name: str = "isocenter_mm") -> tuple[float, float, float]:
+    """Three finite numbers (x, y, z), mm."""
+    expected = "3 finite numbers (x, y, z) in mm"
+    arr = _as_array(value, name, expected)
     if arr.shape != (3,) or arr.dtype.kind not in "iuf" or not np.all(np.isfinite(arr)):
         raise BeamError(f"{name}: expected {expected}, got {_show(value)}")
     return tuple(float(c) for c in arr)
@@ -298,12 +303,7 @@ def check_point(value, name: str = "isocenter_mm") -> tuple[float, float, float]
 def check_bool_array(value, name: str, expected: str) -> np.ndarray:
     """A boolean array from booleans or from numbers that are all exactly 0 or 1 (NaN, 0.5 and
     other values are refused rather than read as True)."""
-    if isinstance(value, (str, bytes)) or value is None:
-        raise BeamError(f"{name}: expected {expected}, got {_show(value)}")
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError):
-        raise BeamError(f"{name}: expected {expected}, got {_show(value)}") from None
+    arr = _as_array(value, name, expected)
     if arr.dtype.kind == "b":
         return arr
     if arr.dtype.kind not in "iuf":
