@@ -17,6 +17,7 @@ from .delivery import Machine, Timeline, delivery_timeline
 from .dose_rate import (
     FLASH_RATE_GY_S,
     dadr_map,
+    dadr_reachable,
     dose_rate_region,
     pbs_dose_rate_map,
     rate_volume_histogram,
@@ -27,8 +28,8 @@ from .planning import dadr_constraint, subset_spots, transmission_influence, two
 
 __all__ = [
     "Machine", "Timeline", "delivery_timeline",
-    "FLASH_RATE_GY_S", "dadr_map", "pbs_dose_rate_map", "dose_rate_region", "rate_volume_pct",
-    "rate_volume_histogram",
+    "FLASH_RATE_GY_S", "dadr_map", "dadr_reachable", "pbs_dose_rate_map", "dose_rate_region",
+    "rate_volume_pct", "rate_volume_histogram",
     "DADRDeficit", "DADRMin", "EDICModel", "ImmuneMeanDose", "edic", "immune_terms",
     "dadr_constraint", "subset_spots", "transmission_influence", "two_stage_minimum_weight",
 ]

@@ -175,3 +175,24 @@ def rate_volume_histogram(rate_map: np.ndarray, mask: np.ndarray, bins=None) -> 
         return bins, np.zeros_like(bins)
     s = np.sort(rate)
     return bins, 100.0 * (len(s) - np.searchsorted(s, bins, side="left")) / len(s)
+
+
+def dadr_reachable(influence: InfluenceMatrix, machine: Machine | None = None,
+                   rate_Gy_s: float = FLASH_RATE_GY_S, factor: float = 1.0) -> np.ndarray:
+    """Voxels (3-D boolean map) where some spot alone reaches ``factor x rate_Gy_s``: D_ij M >= f R.
+
+    DADR_i is a dose-weighted mean of the spot rates D_ij M (at the beam current, no minimum-time
+    stretch), so max_j D_ij M >= R is necessary for DADR_i >= R at *any* weights; a hard DADR limit
+    on a voxel without such a spot forces every spot reaching it to 0. Intersect a
+    :func:`dose_rate_region` with this map (``factor`` > 1 leaves room) to constrain only voxels
+    where the limit can be met."""
+    machine = Machine() if machine is None else machine
+    try:
+        f = float(factor)
+    except (TypeError, ValueError):
+        raise PlanError(f"factor: expected a number > 0, got {factor!r}") from None
+    if not np.isfinite(f) or f <= 0:
+        raise PlanError(f"factor: expected a finite number > 0, got {factor!r}")
+    peak = np.zeros(influence.grid.n_voxels)
+    peak[influence.voxel_index] = np.asarray(sp.csr_matrix(influence.matrix).max(axis=1).todense()).ravel()
+    return (peak * machine.weight_rate_per_s >= f * float(rate_Gy_s)).reshape(influence.grid.shape)

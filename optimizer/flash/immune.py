@@ -51,19 +51,29 @@ def edic(plan, lung, heart, body, model: EDICModel | None = None) -> dict:
             "fractions": int(plan.fractions)}
 
 
-def immune_terms(patient, lung, heart, body, weight: float = 1.0, model: EDICModel | None = None) -> list:
+def immune_terms(patient, lung, heart, body, weight: float = 1.0, model: EDICModel | None = None,
+                 influence=None) -> list:
     """Soft terms whose sum is ``weight x EDIC`` (Gy): one :class:`~objectives.immune.ImmuneMeanDose`
     per structure. Several lung (or heart) structures share the coefficient by volume (the mean
-    over their union); the body term carries the body volume (ITD = mean x volume)."""
+    over their union); the body term carries the body volume (ITD = mean x volume). With
+    ``influence`` given, structures that no spot reaches are left out (their dose, and so their
+    part of EDIC, is 0 at any weights; ``PlanProblem`` refuses terms on them)."""
     model = EDICModel() if model is None else model
     vol = patient.grid.voxel_volume_cc
     terms = []
+
+    def reached(name):
+        return influence is None or influence.rows_of(patient.flat_indices(name)).nnz > 0
+
     for comp, value in (("lung", lung), ("heart", heart)):
         names = _names(value, comp)
         sizes = np.array([patient.structure(n).n_voxels for n in names], dtype=float)
         c = getattr(model, comp)
         for n, share in zip(names, sizes / sizes.sum()):
-            terms.append(ImmuneMeanDose(n, c * float(share), weight, model))
+            if reached(n):
+                terms.append(ImmuneMeanDose(n, c * float(share), weight, model))
     for n in _names(body, "body"):
-        terms.append(ImmuneMeanDose(n, "body", weight, model, volume_cc=patient.structure(n).n_voxels * vol))
+        if reached(n):
+            volume_cc = patient.structure(n).n_voxels * vol
+            terms.append(ImmuneMeanDose(n, "body", weight, model, volume_cc=volume_cc))
     return terms
