@@ -109,7 +109,9 @@ def small_plan():
     # LETd limits are meant for voxels that receive dose: where every spot's LET is high (far
     # distal tail of a single beam) the exact constraint forbids any dose
     p.add_structure(Structure("Distal", lateral & (y > 15) & (y <= 18), "oar"))
-    influence = ProtonBeams([0, 90], margin_mm=3.0).influence(p, "PTV")
+    # beam settings pinned (not the beam-data defaults): the scenario depends on the spot width
+    influence = ProtonBeams([0, 90], margin_mm=3.0, spot_sigma_air_mm=5.0, energy_spread_pct=0.3,
+                            halo=False, cutoff_sigma=3.0).influence(p, "PTV")
     dose, let = influence, influence.forms["let_dose"]
     return p, dose, let
 

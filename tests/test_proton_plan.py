@@ -31,7 +31,10 @@ def case():
     lateral = (np.abs(x) <= 10) & (np.abs(z) <= 10)
     p.add_structure(Structure("PTV", lateral & (y >= -4) & (y <= 16), "target"))
     p.add_structure(Structure("Distal", lateral & (y > 16) & (y <= 24), "oar"))
-    influence = ProtonBeams([0, 90], margin_mm=3.0, spot_spacing_mm=6.0).influence(p, "PTV")
+    # beam settings pinned (not the beam-data defaults): the LET-limit scenario below depends on
+    # the spot width and the range spread, not on the beam line
+    influence = ProtonBeams([0, 90], margin_mm=3.0, spot_spacing_mm=6.0, spot_sigma_air_mm=5.0,
+                            energy_spread_pct=0.3, halo=False, cutoff_sigma=3.0).influence(p, "PTV")
     return p, influence, influence.forms["let_dose"]
 
 

@@ -8,19 +8,37 @@ through its grid position. The dose of spot j (energy E) at a voxel with water-e
 (WEPL along the voxel's own ray from the virtual source, :func:`~optimizer.beams.raytrace.
 radiological_depth` on the relative-stopping-power cube) is
 
-    D_ij = c IDD_E(w) exp(-r^2 / (2 s^2)) / (2 pi s^2),   s^2 = s_air^2 + s_MCS,E(w)^2,
+    D_ij = c IDD_E(w) [(1 - h) G(r; s) + h G(r; s_h)] / K,   G(r; s) = exp(-r^2 / (2 s^2)) / (2 pi s^2),
+    s^2 = s_air(E)^2 + s_MCS,E(w)^2,
 
 with r the distance of the voxel from the spot's central ray in the plane through the voxel
-(iso-plane offset x t / SAD), IDD the Bortfeld depth dose per proton and c =
-:data:`~optimizer.beams.proton_physics.GY_MM2_PER_UNIT_WEIGHT` (one unit of weight =
-1e8 protons). The Gaussian is truncated at ``cutoff_sigma`` (default 3) sigmas. **No explicit
+(iso-plane offset x t / SAD), IDD the Bortfeld depth dose per proton with the energy spread of
+the beam-data table (:mod:`optimizer.beams.proton_beamdata`; default: a generic cyclotron beam
+line) and c = :data:`~optimizer.beams.proton_physics.GY_MM2_PER_UNIT_WEIGHT` (one unit of weight =
+1e8 protons). The nuclear halo (weight h(w), sigma s_h(w): :mod:`optimizer.beams.proton_halo`;
+``halo=False`` drops it) is a second, wide Gaussian; core and halo share the IDD.
+
+**Sparse cut-off.** Each spot reaches ``cutoff_sigma`` (default 4) *core* sigmas s(w); the kernel
+is renormalised over that disc (K = the fraction of the two-Gaussian kernel inside it,
+:func:`~optimizer.beams.proton_halo.fraction_within`), so the laterally integrated dose of every
+spot still equals its IDD (a broad field's dose is exact) and the cut-off moves the dose
+fraction 1 - K inwards instead of dropping it. 1 - K is 3e-4 for the core alone at 4 sigmas
+(1.1 % at the former default of 3); with the halo it is the halo beyond the disc: 0 at the
+surface, ~4 % of the dose at mid-range of 150 MeV, ~10 % at 200 MeV and ~13 % at 230 MeV (table
+beam line; a few tenths of that near the peak), so
+small fields are overdosed by up to that fraction compared with the full halo, as in treatment
+planning systems without a halo model (``examples/beam_model_check_proton.py`` and
+``benchmarks/bench_proton_dose.py`` report it). A larger ``cutoff_sigma`` keeps more halo at
+the cost of (cutoff / 4)^2 times the nonzeros. **No explicit
 inverse-square factor**: the laterally integrated dose of a spot does not depend on the distance
 from the source (no protons are lost), and the 1/r^2 fall-off of a broad field follows from the
-divergence of the spot positions. Heterogeneities act through the WEPL only (no lateral
+divergence of the spot positions. WEPL is traced with ``exact_surface=True`` (a surface on the
+grid edge loses no range). Heterogeneities act through the WEPL only (no lateral
 heterogeneity scatter); the MCS sigma is that of water at the same WEPL; the dose is dose to water.
 
 The LET x dose matrix has the same sparsity: entry LETd_E(w) D_ij (keV/um x Gy), with the
-dose-averaged LET of the spot's primaries at that depth, laterally constant. The LETd of a plan
+dose-averaged LET of the spot's primaries at that depth, laterally constant. The halo part of the
+dose carries the same LETd (the secondaries' own LET is not modelled). The LETd of a plan
 x in voxel i is (L x)_i / (D x)_i.
 
 Spot placement
@@ -56,8 +74,10 @@ from ..errors import BeamError, GeometryError
 from ..geometry import Patient
 from ..influence import InfluenceMatrix, InfluenceSet, let_d_map  # noqa: F401  (let_d_map: public here too)
 from ..stopping_power import hu_to_rsp
+from . import proton_halo as ph
 from . import proton_physics as pp
 from .base import BeamModel, BeamSetup
+from .proton_beamdata import ProtonBeamData, as_beam_data
 from .raytrace import (
     FAN_BYTES_PER_SAMPLE,
     check_number,
@@ -73,6 +93,8 @@ DEFAULT_VIRTUAL_SAD_MM = 2000.0
 LAYER_GAP_SIGMAS = 2.2
 #: Default spot spacing in units of the in-air spot sigma.
 SPOT_SPACING_SIGMAS = 1.2
+#: Default lateral reach of a spot, in core sigmas (see ProtonBeams, ``cutoff_sigma``).
+DEFAULT_CUTOFF_SIGMA = 4.0
 #: Depth-dose tables are sampled every this many mm of WEPL.
 _TABLE_STEP_MM = 0.1
 #: Depth beyond the range (in straggling sigmas) after which a spot deposits nothing.
@@ -103,20 +125,27 @@ class ProtonBeams(BeamModel):
     Parameters
     ----------
     gantry_deg : gantry angles, degrees (IEC 61217)
-    spot_spacing_mm : lateral spot spacing in the isocentre plane, mm; default 1.2 x
-        ``spot_sigma_air_mm``
+    spot_spacing_mm : lateral spot spacing in the isocentre plane, mm; default 1.2 x the smallest
+        in-air sigma of each beam's layers
     layer_spacing_mm : WEPL gap between energy layers, mm; default 2.2 range-straggling sigmas
         of each layer (module docstring)
     margin_mm : isotropic margin around the target in which Bragg peaks are placed, mm
-    spot_sigma_air_mm : in-air spot sigma at isocentre, mm (clinical nozzles 3-7 mm)
-    energy_spread_pct : 1-sigma energy spread of the beam, % of E
+    spot_sigma_air_mm : in-air spot sigma at isocentre, mm (clinical nozzles 3-7 mm); default
+        (None): per energy from ``beam_data``
+    energy_spread_pct : 1-sigma energy spread of the beam, % of E; default (None): per energy
+        from ``beam_data``
     virtual_sad_mm : virtual source-axis distance, mm
     energies_MeV : optional fixed list of layer energies (70-230 MeV) used by every beam instead
         of the automatic layers (e.g. a single energy for commissioning-type checks)
-    cutoff_sigma : lateral truncation of each spot, in sigmas (> 0)
+    cutoff_sigma : lateral reach of each spot, in core sigmas (> 0); the kernel is renormalised
+        inside it (module docstring)
     rsp_table : optional HU -> RSP calibration, (N, 2); default
         :data:`optimizer.stopping_power.HU_TO_RSP_TABLE`
     couch_deg : patient-support angle(s), degrees; only 0 (coplanar) is supported
+    beam_data : :class:`~optimizer.beams.proton_beamdata.ProtonBeamData` or a path to a
+        .csv/.json table (energy spread and in-air sigma per energy); default: the package's
+        generic cyclotron beam line
+    halo : model the nuclear halo (default True)
 
     Every argument is checked here (type, NaN, range; gantry angles equal modulo 360 deg are
     refused as duplicates) and :class:`~optimizer.errors.BeamError` names the one at fault.
@@ -135,23 +164,27 @@ class ProtonBeams(BeamModel):
         spot_spacing_mm: float | None = None,
         layer_spacing_mm: float | None = None,
         margin_mm: float = 5.0,
-        spot_sigma_air_mm: float = pp.DEFAULT_SPOT_SIGMA_AIR_MM,
-        energy_spread_pct: float = pp.DEFAULT_ENERGY_SPREAD_PCT,
+        spot_sigma_air_mm: float | None = None,
+        energy_spread_pct: float | None = None,
         virtual_sad_mm: float = DEFAULT_VIRTUAL_SAD_MM,
         energies_MeV: Iterable[float] | None = None,
-        cutoff_sigma: float = 3.0,
+        cutoff_sigma: float = DEFAULT_CUTOFF_SIGMA,
         rsp_table: np.ndarray | None = None,
         *,
         couch_deg: Iterable[float] | float = 0.0,
+        beam_data: ProtonBeamData | str | None = None,
+        halo: bool = True,
     ):
         super().__init__(gantry_deg, couch_deg)
-        self.spot_sigma_air_mm = _positive(spot_sigma_air_mm, "spot_sigma_air_mm")
+        self.beam_data = as_beam_data(beam_data)
+        self.spot_sigma_air_mm = _positive(spot_sigma_air_mm, "spot_sigma_air_mm", allow_none=True)
         self.spot_spacing_mm = _positive(spot_spacing_mm, "spot_spacing_mm", allow_none=True)
-        if self.spot_spacing_mm is None:
-            self.spot_spacing_mm = SPOT_SPACING_SIGMAS * self.spot_sigma_air_mm
         self.layer_spacing_mm = _positive(layer_spacing_mm, "layer_spacing_mm", allow_none=True)
         self.margin_mm = check_number(margin_mm, "margin_mm", "a margin >= 0 mm", lambda v: v >= 0)
-        self.energy_spread_pct = pp._spread(energy_spread_pct)
+        self.energy_spread_pct = None if energy_spread_pct is None else pp._spread(energy_spread_pct)
+        if not isinstance(halo, (bool, np.bool_)):
+            raise BeamError(f"halo: expected True or False, got {halo!r}")
+        self.halo = bool(halo)
         self.virtual_sad_mm = _positive(virtual_sad_mm, "virtual_sad_mm")
         self.cutoff_sigma = check_number(cutoff_sigma, "cutoff_sigma", "a number of sigmas > 0",
                                          lambda v: v > 0)
@@ -174,6 +207,20 @@ class ProtonBeams(BeamModel):
     @property
     def source_axis_distance_mm(self) -> float:
         return self.virtual_sad_mm
+
+    def sigma_air_mm(self, energy_MeV: float) -> float:
+        """In-air spot sigma at isocentre used at ``energy_MeV``, mm: ``spot_sigma_air_mm`` when
+        given, else the beam-data table's value."""
+        if self.spot_sigma_air_mm is not None:
+            return self.spot_sigma_air_mm
+        return float(self.beam_data.spot_sigma_air_mm_at(energy_MeV))
+
+    def spread_pct(self, energy_MeV: float) -> float:
+        """1-sigma energy spread used at ``energy_MeV``, % of E: ``energy_spread_pct`` when given,
+        else the beam-data table's value."""
+        if self.energy_spread_pct is not None:
+            return self.energy_spread_pct
+        return float(self.beam_data.energy_spread_pct_at(energy_MeV))
 
     # -- public ---------------------------------------------------------------------------------
     def influence(self, patient: Patient, target: str | None = None, *,
@@ -306,7 +353,7 @@ class ProtonBeams(BeamModel):
                 break
             e = pp.energy_from_range_mm(r)
             gap = self.layer_spacing_mm or LAYER_GAP_SIGMAS * pp.range_straggling_sigma_mm(
-                e, self.energy_spread_pct)
+                e, self.spread_pct(e))
             r = max(r - gap, r_lo)
         if w_min < r_lo - 1e-9:
             warnings.warn(
@@ -319,7 +366,7 @@ class ProtonBeams(BeamModel):
     def _place_spots(self, b, geom, rsp, patient, grown_idx, target):
         grid = patient.grid
         pos = grid.positions_mm(grown_idx)
-        u, v, t, w = radiological_depth(rsp, grid, geom, pos)
+        u, v, t, w = radiological_depth(rsp, grid, geom, pos, exact_surface=True)
         if self.energies_MeV is not None:
             energies = np.array(self.energies_MeV)
             ranges = np.asarray(pp.csda_range_mm(energies), dtype=float)
@@ -333,7 +380,7 @@ class ProtonBeams(BeamModel):
         if len(gaps):
             half[:-1] = np.maximum(half[:-1], gaps / 2)
             half[1:] = np.maximum(half[1:], gaps / 2)
-        s = self.spot_spacing_mm
+        s = self.spot_spacing_mm or SPOT_SPACING_SIGMAS * min(self.sigma_air_mm(e) for e in energies)
         h_lat = max(grid.spacing_mm) * self.virtual_sad_mm / float(t.min())
         r_keep = max(s, h_lat) / np.sqrt(2.0) + 1e-9
         iu0 = int(np.floor(u.min() / s)) - 1
@@ -371,14 +418,16 @@ class ProtonBeams(BeamModel):
         spots = {k: np.concatenate(vv) for k, vv in out.items()}
         info = {"sad_mm": self.virtual_sad_mm, "map_shape": [nv, nu], "spot_spacing_mm": s,
                 "u0_mm": iu0 * s, "v0_mm": iv0 * s, "energies": kept_e, "ranges_mm": kept_r,
-                "spot_sigma_air_mm": self.spot_sigma_air_mm, "energy_spread_pct": self.energy_spread_pct,
-                "energy": "protons"}
+                "spot_sigma_air_mm": [self.sigma_air_mm(e) for e in kept_e],
+                "energy_spread_pct": [self.spread_pct(e) for e in kept_e],
+                "halo": self.halo, "cutoff_sigma": self.cutoff_sigma,
+                "beam_data": self.beam_data.source, "energy": "protons"}
         return spots, info
 
     def _near(self, spots, u, v, t) -> np.ndarray:
         """Points (iso-plane u, v; source distance t) within the lateral reach of a beam's spots."""
-        e_max = float(spots["energy_MeV"].max())
-        sig_max = float(pp.lateral_sigma_mm(e_max, pp.csda_range_mm(e_max), self.spot_sigma_air_mm))
+        sig_max = max(float(pp.lateral_sigma_mm(e, pp.csda_range_mm(e), self.sigma_air_mm(e)))
+                      for e in np.unique(spots["energy_MeV"]))
         reach = self.cutoff_sigma * sig_max * self.virtual_sad_mm / float(t.min())
         return ((u >= spots["u_mm"].min() - reach) & (u <= spots["u_mm"].max() + reach)
                 & (v >= spots["v_mm"].min() - reach) & (v <= spots["v_mm"].max() + reach))
@@ -387,13 +436,13 @@ class ProtonBeams(BeamModel):
         """WEPL beyond which no spot of the beam deposits dose, mm."""
         e_max = float(spots["energy_MeV"].max())
         return float(pp.csda_range_mm(e_max)
-                     + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(e_max, self.energy_spread_pct))
+                     + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(e_max, self.spread_pct(e_max)))
 
     def _estimate(self, setup: BeamSetup, placed: list, with_let=True) -> dict[str, float]:
         """See :meth:`estimate_memory`; ``placed``: (geometry, spots, info) of every beam."""
         grid, voxels = setup.grid, setup.voxels
         positions, scale = setup.estimate_sample()
-        sad, cut, air = self.virtual_sad_mm, self.cutoff_sigma, self.spot_sigma_air_mm
+        sad, cut = self.virtual_sad_mm, self.cutoff_sigma
         square = math.sqrt(math.pi) / 2  # half-side of the square with the area of the unit circle
         nnz, transient = 0.0, 0.0
         for geom, spots, info in placed:
@@ -417,8 +466,9 @@ class ProtonBeams(BeamModel):
                 occupied = np.zeros((nv + 1, nu + 1))
                 occupied[spots["row"][in_layer] + 1, spots["col"][in_layer] + 1] = 1.0
                 table = occupied.cumsum(axis=0).cumsum(axis=1)  # summed-area table
+                air = self.sigma_air_mm(e)
                 w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(
-                    e, self.energy_spread_pct)
+                    e, self.spread_pct(e))
                 shallow = w <= w_cut
                 r_iso = cut * pp.lateral_sigma_mm(e, w[shallow], air) * sad / t[shallow]
                 nnz += scale * _box_count(table, (u[shallow] - iu0 * s) / s, (v[shallow] - iv0 * s) / s,
@@ -435,51 +485,68 @@ class ProtonBeams(BeamModel):
         peak = len(voxels) * BYTES_PER_VOXEL + max(nnz * per_nnz, nnz * (16 if with_let else 8) + transient)
         return {"nnz": nnz, "matrix_mb": nnz * 8 * (2 if with_let else 1) / 2**20, "peak_mb": peak / 2**20}
 
+    def _lateral_tables(self, e: float, depth_tab: np.ndarray, spread: float, air: float) -> dict:
+        """Depth tables of one energy layer: core and halo sigma (mm) and the amplitudes (Gy
+        mm^-2... per unit weight) of the core and halo Gaussians, renormalised to the kept part of
+        the kernel inside ``cutoff_sigma`` core sigmas so that each spot's laterally integrated
+        dose equals its IDD (module docstring)."""
+        idd = pp.pristine_peak(e, depth_tab, spread)[1] * pp.GY_MM2_PER_UNIT_WEIGHT
+        core = np.asarray(pp.lateral_sigma_mm(e, depth_tab, air))
+        if self.halo:
+            wt = ph.halo_weight(e, depth_tab, spread)
+            halo = ph.halo_sigma_mm(e, depth_tab, air)
+        else:
+            wt, halo = np.zeros_like(depth_tab), core
+        kept = ph.fraction_within(self.cutoff_sigma * core, wt, core, halo)
+        return {"core": core, "halo": halo,
+                "amp_core": idd * (1.0 - wt) / (2 * np.pi * core**2 * kept),
+                "amp_halo": idd * wt / (2 * np.pi * halo**2 * kept)}
+
     def _beam_dose(self, geom, rsp, patient, voxels, spots, with_let=True):
         """Per-layer CSC blocks (rows: position in ``voxels``; columns: the layer's spots) of the
         dose and of the LET x dose of one beam, with identical sparsity."""
         grid = patient.grid
-        spread = self.energy_spread_pct
         positions = grid.positions_mm(voxels)
         u, v, t = geom.to_beam(positions)
         pts = np.flatnonzero(self._near(spots, u, v, t))
-        u, v, t, w = radiological_depth(rsp, grid, geom, positions[pts])
+        u, v, t, w = radiological_depth(rsp, grid, geom, positions[pts], exact_surface=True)
         keep = w <= self._deepest_cut(spots)
         pts, u, v, t, w = pts[keep], u[keep], v[keep], t[keep], w[keep]
         vox_tree = cKDTree(np.stack([u, v], axis=1))
         scale = t / self.virtual_sad_mm  # iso-plane -> physical distance at the voxel
-        cut2 = self.cutoff_sigma**2
+        cut = self.cutoff_sigma
         n_vox = len(voxels)
         dose_blocks, let_blocks = [], []
         for layer in range(int(spots["layer"].max()) + 1):
             in_layer = np.flatnonzero(spots["layer"] == layer)
             e = float(spots["energy_MeV"][in_layer[0]])
             n_spots = len(in_layer)
+            spread, air = self.spread_pct(e), self.sigma_air_mm(e)
             sig_r = pp.range_straggling_sigma_mm(e, spread)
             w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * sig_r
             depth_tab = np.arange(0.0, w_cut + 2 * _TABLE_STEP_MM, _TABLE_STEP_MM)
-            sig_tab = pp.lateral_sigma_mm(e, depth_tab, self.spot_sigma_air_mm)
-            reach_e = self.cutoff_sigma * float(sig_tab.max()) * self.virtual_sad_mm / float(t.min())
+            tabs = self._lateral_tables(e, depth_tab, spread, air)
+            reach_e = cut * float(tabs["core"].max()) * self.virtual_sad_mm / float(t.min())
             spot_xy = np.stack([spots["u_mm"][in_layer], spots["v_mm"][in_layer]], axis=1)
             pairs = cKDTree(spot_xy).sparse_distance_matrix(vox_tree, reach_e, output_type="ndarray")
             # per-voxel depth quantities of this layer, then gathered per pair
             shallow = w <= w_cut
             vmap = np.cumsum(shallow) - 1
             ws = w[shallow]
-            idd_tab = pp.pristine_peak(e, depth_tab, spread)[1] * pp.GY_MM2_PER_UNIT_WEIGHT
-            idd_v = np.interp(ws, depth_tab, idd_tab)
-            sig_v = np.interp(ws, depth_tab, sig_tab)
-            inv2s2_v = 0.5 / sig_v**2
-            amp_v = idd_v / (2 * np.pi * sig_v**2)
+            per_v = {name: np.interp(ws, depth_tab, tab) for name, tab in tabs.items()}
+            inv2s2_v = 0.5 / per_v["core"] ** 2
             let_v = np.interp(ws, depth_tab, pp.let_d(e, depth_tab, spread))
             js, vi, d_iso = pairs["i"], pairs["j"], pairs["v"]
             ok = shallow[vi]
             js, vi, d_iso = js[ok], vi[ok], d_iso[ok]
             k = vmap[vi]
-            x = (d_iso * scale[vi]) ** 2 * inv2s2_v[k]  # r^2 / (2 sigma^2)
-            ok = x <= 0.5 * cut2
-            js, vi, k, x = js[ok], vi[ok], k[ok], x[ok]
-            dose = amp_v[k] * np.exp(-x)
+            r2 = (d_iso * scale[vi]) ** 2
+            x = r2 * inv2s2_v[k]  # r^2 / (2 sigma_core^2)
+            ok = x <= 0.5 * cut * cut
+            js, vi, k, x, r2 = js[ok], vi[ok], k[ok], x[ok], r2[ok]
+            dose = per_v["amp_core"][k] * np.exp(-x)
+            if self.halo:
+                dose += per_v["amp_halo"][k] * np.exp(-r2 * (0.5 / per_v["halo"][k] ** 2))
             rows = pts[vi].astype(np.int32)
             js = js.astype(np.int32)
             # same (row, col) arrays -> the deterministic COO -> CSC conversion gives the same pattern

@@ -113,6 +113,8 @@ def radiological_depth(
     positions_xyz: np.ndarray,
     ray_spacing_mm: float | None = None,
     step_mm: float | None = None,
+    *,
+    exact_surface: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Water-equivalent depth of points along the diverging rays from the source.
 
@@ -129,6 +131,14 @@ def radiological_depth(
     geom : beam geometry
     positions_xyz : (N, 3) LPS points, mm
     ray_spacing_mm, step_mm : default: the smallest voxel size, and half of it
+    exact_surface : False (default): trilinear density with 0 outside the grid and samples
+        starting on the grid boundary, so a medium that fills the grid up to its edge starts only
+        at the first voxel centre, ramped (a grid starting at the water surface loses a quarter
+        voxel of depth: 0.5 mm at 2 mm voxels). True: every voxel is a box of its own density out
+        to the grid boundary (nearest-edge density inside the grid's bounding box, 0 outside) and
+        the samples are segment midpoints from the boundary, so the depth of a voxel centre
+        behind a grid-edge surface is exact (half a voxel for the first voxel); interior
+        interfaces are treated as before (linear ramp between voxel centres, the same integral)
 
     Returns
     -------
@@ -150,12 +160,21 @@ def radiological_depth(
     t0, t1 = _grid_bounds_t(grid, geom)
     t0 = max(t0, 1e-3)
     ts = np.arange(t0, t1 + step_mm, step_mm)
+    if exact_surface:
+        ts = ts + 0.5 * step_mm  # segment midpoints: the segments tile [t0, ...) from the boundary
     us = np.arange(u.min() - ray_spacing_mm, u.max() + 2 * ray_spacing_mm, ray_spacing_mm)
     vs = np.arange(v.min() - ray_spacing_mm, v.max() + 2 * ray_spacing_mm, ray_spacing_mm)
     U, V, T = np.meshgrid(us, vs, ts, indexing="ij")
     pts = geom.from_beam(U, V, T)  # (nu, nv, nt, 3) in x, y, z
     idx = [(pts[..., 2 - k] - grid.origin_mm[k]) / grid.spacing_mm[k] for k in range(3)]
-    rho = ndimage.map_coordinates(density, idx, order=1, mode="constant", cval=0.0)
+    if exact_surface:
+        rho = ndimage.map_coordinates(density, idx, order=1, mode="nearest")
+        inside = np.ones(rho.shape, dtype=bool)
+        for k in range(3):  # the grid's bounding box: voxel coordinates -0.5 .. n - 0.5
+            inside &= (idx[k] >= -0.5) & (idx[k] <= grid.shape[k] - 0.5)
+        rho *= inside
+    else:
+        rho = ndimage.map_coordinates(density, idx, order=1, mode="constant", cval=0.0)
     del pts, idx
     # path length per unit of t along a diverging ray
     stretch = np.sqrt(1.0 + (U[..., :1] ** 2 + V[..., :1] ** 2) / geom.sad_mm**2)

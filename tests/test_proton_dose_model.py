@@ -1,0 +1,250 @@
+"""Proton dose model against references (issue 9): beam-data table, pristine peaks with the
+table's energy spread, nuclear halo (normalisation, field-size factor), the sparse cut-off and
+the exact surface.
+
+References used below
+---------------------
+* NIST PSTAR CSDA ranges in water (REFERENCES.md).
+* Issue 9 (measured against a Monte Carlo reference): with a 0.3 % energy spread the distal 80-20 %
+  fall-off is 0.4-0.9 mm narrower and the peak-to-plateau ratio 6-19 % higher than the reference
+  at 100-200 MeV; generic beam-data libraries list an energy spread of 0.5-1 % (1 sigma).
+* Nuclear halo: charged secondaries carry several % to ~15 % of the dose (Pedroni et al., PMB
+  2005;50:541; Soukup et al., PMB 2005;50:5089; REFERENCES.md); its radius is about a third of
+  the range (Gottschalk et al., PMB 2015;60:5627). A field-size factor is therefore >= 0.85, and
+  smaller at higher energy.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate
+from scipy.special import erf
+
+from optimizer import phantoms
+from optimizer.beams import proton_halo as ph
+from optimizer.beams import proton_physics as pp
+from optimizer.beams.proton import ProtonBeams
+from optimizer.beams.proton_beamdata import ProtonBeamData
+from optimizer.beams.raytrace import BeamGeometry, radiological_depth
+from optimizer.errors import BeamError
+from optimizer.geometry import Structure
+
+PSTAR_MM = {100: 77.18, 150: 157.7, 200: 259.6}
+TABLE = ProtonBeamData.default()
+
+# -- beam-data table ----------------------------------------------------------------------------
+
+
+def test_default_table_is_within_the_published_bands_and_interpolates_linearly():
+    e = np.array(TABLE.energy_MeV)
+    spread = np.array(TABLE.energy_spread_pct)
+    sigma = np.array(TABLE.spot_sigma_air_mm)
+    assert e[0] <= 70 and e[-1] >= 230
+    # 0.5-1 % (1 sigma) of generic libraries, to within 0.05 % at the ends; in-air sigma 3-7 mm
+    assert np.all((spread >= 0.45 - 1e-9) & (spread <= 1.0))
+    assert np.all((sigma >= 3.0) & (sigma <= 7.0))
+    # both fall with energy (degrader scattering and spread are largest at low energy)
+    assert np.all(np.diff(spread) < 0) and np.all(np.diff(sigma) < 0)
+    # halfway between rows: the mean of the rows (hand calculation)
+    assert TABLE.energy_spread_pct_at(125.0) == pytest.approx(0.5 * (spread[1] + spread[2]))
+    assert TABLE.spot_sigma_air_mm_at(175.0) == pytest.approx(0.5 * (sigma[2] + sigma[3]))
+
+
+def test_user_tables_from_csv_and_json(tmp_path):
+    csv_path = tmp_path / "machine.csv"
+    csv_path.write_text("# my machine\nenergy_MeV,spot_sigma_air_mm,energy_spread_pct\n80,6,1.0\n200,3,0.4\n")
+    t = ProtonBeamData.from_file(csv_path)
+    assert t.energy_spread_pct_at(140.0) == pytest.approx(0.7)
+    assert t.spot_sigma_air_mm_at(140.0) == pytest.approx(4.5)
+    assert t.spot_sigma_air_mm_at(70.0) == pytest.approx(6.0)  # held outside the table
+    js = tmp_path / "machine.json"
+    js.write_text(json.dumps(t.as_dict()))
+    assert ProtonBeamData.from_file(js).energy_MeV == t.energy_MeV
+    beams = ProtonBeams([0], beam_data=csv_path)
+    assert beams.sigma_air_mm(140.0) == pytest.approx(4.5) and beams.spread_pct(140.0) == pytest.approx(0.7)
+    # explicit numbers override the table
+    assert ProtonBeams([0], beam_data=csv_path, energy_spread_pct=0.3).spread_pct(140.0) == 0.3
+
+
+@pytest.mark.parametrize("text, field", [
+    ("energy_MeV,energy_spread_pct\n100,0.5\n", "spot_sigma_air_mm"),
+    ("energy_MeV,energy_spread_pct,spot_sigma_air_mm\n100,0.5,x\n", "row 1"),
+    ("energy_MeV,energy_spread_pct,spot_sigma_air_mm\n100,0.5,4\n90,0.5,4\n", "increasing"),
+    ("energy_MeV,energy_spread_pct,spot_sigma_air_mm\n100,9,4\n", "energy_spread_pct"),
+    ("energy_MeV,energy_spread_pct,spot_sigma_air_mm\n300,0.5,4\n", "energy_MeV"),
+    ("energy_MeV,energy_spread_pct,spot_sigma_air_mm\n", "no rows"),
+])
+def test_bad_tables_name_the_field(text, field):
+    with pytest.raises(BeamError, match=field):
+        ProtonBeamData.from_text(text)
+
+
+def test_bad_beam_model_arguments_name_the_field(tmp_path):
+    with pytest.raises(BeamError, match="beam_data"):
+        ProtonBeams([0], beam_data=3)
+    with pytest.raises(BeamError, match="beam_data"):
+        ProtonBeams([0], beam_data=tmp_path / "table.txt")
+    with pytest.raises(BeamError, match="beam_data"):
+        ProtonBeams([0], beam_data=tmp_path / "missing.csv")
+    with pytest.raises(BeamError, match="halo"):
+        ProtonBeams([0], halo="yes")
+
+
+# -- pristine peaks with the table's energy spread ---------------------------------------------
+
+
+@pytest.mark.parametrize("energy", [100, 150, 200])
+def test_r80_within_0_3_mm_of_pstar_range_with_the_table_spread(energy):
+    """R80 = CSDA range + ~0.01 range-spread sigma (Bortfeld 1997); with the table's spread
+    (sigma <= 3.5 mm) that is < 0.05 mm, so R80 must lie within 0.3 mm of PSTAR."""
+    r80 = pp.r80_mm(energy, TABLE.energy_spread_pct_at(energy))
+    assert abs(r80 - PSTAR_MM[energy]) < 0.3
+
+
+@pytest.mark.parametrize("energy", [100, 150, 200])
+def test_falloff_and_peak_to_plateau_against_the_monte_carlo_reference(energy):
+    """Issue 9's Monte Carlo reference: the fall-off is 0.4-0.9 mm wider and the peak-to-plateau
+    ratio 6-19 % lower than with 0.3 % spread; both bands are the tolerance. The fall-off is also
+    1.32 range-spread sigmas (the 80-20 width of a Gaussian-smeared edge, hand value)."""
+    spread = TABLE.energy_spread_pct_at(energy)
+    f_old, f_new = pp.distal_falloff_80_20_mm(energy, 0.3), pp.distal_falloff_80_20_mm(energy, spread)
+    assert 0.4 <= f_new - f_old <= 0.9
+    assert f_new / pp.range_straggling_sigma_mm(energy, spread) == pytest.approx(1.32, abs=0.03)
+    ratios = []
+    for s in (0.3, spread):
+        _, idd = pp.pristine_peak(energy, energy_spread_pct=s)
+        ratios.append(idd.max() / idd[0])
+    assert 1.06 <= ratios[0] / ratios[1] <= 1.19
+
+
+# -- nuclear halo -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("energy, frac", [(150, 0.0), (150, 0.5), (150, 0.9), (220, 0.5)])
+def test_halo_keeps_the_laterally_integrated_dose_equal_to_the_idd(energy, frac):
+    depth = frac * pp.csda_range_mm(energy)
+    _, idd = pp.pristine_peak(energy, np.array([depth]), energy_spread_pct=0.6)
+    integral = integrate.quad(lambda r: 2 * math.pi * r * float(ph.lateral_dose(
+        energy, depth, r, sigma_air_mm=4.0, energy_spread_pct=0.6)), 0, 400, limit=400, points=[5, 20, 60])[0]
+    assert integral == pytest.approx(idd[0], rel=1e-6)
+
+
+def test_halo_weight_is_bortfelds_nuclear_term_and_within_the_published_band():
+    """Far upstream of the peak w = gamma beta p r / (1 + (beta + gamma beta p) r), r the residual
+    range in cm (hand formula from Bortfeld 1997 eq. 16, without straggling: the range spread
+    changes it by (sigma / r)^2 ~ 1e-3 at mid-range, the tolerance); several % to ~15 % of the
+    dose at mid-range (REFERENCES.md); small in the peak."""
+    b, g, p = pp.NUCLEAR_BETA_PER_CM, pp.NUCLEAR_GAMMA, pp.BK_P
+    for e in (100, 150, 200):
+        r0 = pp.csda_range_mm(e)
+        r = 0.5 * r0 / 10
+        hand = g * b * p * r / (1 + (b + g * b * p) * r)
+        assert ph.halo_weight(e, 0.5 * r0, 0.6) == pytest.approx(hand, rel=2e-3)
+        assert 0.03 <= ph.halo_weight(e, 0.5 * r0, 0.6) <= 0.15
+        assert ph.halo_weight(e, pp.peak_depth_mm(e, 0.6), 0.6) < 0.02
+    # halo radius (2 sigma) a third of the range at its end (Gottschalk et al. 2015)
+    s = ph.halo_sigma_mm(200, pp.csda_range_mm(200), 0.1)
+    assert 2 * s == pytest.approx(pp.csda_range_mm(200) / 3, rel=0.02)
+
+
+def _fsf_hand(energy, small, large):
+    """Central-axis dose of a uniformly scanned square field of side a (mm) at mid-range, per unit
+    fluence, relative: (1 - w) erf(a / (2 sqrt2 s_core))^2 + w erf(a / (2 sqrt2 s_halo))^2."""
+    z = 0.5 * pp.csda_range_mm(energy)
+    spread, air = TABLE.energy_spread_pct_at(energy), TABLE.spot_sigma_air_mm_at(energy)
+    w = ph.halo_weight(energy, z, spread)
+    sc, sh = pp.lateral_sigma_mm(energy, z, air), ph.halo_sigma_mm(energy, z, air)
+
+    def dose(a):
+        return (1 - w) * erf(a / (2 * math.sqrt(2) * sc)) ** 2 + w * erf(a / (2 * math.sqrt(2) * sh)) ** 2
+    return float(dose(small) / dose(large))
+
+
+def test_field_size_factor_from_the_halo():
+    """4 x 4 vs 20 x 20 cm^2 at mid-range: the core is inside both fields, so the factor is the
+    halo's. In the published band (>= 0.85: the halo carries <= ~15 %), smaller at higher energy;
+    1 without the halo. The hand formula is checked against a brute-force sum over spots."""
+    fsf = {e: _fsf_hand(e, 40.0, 200.0) for e in (100, 150, 200)}
+    assert fsf[100] > fsf[150] > fsf[200]
+    for e in (150, 200):
+        assert 0.85 <= fsf[e] <= 0.99
+    # brute force: spots every 1 mm over the fields, the model's lateral dose summed on the axis
+    e = 150
+    z = 0.5 * pp.csda_range_mm(e)
+    kw = dict(sigma_air_mm=TABLE.spot_sigma_air_mm_at(e), energy_spread_pct=TABLE.energy_spread_pct_at(e))
+    sums = []
+    for side in (40.0, 200.0):
+        c = np.arange(-side / 2 + 0.5, side / 2, 1.0)
+        xx, yy = np.meshgrid(c, c)
+        sums.append(float(ph.lateral_dose(e, z, np.hypot(xx, yy), **kw).sum()))
+    assert sums[0] / sums[1] == pytest.approx(fsf[e], abs=2e-3)
+    no_halo = [float(ph.lateral_dose(e, z, np.hypot(*np.meshgrid(c, c)), halo=False, **kw).sum())
+               for c in (np.arange(-19.5, 20, 1.0), np.arange(-99.5, 100, 1.0))]
+    assert no_halo[0] / no_halo[1] == pytest.approx(1.0, abs=2e-3)
+
+
+# -- the matrices: cut-off, normalisation, surface -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slab():
+    """Water 183 x 200 x 183 mm (z, y, x; 3 x 2 x 3 mm voxels) starting at the grid edge; one
+    150 MeV spot on the axis (gantry 0: the beam runs along +y)."""
+    p = phantoms.water_box(size_mm=(183, 200, 183), spacing_mm=(3.0, 2.0, 3.0))
+    z, y, x = np.meshgrid(*p.grid.axes_mm(), indexing="ij")
+    p.add_structure(Structure("PTV", (np.abs(x) <= 1.5) & (np.abs(z) <= 1.5) & (np.abs(y + 100 - 157.7) <= 2),
+                              "target"))
+    return p
+
+
+def _spot_dose(p, **kw):
+    beams = ProtonBeams([0], energies_MeV=[150.0], margin_mm=0, spot_spacing_mm=50.0, **kw)
+    inf = beams.influence(p, "PTV", with_let=False)
+    bl = inf.beamlets
+    j = int(np.flatnonzero((bl["u_mm"] == 0) & (bl["v_mm"] == 0))[0])
+    w = np.zeros(inf.n_beamlets)
+    w[j] = 1.0
+    return inf.dose_per_fraction(w), beams
+
+
+def test_matrix_lateral_integral_equals_the_idd_and_the_first_voxel_has_no_range_loss(slab):
+    """Sum over a plane x voxel area = IDD x Gy conversion (renormalised cut-off) within 1 %
+    (lattice sampling), with and without the halo; the first voxel row sits at WEPL = half a
+    voxel (1 mm), exactly."""
+    ys = slab.grid.axes_mm()[1]
+    spread = TABLE.energy_spread_pct_at(150.0)
+    for halo in (True, False):
+        d, _ = _spot_dose(slab, halo=halo)
+        for iy in (0, 40, 70):
+            depth = ys[iy] + 100.0
+            plane = d[:, iy, :].sum() * 3.0 * 3.0
+            ref = pp.pristine_peak(150.0, np.array([depth]), spread)[1][0] * pp.GY_MM2_PER_UNIT_WEIGHT
+            assert plane == pytest.approx(ref, rel=0.01), (halo, depth)
+    assert ys[0] + 100.0 == pytest.approx(1.0)
+    geom = BeamGeometry(0.0, (0.0, 0.0, 0.0), sad_mm=2000.0)
+    pos = np.array([[0.0, ys[0], 0.0], [0.0, ys[10], 0.0]])
+    w = radiological_depth(np.ones(slab.grid.shape), slab.grid, geom, pos, exact_surface=True)[3]
+    np.testing.assert_allclose(w, [1.0, 21.0], atol=1e-6)
+    # the default (interpolating) trace loses a quarter voxel here: the old behaviour
+    w_old = radiological_depth(np.ones(slab.grid.shape), slab.grid, geom, pos)[3]
+    np.testing.assert_allclose(w_old, [0.5, 20.5], atol=1e-6)
+
+
+def test_halo_widens_the_tail_within_the_cutoff_and_the_cutoff_is_documented(slab):
+    """At mid-range the halo puts dose where the core alone has almost none (1.2-2 core sigmas
+    ... up to the cut-off), and nothing lies beyond cutoff_sigma core sigmas. The dose fraction
+    the cut-off moves inward (renormalisation) is fraction_within's complement (hand value for
+    the core alone: exp(-cut^2 / 2))."""
+    d_h, beams = _spot_dose(slab)
+    d_c, _ = _spot_dose(slab, halo=False)
+    iy = 39  # depth 79 mm, mid-range
+    depth = slab.grid.axes_mm()[1][iy] + 100.0
+    xs = slab.grid.axes_mm()[2]
+    row_h, row_c = d_h[slab.grid.shape[0] // 2, iy, :], d_c[slab.grid.shape[0] // 2, iy, :]
+    sc = float(pp.lateral_sigma_mm(150.0, depth, TABLE.spot_sigma_air_mm_at(150.0)))
+    tail = (np.abs(xs) > 3 * sc) & (np.abs(xs) < beams.cutoff_sigma * sc)
+    assert np.all(row_h[tail] > 2 * row_c[tail])
+    assert np.all(row_h[np.abs(xs) > beams.cutoff_sigma * sc + 1e-6] == 0)
+    assert 1 - ph.fraction_within(3.0, 0.0, 1.0, 1.0) == pytest.approx(math.exp(-4.5))
