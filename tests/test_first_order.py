@@ -78,15 +78,23 @@ def test_bad_input_and_non_convergence_are_named(toy):
     assert np.isfinite(inf.matrix.sum())
 
 
-def test_threaded_products_equal_the_plain_ones():
+def test_threaded_in_place_products_equal_the_plain_ones():
+    """Row blocks (views, in threads) and picked rows give K x and K^T r of the stacked blocks."""
     import scipy.sparse as sp
 
     from optimizer.solvers import first_order as fo
 
-    K = sp.random(3000, 700, density=0.02, format="csr", random_state=1)
-    model = fo.Model(K, K.T.tocsr(), [0, 3000], [], 700)
-    model.extras.update(K_parts=fo._row_blocks(K, 2), KT_parts=fo._row_blocks(model.KT, 2),
-                        pool=fo.ThreadPoolExecutor(2))
-    x, r = np.random.default_rng(0).random(700), np.random.default_rng(1).random(3000)
-    np.testing.assert_allclose(model.matvec(x), K @ x, rtol=1e-14)
-    np.testing.assert_allclose(model.rmatvec(r), K.T @ r, rtol=1e-14)
+    M = sp.random(3000, 700, density=0.4, format="csr", random_state=1)  # 840k nnz
+    M = sp.vstack([M, M]).tocsr()  # over the threading threshold
+    op = fo._Operator(M, 2.5, np, threads=2)
+    assert len(op.parts) == 2 and all(np.shares_memory(p.data, M.data) for p in op.parts)
+    rows_a = np.array([5, 0, 5999, 6000])  # 6000: a voxel without a row reads 0
+    rows_b = np.arange(100, 4000)
+    model = fo.Model([op], [(0, rows_a), (0, rows_b)], [], 700, pool=fo.ThreadPoolExecutor(2))
+    K = 2.5 * sp.vstack([M[[5, 0, 5999]], sp.csr_matrix((1, 700)), M[100:4000]]).tocsr()
+    x, r = np.random.default_rng(0).random(700), np.random.default_rng(1).random(K.shape[0])
+    np.testing.assert_allclose(model.matvec(x), K @ x, rtol=1e-5)
+    np.testing.assert_allclose(model.rmatvec(r), K.T @ r, rtol=1e-5)
+    np.testing.assert_allclose(model.column_norms(), np.sqrt(np.asarray(K.multiply(K).sum(axis=0)).ravel()),
+                               rtol=1e-5)
+    model.close()

@@ -4,8 +4,9 @@ bound-constrained quasi-Newton (or spectral projected gradient) inner loop.
 The problem, in the graph form of ``shared/SOLVER.md``: minimize sum_k w_k cost_k(y_k) subject to
 y_j in C_j for the hard terms and x >= 0, where y = K x stacks the linear forms (total course
 dose, LET x dose, ...) of every structure the terms use, over *all* its voxels (no sampling).
-K is touched only through the products ``K x`` and ``K^T r`` (float32 CSR and the CSR of its
-transpose), never ``K^T K`` and never a factorization. Terms enter through the numeric protocol:
+K is touched only through the products ``K x`` and ``K^T r`` (one CSR matrix per form, its
+row blocks multiplied in threads; no transpose copy), never ``K^T K`` and never a
+factorization. Terms enter through the numeric protocol:
 soft terms by value and gradient, hard terms by their projection (Rockafellar's augmented
 Lagrangian ``(rho/2) dist(y_j + lambda_j / rho, C_j)^2``, whose gradient is
 ``rho (z - P(z))``; multipliers ``lambda_j <- rho (z - P(z))`` after each inner solve).
@@ -26,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,9 +36,13 @@ from objectives.errors import TermError
 
 from ..errors import SolverError
 
-#: Products in double precision: the inner line searches compare objective values that differ
-#: in the 8th digit near the optimum, below float32 resolution.
-MATRIX_DTYPE = np.float64
+#: Matrix precision of the products. "float64" (default) multiplies a double-precision copy of
+#: the influence rows: near the optimum the inner line searches compare objective values that
+#: differ in the 8th digit, below float32 resolution. "float32" multiplies the float32
+#: influence matrices where they lie (no copy: 8 instead of 20 bytes per non-zero held, ~1.2x
+#: faster products) but certifies less often (measured: the 8 mm C-shape stalls at a relative
+#: gap of ~1e-4); a failure is a SolverError as always.
+MATRIX_DTYPES = ("float32", "float64")
 
 
 @dataclass
@@ -51,6 +56,8 @@ class Settings:
     max_inner: int = 3000  # inner evaluations per outer round (6 mm C-shape: ~3000 needed)
     inner: str = "auto"  # "lbfgsb" (CPU), "spg" (CPU or GPU), "auto": lbfgsb on CPU, spg on GPU
     device: str = "cpu"
+    matrix_dtype: str = "float64"  # precision of the products (see MATRIX_DTYPES)
+    threads: int = 0  # product threads on the CPU; 0: one per core
     rho0: float = 10.0  # initial penalty, relative to the soft terms' curvature
     verbose: bool = False
 
@@ -64,19 +71,21 @@ class Settings:
             if not (np.isfinite(value) and value > 0):
                 raise SolverError(f"{name}: expected a finite number > 0, got {value!r}")
             setattr(self, name, value)
-        for name in ("max_outer", "max_inner"):
+        for name, low in (("max_outer", 1), ("max_inner", 1), ("threads", 0)):
             value = getattr(self, name)
             try:
-                ok = float(value).is_integer() and int(float(value)) >= 1 and not isinstance(value, bool)
+                ok = float(value).is_integer() and int(float(value)) >= low and not isinstance(value, bool)
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                raise SolverError(f"{name}: expected an integer >= 1, got {value!r}")
+                raise SolverError(f"{name}: expected an integer >= {low}, got {value!r}")
             setattr(self, name, int(float(value)))
         if self.inner not in ("auto", "lbfgsb", "spg"):
             raise SolverError(f"inner: expected 'auto', 'lbfgsb' or 'spg', got {self.inner!r}")
         if not isinstance(self.device, str):
             raise SolverError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")
+        if self.matrix_dtype not in MATRIX_DTYPES:
+            raise SolverError(f"matrix_dtype: expected one of {MATRIX_DTYPES}, got {self.matrix_dtype!r}")
 
 
 @dataclass
@@ -87,91 +96,213 @@ class _Term:
     hard: bool
 
 
+class _Operator:
+    """One sparse matrix M (rows: voxels of a form, columns: beamlets) with a factor, used as
+    ``factor * M @ x`` and ``factor * M^T @ r``. On the CPU the products run on row blocks of M
+    in threads; the blocks are views of M's arrays (CSR slices built from its data, indices
+    and indptr), so nothing is copied."""
+
+    def __init__(self, M, factor: float, xp, threads: int):
+        self.M, self.factor, self.xp = M, float(factor), xp
+        self.n_rows = M.shape[0]
+        self.parts, self.edges = [], [0, self.n_rows]
+        if xp is np and threads > 1 and M.nnz > 1_000_000:
+            bounds = np.searchsorted(M.indptr, np.linspace(0, M.nnz, threads + 1)[1:-1])
+            self.edges = [0, *[int(b) for b in bounds], self.n_rows]
+            self.parts = [_csr_rows_view(M, a, b) for a, b in zip(self.edges[:-1], self.edges[1:])]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.M.nnz)
+
+    def matvec(self, x, pool):
+        xm = x.astype(self.M.dtype, copy=False)
+        if pool is None or not self.parts:
+            y = self.M @ xm
+        else:
+            y = np.concatenate([f.result() for f in [pool.submit(P.__matmul__, xm) for P in self.parts]])
+        return self.factor * y.astype(np.float64, copy=False)
+
+    def rmatvec(self, r, pool):
+        rm = r.astype(self.M.dtype, copy=False)
+        if pool is None or not self.parts:
+            g = self.M.T @ rm
+        else:
+            jobs = [pool.submit(P.T.__matmul__, rm[a:b])
+                    for P, a, b in zip(self.parts, self.edges[:-1], self.edges[1:])]
+            g = sum(f.result().astype(np.float64) for f in jobs)
+        return self.factor * g.astype(np.float64, copy=False)
+
+    def column_norms_sq(self, row_weights):
+        """sum_i row_weights_i (factor M_ij)^2 per column j, in row chunks (bounded memory)."""
+        xp = self.xp
+        out = xp.zeros(self.M.shape[1])
+        step = max(1, self.n_rows // 8)
+        for a in range(0, self.n_rows, step):
+            P = self.M[a:a + step] if xp is not np else _csr_rows_view(self.M, a, min(a + step, self.n_rows))
+            out += xp.asarray(P.multiply(P).T @ row_weights[a:a + step].astype(P.dtype)).ravel()
+        return out * self.factor ** 2
+
+
+def _csr_rows_view(M, a: int, b: int):
+    """Rows a..b-1 of a CSR matrix sharing its data and indices arrays (no copy)."""
+    lo, hi = int(M.indptr[a]), int(M.indptr[b])
+    return sp.csr_matrix((M.data[lo:hi], M.indices[lo:hi], M.indptr[a:b + 1] - lo),
+                         shape=(b - a, M.shape[1]), copy=False)
+
+
 @dataclass
 class Model:
-    """The stacked linear forms of a problem and the terms reading them."""
+    """The linear forms of a problem, K x stacked block by block, and the terms reading them.
 
-    K: object  # CSR (rows: all blocks stacked) x n_beamlets, float32
-    KT: object
-    offsets: list[int]
+    Each block is the rows ``rows`` of one operator's product (a position past the operator's
+    last row reads 0: a voxel no beamlet reaches)."""
+
+    operators: list
+    block_rows: list  # per block: (operator number, row positions)
     terms: list[_Term]
     n_beamlets: int
     xp: object = np
     build_s: float = 0.0
-    extras: dict = field(default_factory=dict)
+    pool: object = None
+
+    @property
+    def offsets(self) -> list[int]:
+        return list(np.cumsum([0] + [len(r) for _, r in self.block_rows]))
+
+    @property
+    def n_rows(self) -> int:
+        return int(sum(len(r) for _, r in self.block_rows))
+
+    @property
+    def nnz(self) -> int:
+        return int(sum(op.nnz for op in self.operators))
 
     def matvec(self, x):
-        """K x; on the CPU the row blocks run in threads (SciPy releases the GIL there)."""
-        return self._threaded(self.K, self.extras.get("K_parts"), x)
+        """K x, every block, stacked (float64)."""
+        xp = self.xp
+        ys = [op.matvec(x, self.pool) for op in self.operators]
+        ys = [xp.concatenate([y, xp.zeros(1)]) for y in ys]
+        parts = [ys[o][rows] for o, rows in self.block_rows]
+        return xp.concatenate(parts) if parts else xp.zeros(0)
 
     def rmatvec(self, r):
-        """K^T r, by the CSR of the transpose (rows: beamlets), threaded like :meth:`matvec`."""
-        return self._threaded(self.KT, self.extras.get("KT_parts"), r)
+        """K^T r for a stacked r (float64)."""
+        xp = self.xp
+        acc = [xp.zeros(op.n_rows + 1) for op in self.operators]
+        for (o, rows), (a, b) in zip(self.block_rows, zip(self.offsets[:-1], self.offsets[1:])):
+            if xp is np:
+                acc[o] += np.bincount(rows, weights=r[a:b], minlength=len(acc[o]))
+            else:
+                xp.add.at(acc[o], rows, r[a:b])
+        g = xp.zeros(self.n_beamlets)
+        for op, a in zip(self.operators, acc):
+            g += op.rmatvec(a[:-1], self.pool)
+        return g
 
-    def _threaded(self, M, parts, v):
-        pool = self.extras.get("pool")
-        if pool is None or not parts:
-            return M @ v
-        futures = [pool.submit(P.__matmul__, v) for P in parts]
-        return np.concatenate([f.result() for f in futures])
+    def column_norms(self):
+        """Euclidean norms of the columns of K."""
+        xp = self.xp
+        total = xp.zeros(self.n_beamlets)
+        for o, op in enumerate(self.operators):
+            counts = xp.zeros(op.n_rows + 1)
+            for oo, rows in self.block_rows:
+                if oo == o:
+                    counts += xp.bincount(rows, minlength=op.n_rows + 1)
+            total += op.column_norms_sq(counts[:-1])
+        return xp.sqrt(total)
 
     def split(self, y) -> list:
-        return [y[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+        off = self.offsets
+        return [y[a:b] for a, b in zip(off[:-1], off[1:])]
 
     def forms(self, t: _Term, blocks, x) -> dict:
         return {name: (x if b == "weights" else blocks[b]) for name, b in t.blocks.items()}
 
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)
+            self.pool = None
 
-def build_model(problem, device: str = "cpu") -> Model:
-    """Stack the forms of every term over all voxels of its structure (no sampling)."""
+
+def build_model(problem, device: str = "cpu", matrix_dtype: str = "float64", threads: int = 0) -> Model:
+    """The forms of every term over all voxels of its structure (no sampling). A base form of
+    the influence set is one operator for all terms; its blocks pick rows of one product. The
+    operator keeps only the rows some block reads, unless it can use the float32 influence
+    matrix in place and those rows hold most (>= 60 %) of its non-zeros. Derived forms (dirty
+    dose, ...) get their own matrix over their voxels."""
+    from objectives.quantities import Quantity
+
     t0 = time.perf_counter()
     xp = _array_module(device)
-    keys, mats, terms = {}, [], []
+    threads = threads or min(2, os.cpu_count() or 1)
+    mats, mat_of, block_rows, block_of, terms = [], {}, [], {}, []
+
+    def matrix(key, M):
+        if key not in mat_of:
+            mat_of[key] = len(mats)
+            mats.append(M)
+        return mat_of[key]
+
+    available = problem.influence.forms
     for term in problem.terms:
-        if term.structure is None:
-            vs = None
-        else:
-            vs = problem.voxel_set(term.structure, "all")
+        vs = None if term.structure is None else problem.voxel_set(term.structure, "all")
         ctx = problem._context(vs)
         term.refresh(ctx)
-        rows = problem._form_rows(term, vs, ctx)
+        q = term.quantity
         blocks = {}
-        for key, R in rows.items():
-            name = key[2].split("@")[0]
-            if R is None:
-                blocks[name] = "weights"
-                continue
-            key = (key[0], "all", key[2])
-            if key not in keys:
-                keys[key] = len(mats)
-                mats.append(sp.csr_matrix(R, dtype=MATRIX_DTYPE) * MATRIX_DTYPE(problem.fractions))
-            blocks[name] = keys[key]
+        if q.base_forms == ("weights",):
+            blocks = {"weights": "weights"}
+        elif vs is not None and type(q).linear_forms is Quantity.linear_forms and all(
+                f in available for f in q.base_forms):
+            for f in q.base_forms:
+                inf = available[f]
+                key = (vs.name, f)
+                if key not in block_of:
+                    o = matrix(("form", f), inf.matrix)
+                    rows = np.searchsorted(inf.voxel_index, vs.voxel_index)
+                    rows_c = np.minimum(rows, max(len(inf.voxel_index) - 1, 0))
+                    present = (len(inf.voxel_index) > 0) & (inf.voxel_index[rows_c] == vs.voxel_index)
+                    block_of[key] = len(block_rows)
+                    block_rows.append((o, np.where(present, rows_c, inf.matrix.shape[0])))
+                blocks[f] = block_of[key]
+        else:
+            for key, R in problem._form_rows(term, vs, ctx).items():
+                name = key[2].split("@")[0]
+                if R is None:
+                    blocks[name] = "weights"
+                    continue
+                if key not in block_of:
+                    o = matrix(("derived", key), sp.csr_matrix(R))
+                    block_of[key] = len(block_rows)
+                    block_rows.append((o, np.arange(R.shape[0])))
+                blocks[name] = block_of[key]
         terms.append(_Term(term, ctx, blocks, term.hard))
-    n = problem.influence.n_beamlets
-    K = (sp.vstack(mats, format="csr", dtype=MATRIX_DTYPE) if mats
-         else sp.csr_matrix((0, n), dtype=MATRIX_DTYPE))
-    offsets = list(np.cumsum([0] + [m.shape[0] for m in mats]))
-    KT = K.T.tocsr()
-    extras = {}
-    if xp is not np:
-        import cupyx.scipy.sparse as csp
+    dtype = np.dtype(matrix_dtype)
+    operators = []
+    for o, M in enumerate(mats):
+        mine = [i for i, (oo, _) in enumerate(block_rows) if oo == o]
+        used = np.unique(np.concatenate([block_rows[i][1] for i in mine]))
+        used = used[used < M.shape[0]]
+        used_nnz = int((M.indptr[used + 1] - M.indptr[used]).sum())
+        if len(used) < M.shape[0] and (M.dtype != dtype or used_nnz < 0.6 * M.nnz):
+            M = M[used]
+            for i in mine:
+                rows = block_rows[i][1]
+                pos = np.searchsorted(used, rows)
+                block_rows[i] = (o, np.where(rows < mats[o].shape[0], pos, len(used)))
+        if M.dtype != dtype:
+            M = M.astype(dtype)
+        if xp is not np:
+            import cupyx.scipy.sparse as csp
 
-        K, KT = csp.csr_matrix(K), csp.csr_matrix(KT)
-    elif (os.cpu_count() or 1) > 1 and K.nnz > 1_000_000:
-        # two row blocks of K and of K^T, each product in its own thread (2 cores: ~1.7x here)
-        workers = min(2, os.cpu_count() or 1)
-        extras["K_parts"] = _row_blocks(K, workers)
-        extras["KT_parts"] = _row_blocks(KT, workers)
-        extras["pool"] = ThreadPoolExecutor(workers)
-    return Model(K, KT, offsets, terms, n, xp, time.perf_counter() - t0, extras)
-
-
-def _row_blocks(M, parts: int) -> list:
-    """Row blocks of a CSR matrix with about equal non-zeros. SciPy slices copy, so while the
-    solver runs the matrix is held twice (K and its blocks; likewise K^T)."""
-    bounds = np.searchsorted(M.indptr, np.linspace(0, M.nnz, parts + 1)[1:-1])
-    edges = [0, *[int(b) for b in bounds], M.shape[0]]
-    return [M[a:b] for a, b in zip(edges[:-1], edges[1:])]
+            M = csp.csr_matrix(M)
+        operators.append(_Operator(M, float(problem.fractions), xp, threads))
+    block_rows = [(o, xp.asarray(rows)) for o, rows in block_rows]
+    threaded = xp is np and threads > 1 and any(op.parts for op in operators)
+    pool = ThreadPoolExecutor(threads) if threaded else None
+    return Model(operators, block_rows, terms, problem.influence.n_beamlets, xp,
+                 time.perf_counter() - t0, pool)
 
 
 def _array_module(device: str):
@@ -254,7 +385,7 @@ class _Objective:
 
 def _forms_at(model: Model, x) -> list:
     """The stacked forms K x, split into their blocks (views, double precision)."""
-    return model.split(model.matvec(model.xp.asarray(x, dtype=MATRIX_DTYPE)))
+    return model.split(model.matvec(model.xp.asarray(x, dtype=np.float64)))
 
 
 def _shifted_projection(t: _Term, forms: dict, lam: dict, rho: float) -> tuple[dict, dict]:
@@ -284,7 +415,14 @@ def _add(gy, gx, block, g):
 def solve(problem, settings: Settings, warm: dict | None = None):
     """Run the solver on ``problem``; return (weights as NumPy, info dict, warm-start state)."""
     t_start = time.perf_counter()
-    model = build_model(problem, settings.device)
+    model = build_model(problem, settings.device, settings.matrix_dtype, settings.threads)
+    try:
+        return _run(model, settings, warm, t_start)
+    finally:
+        model.close()
+
+
+def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
     xp = model.xp
     hard = [t for t in model.terms if t.hard]
     n = model.n_beamlets
@@ -305,7 +443,7 @@ def solve(problem, settings: Settings, warm: dict | None = None):
         raise SolverError("inner='lbfgsb' runs on the CPU only; use inner='spg' with device='cuda'")
     history, evals, prev_viol = [], 0, np.inf
     cert = None
-    col = xp.sqrt(xp.asarray(model.KT.multiply(model.KT).sum(axis=1)).ravel()) if model.K.shape[0] else None
+    col = model.column_norms() if model.n_rows else None
     scale = 1.0 / xp.maximum(col, 1e-12 * float(col.max())) if col is not None and col.size else xp.ones(n)
     scale = scale / float(scale.mean())
     for outer in range(1, settings.max_outer + 1):
@@ -313,7 +451,12 @@ def solve(problem, settings: Settings, warm: dict | None = None):
         # inexact inner solves while the hard terms are far from feasible, tight once they hold
         near = cert is not None and cert["max_violation"] <= settings.violation_tol
         ftol = 1e-13 if near else 1e-8
-        x = _inner_solve(f, x, inner, settings.max_inner, xp, scale, ftol)
+        def certified(xk, lam=lam, rho=rho):
+            """Stop the inner solve as soon as its iterate certifies (checked every few steps)."""
+            lam_k, cert_k = _update_and_certify(model, xk, lam, rho)
+            return _meets(cert_k, settings)
+
+        x = _inner_solve(f, x, inner, settings.max_inner, xp, scale, ftol, certified)
         evals += f.evals
         lam_new, cert = _update_and_certify(model, x, lam, rho)
         history.append({"outer": outer, "evals": f.evals, **{k: cert[k] for k in
@@ -322,8 +465,7 @@ def solve(problem, settings: Settings, warm: dict | None = None):
             print(f"outer {outer}: evals {f.evals}, violation {cert['max_violation']:.3g}, "
                   f"gap {cert['rel_gap']:.2e}, kkt {cert['kkt']:.2e}")
         lam = lam_new
-        if (cert["max_violation"] <= settings.violation_tol and cert["rel_gap"] <= settings.gap_tol
-                and cert["kkt"] <= settings.kkt_tol):
+        if _meets(cert, settings):
             break
         # raise the penalty while the hard terms are violated beyond tolerance and the violation
         # does not shrink fast enough (standard augmented-Lagrangian safeguard)
@@ -348,9 +490,15 @@ def solve(problem, settings: Settings, warm: dict | None = None):
         "inner": inner,
         "device": settings.device,
         "opt_voxels": int(sum(len(t.ctx.volumes) for t in model.terms if t.term.structure is not None)),
-        "nnz": int(model.K.nnz),
+        "nnz": model.nnz,
+        "matrix_dtype": settings.matrix_dtype,
     }
     return x_np, info, {"x": x, "lam": lam, "rho": rho, "n": n}
+
+
+def _meets(cert: dict, settings: Settings) -> bool:
+    return (cert["max_violation"] <= settings.violation_tol and cert["rel_gap"] <= settings.gap_tol
+            and cert["kkt"] <= settings.kkt_tol)
 
 
 def _block_size(model, t, k):
@@ -372,9 +520,15 @@ def _initial_guess(model, x):
     return x1 * (target / mean if mean > 0 else 1.0)
 
 
-def _inner_solve(f, x0, inner: str, max_iter: int, xp, scale, ftol: float):
+#: inner iterations between two certificate checks (each costs about one evaluation)
+CHECK_EVERY = 25
+
+
+def _inner_solve(f, x0, inner: str, max_iter: int, xp, scale, ftol: float, certified=None):
     """Minimize f over x >= 0 from x0, in the scaled variables u = x / scale (diagonal
-    preconditioning by the column norms of K: every beamlet then moves the forms alike)."""
+    preconditioning by the column norms of K: every beamlet then moves the forms alike).
+    Every CHECK_EVERY iterations ``certified(x)`` may end the solve early: the certificate does
+    not depend on how x was reached, so the multiplier round need not finish."""
     def fu(u):
         val, g = f(u * scale)
         return val, g * scale
@@ -383,23 +537,34 @@ def _inner_solve(f, x0, inner: str, max_iter: int, xp, scale, ftol: float):
     if inner == "lbfgsb":
         from scipy.optimize import minimize
 
+        count = [0]
+
+        def callback(intermediate_result):
+            count[0] += 1
+            if certified is not None and count[0] % CHECK_EVERY == 0:
+                if certified(np.maximum(intermediate_result.x, 0.0) * scale):
+                    raise StopIteration
+
         res = minimize(fu, np.asarray(u0, dtype=float), jac=True, method="L-BFGS-B",
-                       bounds=[(0.0, None)] * len(u0),
+                       bounds=[(0.0, None)] * len(u0), callback=callback,
                        options={"maxiter": max_iter, "maxcor": 20, "ftol": ftol, "gtol": 0.0})
         return np.maximum(res.x, 0.0) * scale
     if inner == "spg":
-        return _spg(fu, u0, max_iter, xp) * scale
+        check = None if certified is None else (lambda u: certified(u * scale))
+        return _spg(fu, u0, max_iter, xp, check=check) * scale
     raise SolverError(f"inner: expected 'lbfgsb', 'spg' or 'auto', got {inner!r}")
 
 
-def _spg(f, x, max_iter: int, xp, memory: int = 10):
+def _spg(f, x, max_iter: int, xp, memory: int = 10, check=None):
     """Spectral projected gradient (Birgin, Martinez & Raydan, SIAM J Optim 2000) on x >= 0 with
     a non-monotone Armijo line search: array-API code, runs on NumPy or CuPy."""
     x = xp.maximum(x, 0)
     fx, g = f(x)
     recent = [fx]
     step = 1.0 / max(float(xp.abs(g).max()), 1e-30)
-    for _ in range(max_iter):
+    for it in range(1, max_iter + 1):
+        if check is not None and it % CHECK_EVERY == 0 and check(x):
+            break
         d = xp.maximum(x - step * g, 0) - x
         gd = float(g @ d)
         if gd > -1e-16 * max(abs(fx), 1.0):
