@@ -11,7 +11,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
-from pydicom.uid import RTDoseStorage, RTIonPlanStorage, generate_uid
+from pydicom.uid import RTDoseStorage, RTIonPlanStorage, RTPlanStorage, generate_uid
 
 from ..geometry import Grid, Patient
 from ..plan import Plan
@@ -40,6 +40,16 @@ from ._dicom_write import (
 __all__ = ["load_rtdose", "write_rtdose"]
 
 _MAX_STORED = 4294967295.0  # 2^32 - 1: 32-bit unsigned PixelData
+#: The SOP class of the plan an RT Dose references, by plan modality: RT Plan for photons, RT Ion
+#: Plan for protons (and other ions).
+_PLAN_CLASS = {"photon": RTPlanStorage, "proton": RTIonPlanStorage}
+
+
+def _plan_class(modality) -> str:
+    if modality not in _PLAN_CLASS:
+        raise DicomError(f"plan_modality: expected one of {tuple(_PLAN_CLASS)} (the plan the dose belongs "
+                         f"to: RT Plan for photons, RT Ion Plan for protons), got {modality!r}")
+    return _PLAN_CLASS[modality]
 
 
 def load_rtdose(path: str | os.PathLike) -> tuple[np.ndarray, Grid]:
@@ -92,7 +102,7 @@ def write_rtdose(plan: Plan, path: str | os.PathLike, ct_info: CTInfo, *, overwr
 @overload
 def write_rtdose(dose_Gy: np.ndarray, patient: Patient, path: str | os.PathLike, ct_info: CTInfo,
                  overwrite: bool = False, referenced_plan_uid: str | None = None,
-                 grid: Grid | None = None) -> str: ...
+                 grid: Grid | None = None, *, plan_modality: str = "photon") -> str: ...
 
 
 def write_rtdose(*args, **kwargs) -> str:
@@ -102,7 +112,7 @@ def write_rtdose(*args, **kwargs) -> str:
 
         write_rtdose(plan, path, ct_info, *, overwrite=False, referenced_plan_uid=None)
         write_rtdose(dose_Gy, patient, path, ct_info, overwrite=False, referenced_plan_uid=None,
-                     grid=None)
+                     grid=None, *, plan_modality="photon")
 
     The first writes ``plan.dose`` (an :class:`~optimizer.plan.Plan`'s total dose of the course)
     on ``plan.patient``'s grid; the second any dose array.
@@ -123,9 +133,13 @@ def write_rtdose(*args, **kwargs) -> str:
     grid : the dose grid; default ``patient.grid``. It must be axial; its frame of reference is
         the CT's.
     referenced_plan_uid : SOP Instance UID of the plan this dose belongs to (see
-        :func:`~optimizer.io.write_rt_ion_plan`). The RT Dose IOD requires a plan reference for
-        summation type PLAN; when omitted a new UID is generated and referenced, so pass it as
-        ``sop_instance_uid`` when the plan is written later.
+        :func:`~optimizer.io.rtplan_photon.write_rt_plan` for photons,
+        :func:`~optimizer.io.write_rt_ion_plan` for protons). It is referenced with the SOP class
+        of that plan: RT Plan for a photon plan, RT Ion Plan for a proton plan (the Plan's
+        ``modality``; with a dose array, ``plan_modality``, "photon" or "proton"). The RT Dose
+        IOD requires a plan reference for summation type PLAN; when omitted a new UID is
+        generated and referenced, so pass it as ``sop_instance_uid`` when the plan is written
+        later.
 
     Returns
     -------
@@ -136,12 +150,16 @@ def write_rtdose(*args, **kwargs) -> str:
 
 def _rtdose_of_plan(plan: Plan, path: str | os.PathLike, ct_info: CTInfo, *, overwrite: bool = False,
                     referenced_plan_uid: str | None = None) -> str:
-    return _rtdose_of_array(plan.dose, plan.patient, path, ct_info, overwrite, referenced_plan_uid)
+    # protons (and other ion plans) are RT Ion Plans; photon plans RT Plans
+    modality = "proton" if str(plan.modality).lower() in ("proton", "ion", "carbon", "helium") else "photon"
+    return _rtdose_of_array(plan.dose, plan.patient, path, ct_info, overwrite, referenced_plan_uid,
+                            plan_modality=modality)
 
 
 def _rtdose_of_array(dose_Gy: np.ndarray, patient: Patient, path: str | os.PathLike, ct_info: CTInfo,
                      overwrite: bool = False, referenced_plan_uid: str | None = None,
-                     grid: Grid | None = None) -> str:
+                     grid: Grid | None = None, *, plan_modality: str = "photon") -> str:
+    plan_class = _plan_class(plan_modality)
     path = Path(path)
     _check_target(path, overwrite)
     grid = patient.grid if grid is None else grid
@@ -185,7 +203,7 @@ def _rtdose_of_array(dose_Gy: np.ndarray, patient: Patient, path: str | os.PathL
     ds.GridFrameOffsetVector = _ds_list(np.arange(nz) * dz)
     ds.DoseGridScaling = _ds(scaling)
     plan = Dataset()
-    plan.ReferencedSOPClassUID = RTIonPlanStorage
+    plan.ReferencedSOPClassUID = plan_class
     plan.ReferencedSOPInstanceUID = referenced_plan_uid or generate_uid()
     ds.ReferencedRTPlanSequence = DicomSequence([plan])
     ds.ReferencedStudySequence = DicomSequence([_study_reference(ct_info)])
