@@ -96,7 +96,9 @@ def test_low_density_slab_raises_dose_beyond_it():
     d_lung = _field_dose(lung, mask & (base.ct_hu > -500), (0.0, -150.0, 0.0))[iz, :, ix]
     beyond = (y > -40) & (y < 140)
     assert np.all(d_lung[beyond] > d_water[beyond] * 1.05)
-    before = (y > -145) & (y < -105)
+    # upstream of the slab the dose is unchanged; within ~1 cm of it the default kernel already
+    # sees the lung (lateral spread scaled by the density smoothed over DENSITY_SMOOTH_MM = 5 mm)
+    before = (y > -145) & (y < -115)
     np.testing.assert_allclose(d_lung[before], d_water[before], rtol=1e-3)
 
 

@@ -1,25 +1,28 @@
-"""Analytic 6 MV photon pencil-beam model and photon IMRT influence matrices.
+"""6 MV photon pencil-beam model and photon IMRT influence matrices.
 
 Dose of beamlet j (width w x w in the isocentre plane, centre (u_j, v_j)) at a point with beam
-coordinates (u, v, t) and radiological depth d:
+coordinates (u, v, t), radiological depth d and smoothed relative electron density rho:
 
-    D = (SAD / t)^2 * P(d) * p(u - u_j; sigma_iso) * p(v - v_j; sigma_iso)
+    D = (SAD / t)^2 * sum_k A_k(d) * p(u - u_j; s_k) * p(v - v_j; s_k)
     p(x; s) = [erf((x + w/2) / (sqrt2 s)) - erf((x - w/2) / (sqrt2 s))] / 2
+    s_k = sigma_k(d) / rho (density-scaled components) * SAD / t   (projected to the isocentre plane)
 
-* P(d): broad-field depth dose, ``exp(-mu d) (1 - (1 - s0) exp(-k d))``: build-up from a surface
-  dose s0 to a maximum, then effective attenuation. Parameters fitted so that a 10 x 10 cm2
-  field at SSD 100 cm has d_max 1.5 cm and PDD(10 cm) 66.5 %, the 6 MV values in BJR Suppl. 25
-  (1996) and REFERENCES.md (PDD10 ~66-67 %, d_max ~1.5 cm), surface dose ~45 %.
-* sigma: lateral spread at depth, ``sqrt(sigma0^2 + (c d)^2)`` in mm at the point, projected to the
-  isocentre plane; sigma0 (source size + lateral electron transport) and c (growth of scatter
-  with depth) chosen to give an 80-20 % penumbra of ~5 mm at 10 cm depth, inside the 3-5 mm
-  (d_max) to 5-8 mm (deep) range reported for 6 MV linacs (REFERENCES.md, BJR Suppl. 25).
-* Heterogeneities enter through the radiological depth only (no lateral scatter changes), the
-  classic pencil-beam approximation. Field-size dependence of phantom scatter is not modelled:
-  P(d) is the 10 x 10 cm2 curve, so very small fields (< 3 x 3 cm2) are overestimated.
+* Default kernel (:class:`~optimizer.beams.photon_kernel.PhotonScatterKernel`): primary, near
+  scatter, far scatter (incl. head scatter) and electron contamination, fitted to published 6 MV
+  PDDs, surface doses, output factors (2 x 2 to 20 x 20 cm2) and penumbra
+  (``tools/fit_photon_kernel.py``; data and sources in ``optimizer/beams/data/``). Narrow fields
+  lose the wide components (output factors); the lateral spread scales with 1 / density, so the
+  penumbra widens in lung; heterogeneities also enter through the radiological depth.
+* Legacy kernel (``kernel="gaussian"`` or a :class:`PhotonKernel`): one Gaussian with the 10 x 10
+  cm2 depth dose (no field-size dependence, no density scaling), kept for comparison and for the
+  regression of older results.
 
-Units: a beamlet weight of 1 on every beamlet of a broad field gives 1 Gy per fraction at d_max
-at 100 cm from the source.
+Sparse cut-off: an entry is kept when its lateral factor exceeds ``min_relative`` times the
+beamlet's on-axis value at that point (default 1e-3); the far tails of the wide components fall
+below it and are dropped. ``benchmarks/bench_dose.py`` reports the dose fraction this drops.
+
+Units: with the default kernel, a beamlet weight of 1 on every beamlet of a 10 x 10 cm2 field at
+SSD 100 cm gives 1 Gy per fraction at d_max on the axis (legacy kernel: of a broad field).
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ from numbers import Integral
 import numpy as np
 import scipy.sparse as sp
 from scipy import ndimage
-from scipy.special import erf
+from scipy.special import erf, erfc
 
 from ..errors import BeamError
 from ..geometry import Patient
 from ..influence import InfluenceMatrix, InfluenceSet
-from .base import BeamModel, BeamSetup
+from .base import BODY_DENSITY_THRESHOLD, BeamModel, BeamSetup
+from .photon_kernel import CALIBRATION_FIELD_MM, PhotonScatterKernel, scaled_sigmas
 from .raytrace import (
     FAN_BYTES_PER_SAMPLE,
     BeamGeometry,
@@ -58,11 +62,25 @@ BYTES_PER_NONZERO = 92
 #: Memory per dose-mask voxel held during the computation (positions, flat indices, beam
 #: coordinates), bytes.
 BYTES_PER_VOXEL = 100
+#: Gaussian sigma (mm) of the smoothing of the relative electron density that scales the lateral
+#: kernel: about half the lateral range of the secondary electrons of a 6 MV beam in water (CSDA
+#: range of 2 MeV electrons ~1 cm, ICRU Report 37), so interfaces blur over ~1 cm as the dose does.
+DENSITY_SMOOTH_MM = 5.0
+#: Default lateral reach of the multi-component kernel: beamlets whose centre is more than this
+#: far (mm, isocentre plane, along u or v) from a point's own beamlet contribute nothing to it.
+DEFAULT_CUTOFF_MM = 20.0
+KERNELS = ("scatter", "gaussian")
+TRUNCATIONS = ("calibrated", "drop")
 
 
 @dataclass(frozen=True)
 class PhotonKernel:
-    """Parameters of the analytic 6 MV pencil beam (see module docstring for sources).
+    """Legacy single-Gaussian 6 MV pencil beam (``PhotonBeams(kernel="gaussian")``).
+
+    Broad-field depth dose ``exp(-mu d) (1 - (1 - s0) exp(-k d))`` fitted so that a 10 x 10 cm2
+    field at SSD 100 cm has d_max 1.5 cm and PDD(10 cm) 66.5 % (BJR Suppl. 25, REFERENCES.md);
+    lateral spread ``sqrt(sigma0^2 + (c d)^2)`` for an 80-20 % penumbra of ~5 mm at 10 cm. No
+    field-size dependence (small fields overestimated by 15-30 %), surface dose ~45 %.
 
     mu_per_mm : effective attenuation, 1/mm
     buildup_per_mm : build-up rate k, 1/mm
@@ -114,6 +132,17 @@ class PhotonKernel:
         d = np.maximum(np.asarray(depth_mm, dtype=float), 0.0)
         return np.sqrt(self.sigma0_mm**2 + (self.sigma_slope * d) ** 2)
 
+    # the interface PhotonBeams uses for every kernel (see photon_kernel.PhotonScatterKernel)
+    name = "gaussian"
+    density_scaled = (False,)
+
+    def components_at(self, depth_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(depth dose, lateral spread in mm), each of shape (1, n_points)."""
+        return self.depth_dose(depth_mm)[None, :], self.sigma_mm(depth_mm)[None, :]
+
+    def max_sigma_mm(self, depth_mm: float) -> float:
+        return float(self.sigma_mm(depth_mm))
+
 
 def _profile(x: np.ndarray, half_width: float, sigma: np.ndarray) -> np.ndarray:
     s = np.sqrt(2.0) * sigma
@@ -129,10 +158,22 @@ class PhotonBeams(BeamModel):
     beamlet_mm : beamlet size in the isocentre plane, mm (default 5)
     margin_mm : extra margin around the target projection, mm (default 5)
     sad_mm : source-axis distance, mm
-    kernel : the pencil-beam parameters
-    cutoff_sigma : lateral truncation of each beamlet, in sigmas beyond the beamlet edge (> 0)
-    min_relative : entries below this fraction of the beamlet's on-axis value are dropped, in
-        [0, 1)
+    kernel : "scatter" (default; the fitted multi-component 6 MV kernel,
+        :class:`~optimizer.beams.photon_kernel.PhotonScatterKernel`), "gaussian" (the legacy
+        single Gaussian, :class:`PhotonKernel`) or a kernel object of either class
+    cutoff_sigma : legacy kernel: lateral truncation of each beamlet, in sigmas beyond the
+        beamlet edge (> 0)
+    min_relative : entries below this fraction of the beamlet's on-axis value (at that point) are
+        dropped, in [0, 1)
+    cutoff_mm : multi-component kernel: largest distance (mm, isocentre plane) between the centre
+        of a point's own beamlet and that of a contributing beamlet (default
+        :data:`DEFAULT_CUTOFF_MM`; ``math.inf``: no limit but ``min_relative``)
+    truncation : multi-component kernel, what happens to the kernel beyond the cut-offs:
+        "calibrated" (default; with ``cutoff_mm`` <= 50 mm) rescales each point's kept entries
+        so that a 10 x 10 cm2 field centred on it gets the full kernel's dose, i.e. the reference
+        field stays exact and the field-size dependence is kept up to ~2 ``cutoff_mm``; "drop"
+        leaves the truncated tails out (dose of broad fields too low). ``cutoff_mm=math.inf,
+        min_relative=0`` is the full kernel (slow, dense; what the validation tests check)
     couch_deg : patient-support angle(s), degrees; only 0 (coplanar) is supported
 
     Every argument is checked here (type, NaN, range; gantry angles equal modulo 360 deg are
@@ -157,16 +198,27 @@ class PhotonBeams(BeamModel):
         min_relative: float = 1e-3,
         *,
         couch_deg: Iterable[float] | float = 0.0,
+        cutoff_mm: float = DEFAULT_CUTOFF_MM,
+        truncation: str = "calibrated",
     ):
         super().__init__(gantry_deg, couch_deg)
         self.beamlet_mm = check_number(beamlet_mm, "beamlet_mm", "a positive size in mm", lambda v: v > 0)
         self.margin_mm = check_number(margin_mm, "margin_mm", "a margin >= 0 mm", lambda v: v >= 0)
         self.sad_mm = check_number(sad_mm, "sad_mm", "a positive distance in mm", lambda v: v > 0)
-        if kernel is None:
+        if kernel is None or (isinstance(kernel, str) and kernel == "scatter"):
+            kernel = PhotonScatterKernel.default()
+        elif isinstance(kernel, str) and kernel == "gaussian":
             kernel = PhotonKernel()
-        if not isinstance(kernel, PhotonKernel):
-            raise BeamError(f"kernel: expected a PhotonKernel or None, got {type(kernel).__name__}")
+        if not isinstance(kernel, (PhotonKernel, PhotonScatterKernel)):
+            raise BeamError(f"kernel: expected one of {', '.join(map(repr, KERNELS))}, a PhotonKernel, a "
+                            f"PhotonScatterKernel or None, got {kernel!r}")
         self.kernel = kernel
+        self.cutoff_mm = check_number(cutoff_mm, "cutoff_mm", "a distance > 0 mm (math.inf: no limit)",
+                                      lambda v: v > 0, allow_inf=True)
+        if not isinstance(truncation, str) or truncation not in TRUNCATIONS:
+            raise BeamError(f"truncation: expected one of {', '.join(map(repr, TRUNCATIONS))}, "
+                            f"got {truncation!r}")
+        self.truncation = truncation
         self.cutoff_sigma = check_number(cutoff_sigma, "cutoff_sigma", "a number of sigmas > 0",
                                          lambda v: v > 0)
         self.min_relative = check_number(min_relative, "min_relative", "a fraction in [0, 1)",
@@ -277,6 +329,7 @@ class PhotonBeams(BeamModel):
     def _compute(self, setup: BeamSetup, placed: list, progress: bool, fields=None) -> InfluenceSet:
         grid, voxels, iso = setup.grid, setup.voxels, setup.isocenter_mm
         positions = grid.positions_mm(voxels)
+        rho = self._lateral_density(setup)
         rows, cols, vals = [], [], []
         table = {k: [] for k in ("beam", "row", "col", "u_mm", "v_mm")}
         beams, n_cols = [], 0
@@ -286,8 +339,9 @@ class PhotonBeams(BeamModel):
                 r, c = np.nonzero(open_map)
                 index_map = -np.ones(open_map.shape, dtype=np.int64)
                 index_map[r, c] = n_cols + np.arange(len(r))
-                vr, vc, vv = self._beam_dose(geom, setup.density, setup.patient, positions, index_map, u0, v0)
-                rows.append(voxels[vr])
+                vr, vc, vv = self._beam_dose(geom, setup.density, setup.patient, positions, index_map, u0, v0,
+                                             rho)
+                rows.append(vr)
                 cols.append(vc)
                 vals.append(vv)
                 table["beam"].append(np.full(len(r), b))
@@ -298,13 +352,18 @@ class PhotonBeams(BeamModel):
                 beams.append({"gantry_deg": self.gantry_deg[b], "couch_deg": self.couch_deg[b],
                               "isocenter_mm": list(iso), "sad_mm": self.sad_mm,
                               "map_shape": list(open_map.shape), "beamlet_mm": self.beamlet_mm,
-                              "u0_mm": u0, "v0_mm": v0, "energy": "6MV"})
+                              "u0_mm": u0, "v0_mm": v0, "energy": "6MV", "kernel": self.kernel.name})
                 n_cols += len(r)
                 self._beam_done(bar, b, started, f"{len(r)} beamlets, {len(vv)} nonzeros")
         rows = np.concatenate(rows)
         cols = np.concatenate(cols)
         vals = np.concatenate(vals)
-        voxel_index, row_pos = np.unique(rows, return_inverse=True)
+        # rows: positions in ``voxels`` (ascending); renumber the touched ones without a sort
+        touched = np.zeros(len(voxels), dtype=bool)
+        touched[rows] = True
+        renumber = np.cumsum(touched) - 1
+        voxel_index, row_pos = voxels[touched], renumber[rows]
+        del renumber
         matrix = sp.csr_matrix((vals.astype(np.float32), (row_pos, cols)), shape=(len(voxel_index), n_cols))
         dose = InfluenceMatrix(matrix, voxel_index, grid, {k: np.concatenate(v) for k, v in table.items()},
                                beams, self.modality)
@@ -362,42 +421,147 @@ class PhotonBeams(BeamModel):
         peak = len(voxels) * BYTES_PER_VOXEL + max(nnz * BYTES_PER_NONZERO, nnz * 20 + transient)
         return {"nnz": nnz, "matrix_mb": nnz * 8 / 2**20, "peak_mb": peak / 2**20}
 
+    def _lateral_density(self, setup: BeamSetup) -> np.ndarray | None:
+        """Relative electron density at the dose-mask voxels, smoothed over the body (Gaussian of
+        :data:`DENSITY_SMOOTH_MM`, normalised by the smoothed body mask so surfaces stay at the
+        tissue's density); None when no kernel component is density-scaled."""
+        if not any(self.kernel.density_scaled):
+            return None
+        rho = np.asarray(setup.density, dtype=np.float32)
+        body = (rho > BODY_DENSITY_THRESHOLD).astype(np.float32)
+        sig = [DENSITY_SMOOTH_MM / s for s in setup.grid.spacing_mm]
+        num = ndimage.gaussian_filter(rho * body, sig, mode="constant", truncate=3.0)
+        den = ndimage.gaussian_filter(body, sig, mode="constant", truncate=3.0)
+        out = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 1.0).ravel()[setup.voxels]
+        return out.astype(float)
+
+    def _reach_rings(self, sigma_cap_iso: float) -> int:
+        """Largest neighbour ring (in beamlets) any point may use."""
+        w = self.beamlet_mm
+        if isinstance(self.kernel, PhotonKernel):  # legacy: cutoff_sigma sigmas beyond the edge
+            return int(np.ceil((w / 2 + self.cutoff_sigma * sigma_cap_iso) / w))
+        if math.isinf(self.cutoff_mm):
+            return int(np.ceil((w / 2 + 4.0 * sigma_cap_iso) / w))
+        return int(np.ceil(self.cutoff_mm / w))
+
     def _near(self, u, v, t, map_shape, u0, v0) -> np.ndarray:
         """Points whose projection can be reached by some beamlet of a map of ``map_shape``."""
         w = self.beamlet_mm
         nv, nu = map_shape
-        sig_max = self.kernel.sigma_mm(400.0) * self.sad_mm / t.min()
-        reach = w / 2 + self.cutoff_sigma * sig_max
+        sig_max = self.kernel.max_sigma_mm(400.0) * self.sad_mm / t.min()
+        if isinstance(self.kernel, PhotonKernel):
+            reach = w / 2 + self.cutoff_sigma * sig_max
+        else:
+            if any(self.kernel.density_scaled):
+                sig_max /= self._density_clip_low
+            reach = w / 2 + self._reach_rings(sig_max) * w
         return ((u >= u0 - reach) & (u <= u0 + (nu - 1) * w + reach)
                 & (v >= v0 - reach) & (v <= v0 + (nv - 1) * w + reach))
 
-    def _pairs(self, u, v, t, depth, index_map, u0, v0):
+    @property
+    def _density_clip_low(self) -> float:
+        from .photon_kernel import DENSITY_CLIP
+
+        return DENSITY_CLIP[0]
+
+    def _kernel_at(self, t, depth, rho):
+        """Per point: the on-axis factor (SAD/t)^2 sum_k A_k, the component fractions f_k (None
+        for one component) and the spreads in the isocentre plane (n_components, n)."""
+        weights, sigmas = self.kernel.components_at(depth)
+        if rho is not None:
+            sigmas = scaled_sigmas(sigmas, self.kernel.density_scaled, rho)
+        sigma_iso = sigmas * (self.sad_mm / t)
+        total = weights.sum(axis=0)
+        axial = (self.sad_mm / t) ** 2 * total
+        if len(weights) == 1:
+            return axial, None, sigma_iso
+        frac = weights / np.where(total > 0, total, 1.0)
+        return axial, frac, sigma_iso
+
+    def _pairs(self, u, v, t, depth, index_map, u0, v0, rho=None, scale_out=None):
         """(point positions, beamlet columns, lateral factors) of the nonzeros, one neighbour
-        offset at a time (separable kernel, truncated at ``cutoff_sigma`` and ``min_relative``)."""
+        offset at a time. The kernel is a sum of separable Gaussian components; an entry is kept
+        where its lateral factor exceeds ``min_relative`` times the beamlet's on-axis value.
+        Each point only visits the neighbour rings where an upper bound of the lateral factor
+        can still pass that cut (and at most :meth:`_reach_rings`; multi-component kernel: only
+        beamlets whose centre lies within ``cutoff_mm`` of the point's own beamlet centre).
+
+        ``scale_out`` (multi-component kernel, ``truncation="calibrated"``): filled, once the
+        generator is exhausted, with each point's factor full / kept of a 10 x 10 cm2 field
+        centred on it (see :meth:`_calibration_scale`)."""
         w = self.beamlet_mm
         nv, nu = index_map.shape
-        sigma_iso = self.kernel.sigma_mm(depth) * self.sad_mm / t
+        _, frac, sigma_iso = self._kernel_at(t, depth, rho)
         ci = np.floor((u - u0) / w + 0.5).astype(np.int64)
         ri = np.floor((v - v0) / w + 0.5).astype(np.int64)
-        K = int(np.ceil((w / 2 + self.cutoff_sigma * sigma_iso.max()) / w))
-        # 1-D profiles for each neighbour offset (separable kernel)
-        pu = {d: _profile(u - (u0 + (ci + d) * w), w / 2, sigma_iso) for d in range(-K, K + 1)}
-        pv = {d: _profile(v - (v0 + (ri + d) * w), w / 2, sigma_iso) for d in range(-K, K + 1)}
-        centre = _profile(np.zeros(1), w / 2, sigma_iso) ** 2  # on-axis value of a beamlet
+        K = self._reach_rings(float(sigma_iso.max()))
+        p0 = _profile(np.zeros(1), w / 2, sigma_iso)  # (n_comp, n): a beamlet's profile on its axis
+        if frac is None:
+            centre = p0[0] ** 2
+        else:
+            centre = (frac * p0**2).sum(axis=0)
+        thr = self.min_relative * centre
+        # ring m (Chebyshev distance in beamlets): the point lies >= (m - 1) w from that beamlet's
+        # edge along one axis, so its factor is <= sum_k f_k erfc((m-1) w / (sqrt2 s_k)) / 2 * p0_k
+        rings = np.full(len(u), K + 1, dtype=np.int64)  # first ring the point skips
+        for m in range(2, K + 1):
+            bound = 0.5 * erfc((m - 1) * w / (np.sqrt(2.0) * sigma_iso)) * p0
+            bound = bound[0] if frac is None else (frac * bound).sum(axis=0)
+            rings = np.where((rings > m) & (bound <= thr), m, rings)
+        order = np.argsort(-rings, kind="stable")
+        counts = [int(np.count_nonzero(rings > m)) for m in range(K + 1)]
+        n0 = counts[0]
+        order = order[:n0]
+        uo, vo, ci, ri = u[order], v[order], ci[order], ri[order]
+        sig = sigma_iso[:, order]
+        fr = None if frac is None else frac[:, order]
+        thr = thr[order]
+        radial = not isinstance(self.kernel, PhotonKernel) and not math.isinf(self.cutoff_mm)
+        r2_max = (self.cutoff_mm / w) ** 2 if radial else math.inf
+        kept = np.zeros(n0) if scale_out is not None else None
+        pu, pv = {}, {}
+        for d in range(-K, K + 1):
+            n = counts[abs(d)]
+            if n == 0:
+                continue
+            pu[d] = _profile(uo[:n] - (u0 + (ci[:n] + d) * w), w / 2, sig[:, :n])
+            pv[d] = _profile(vo[:n] - (v0 + (ri[:n] + d) * w), w / 2, sig[:, :n])
         for di in range(-K, K + 1):
             for dj in range(-K, K + 1):
-                r = ri + di
-                c = ci + dj
+                n = counts[max(abs(di), abs(dj))]
+                if n == 0 or di * di + dj * dj > r2_max:
+                    continue
+                a, b = pu[dj][:, :n], pv[di][:, :n]
+                if fr is None:
+                    lat = a[0] * b[0]
+                else:
+                    lat = fr[0, :n] * a[0] * b[0]
+                    for k in range(1, len(a)):
+                        lat += fr[k, :n] * a[k] * b[k]
+                r = ri[:n] + di
+                c = ci[:n] + dj
                 ok = (r >= 0) & (r < nv) & (c >= 0) & (c < nu)
-                lat = pu[dj] * pv[di]
-                ok &= lat > self.min_relative * centre
+                above = lat > thr[:n]
+                if kept is not None:
+                    kept[:n] += np.where(above, lat, 0.0)
+                ok &= above
                 idx = np.flatnonzero(ok)
                 col = index_map[r[idx], c[idx]]
                 open_ = col >= 0
                 idx, col = idx[open_], col[open_]
-                yield idx, col, lat[idx]
+                yield order[idx], col, lat[idx]
+        if scale_out is not None:
+            scale_out[:] = 1.0
+            full = self._calibration_scale(sigma_iso[:, order], fr)
+            scale_out[order] = full / np.maximum(kept, 1e-12)
 
-    def _beam_dose(self, geom, density, patient, positions, index_map, u0, v0):
+    def _calibration_scale(self, sigma_iso, frac) -> np.ndarray:
+        """Lateral factor of the full kernel on the axis of a 10 x 10 cm2 field (isocentre plane)
+        centred on each point: sum_k f_k erf(50 mm / (sqrt2 s_k))^2."""
+        half = CALIBRATION_FIELD_MM / 2
+        return (frac * erf(half / (np.sqrt(2.0) * sigma_iso)) ** 2).sum(axis=0)
+
+    def _beam_dose(self, geom, density, patient, positions, index_map, u0, v0, rho=None):
         """Nonzeros (point index, beamlet column, value) of one beam, vectorized over points."""
         u, v, t = geom.to_beam(positions)
         # keep points whose projection can be reached by any beamlet of this beam
@@ -405,10 +569,20 @@ class PhotonBeams(BeamModel):
         if len(pts) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         u, v, t, depth = radiological_depth(density, patient.grid, geom, positions[pts])
-        axial = (self.sad_mm / t) ** 2 * self.kernel.depth_dose(depth)
-        out_p, out_c, out_v = [], [], []
-        for idx, col, lat in self._pairs(u, v, t, depth, index_map, u0, v0):
-            out_p.append(pts[idx])
+        rho_pts = None if rho is None else rho[pts]
+        axial = self._kernel_at(t, depth, rho_pts)[0]
+        scale = np.ones(len(pts)) if self._calibrated else None
+        out_p, out_c, out_v = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+        for idx, col, lat in self._pairs(u, v, t, depth, index_map, u0, v0, rho_pts, scale):
+            out_p.append(idx)
             out_c.append(col)
-            out_v.append((axial[idx] * lat).astype(np.float32))
-        return np.concatenate(out_p), np.concatenate(out_c), np.concatenate(out_v)
+            out_v.append(lat)
+        idx = np.concatenate(out_p)
+        factor = axial[idx] if scale is None else axial[idx] * scale[idx]
+        return pts[idx], np.concatenate(out_c), (factor * np.concatenate(out_v)).astype(np.float32)
+
+    @property
+    def _calibrated(self) -> bool:
+        """Whether the truncated kernel is rescaled so a 10 x 10 cm2 field is exact on its axis."""
+        return (not isinstance(self.kernel, PhotonKernel) and self.truncation == "calibrated"
+                and self.cutoff_mm <= CALIBRATION_FIELD_MM / 2)
