@@ -174,9 +174,14 @@ def delivered_dose(plan: Plan, beams: PhotonBeams, delivery: Delivery, *,
         fields[b], wanted_opt[b], wanted_del[b] = open_map, opt, dlv
     iso = tuple(float(x) for x in plan.beams[0]["isocenter_mm"])
     influence = beams.influence(plan.patient, isocenter_mm=iso, fields=fields, max_memory_mb=math.inf)
+    # beamlets by their centre (u, v) in the isocentre plane: whole beamlets from the axis
     t = influence.beamlets
-    w_opt = np.array([wanted_opt[b][r, c] for b, r, c in zip(t["beam"], t["row"], t["col"])])
-    w_del = np.array([wanted_del[b][r, c] for b, r, c in zip(t["beam"], t["row"], t["col"])])
+    w_opt, w_del = np.zeros(len(t["beam"])), np.zeros(len(t["beam"]))
+    for j, (b, u, v) in enumerate(zip(t["beam"], t["u_mm"], t["v_mm"])):
+        kv, ku = (np.asarray(wanted_opt[b].shape) - 1) // 2
+        w = float(plan.beams[b]["beamlet_mm"])
+        r, c = int(round(v / w)) + kv, int(round(u / w)) + ku
+        w_opt[j], w_del[j] = wanted_opt[b][r, c], wanted_del[b][r, c]
     solver = {"name": "recomputed", "status": "optimized fluence"}
     optimized = Plan.from_weights(plan.patient, influence, w_opt, plan.fractions, dict(solver))
     solver = {"name": "recomputed", "status": "delivered fluence", "delivery": delivery.summary()}
