@@ -1,0 +1,106 @@
+"""Proton dose calculation, former model vs the issue-9 model, in one run (same machine, same load).
+
+Run:  python benchmarks/bench_proton_dose.py [--spacing-mm 4] [--ct-spacing-mm 2.5] [--repeat 2]
+
+Cases: the TG-119 C-shape of ``examples/proton_cshape.py`` (3 beams, 8 mm spots, 6 mm layers,
+3 mm margin) at ``--spacing-mm``, and a CT-size case: the same phantom at ``--ct-spacing-mm``.
+Models, each in its own Python process (so peak MB is that process's own peak RSS):
+
+* ``old``: 0.3 % energy spread and 5 mm in-air sigma at every energy, no halo, 3 sigma cut-off
+  (the settings before issue 9; the renormalisation and the exact surface are not switchable and
+  cost nothing measurable);
+* ``new``: the beam-data table, the nuclear halo, 4 core sigmas (the defaults);
+* ``new-3``: the same with a 3 sigma cut-off, ``new-6``: with 6 sigmas (more of the halo kept).
+
+Columns: spots, nonzeros of the dose matrix, dose-calculation seconds (best of ``--repeat``,
+dose and LET x dose), peak MB, and the dose fraction the cut-off moves inwards at mid-range of
+150 MeV (``1 - fraction_within``; the renormalisation keeps each spot's integral at its IDD).
+Prints one table; the issue's budget is a dose time at most 2 x the old model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+_MARK = "BENCH_PROTON_DOSE_JSON "
+MODELS = {
+    "old": dict(halo=False, energy_spread_pct=0.3, spot_sigma_air_mm=5.0, cutoff_sigma=3.0),
+    "new": {},
+    "new-3": dict(cutoff_sigma=3.0),
+    "new-6": dict(cutoff_sigma=6.0),
+}
+
+
+def _child(model: str, spacing: float, repeat: int) -> None:
+    from optimizer import phantoms
+    from optimizer.beams import proton_halo as ph
+    from optimizer.beams import proton_physics as pp
+    from optimizer.beams.proton import ProtonBeams
+
+    patient = phantoms.tg119_cshape(spacing_mm=spacing)
+    beams = ProtonBeams([180, 90, 270], spot_spacing_mm=8.0, layer_spacing_mm=6.0, margin_mm=3.0,
+                        **MODELS[model])
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        inf = beams.influence(patient, "PTV")
+        best = min(best, time.perf_counter() - t0)
+    e = 150.0
+    z = 0.5 * pp.csda_range_mm(e)
+    air, spread = beams.sigma_air_mm(e), beams.spread_pct(e)
+    sc = float(pp.lateral_sigma_mm(e, z, air))
+    w = float(ph.halo_weight(e, z, spread)) if beams.halo else 0.0
+    sh = float(ph.halo_sigma_mm(e, z, air))
+    moved = 1.0 - float(ph.fraction_within(beams.cutoff_sigma * sc, w, sc, sh))
+    rec = {"model": model, "spacing_mm": spacing, "grid": list(patient.grid.shape), "spots": inf.n_beamlets,
+           "nnz": inf.nnz, "dose_s": best, "moved_150MeV_mid": moved,
+           "peak_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    print(_MARK + json.dumps(rec), flush=True)
+
+
+def _run(model: str, spacing: float, repeat: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", model, "--spacing-mm", str(spacing), "--repeat", str(repeat)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"model {model} at {spacing:g} mm failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(_MARK):])
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spacing-mm", type=float, default=4.0)
+    ap.add_argument("--ct-spacing-mm", type=float, default=2.5, help="CT-size case; <= 0 skips it")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        _child(args.child, args.spacing_mm, args.repeat)
+        return []
+    spacings = [args.spacing_mm] + ([args.ct_spacing_mm] if args.ct_spacing_mm > 0 else [])
+    rows = []
+    print(f"{'grid':>14} {'model':>6} {'spots':>6} {'nnz':>10} {'x old':>6} {'dose s':>7} {'x old':>6} "
+          f"{'peak MB':>8} {'moved @150 MeV mid':>19}")
+    for spacing in spacings:
+        base = None
+        for model in args.models:
+            r = _run(model, spacing, args.repeat)
+            base = base or (r if model == "old" else None)
+            rn = r["nnz"] / base["nnz"] if base else float("nan")
+            rt = r["dose_s"] / base["dose_s"] if base else float("nan")
+            grid = "x".join(str(n) for n in r["grid"]) + f"@{spacing:g}"
+            print(f"{grid:>14} {model:>6} {r['spots']:>6} {r['nnz']:>10,} {rn:>6.2f} {r['dose_s']:>7.2f} "
+                  f"{rt:>6.2f} {r['peak_MB']:>8.0f} {100 * r['moved_150MeV_mid']:>18.2f}%", flush=True)
+            rows.append(r)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
