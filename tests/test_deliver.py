@@ -346,3 +346,18 @@ def test_delivered_dose_of_an_exact_sequence_is_the_plan_dose(calibrated):
     assert np.all(real.dose >= ideal.dose - 1e-6) and real.dose.sum() > ideal.dose.sum()
     assert real.solver["delivery"]["segments"] == delivery.n_segments
     assert delivery.total_mu == pytest.approx(sum(delivery.mu_per_beam))
+
+
+def test_scaled_delivery_scales_mu_and_fluence():
+    plan = _plan_of_maps(_random_maps(8, n=1))
+    machine = Machine()
+    delivery = deliver.sequence(plan, machine, _cal(), levels=6)
+    double = delivery.scaled(2.0)
+    assert double.total_mu == pytest.approx(2 * delivery.total_mu)
+    assert double.n_segments == delivery.n_segments
+    beam = plan.beams[0]
+    args = (machine, beam["u0_mm"], beam["v0_mm"], W, tuple(beam["map_shape"]))
+    np.testing.assert_allclose(deliver.delivered_fluence(double.beams[0], *args),
+                               2 * deliver.delivered_fluence(delivery.beams[0], *args))
+    with pytest.raises(DeliveryError, match="factor"):
+        delivery.scaled(0.0)

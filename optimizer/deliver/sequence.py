@@ -17,7 +17,7 @@ MU are per fraction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -100,6 +100,16 @@ class Delivery:
     technique: str
     method: str | None = None
     skipped_beams: list[int] = field(default_factory=list)
+
+    def scaled(self, factor: float) -> Delivery:
+        """The same segments with every MU multiplied by ``factor`` (> 0): plan normalization.
+        The delivered dose, transmission and leakage included, scales by the same factor."""
+        if isinstance(factor, bool) or not (np.isfinite(factor) and factor > 0):
+            raise DeliveryError(f"factor: expected a positive finite MU scale factor, got {factor!r}")
+        beams = [replace(b, cumulative_mu=b.cumulative_mu * float(factor),
+                         level_weight=None if b.level_weight is None else b.level_weight * float(factor))
+                 for b in self.beams]
+        return replace(self, beams=beams)
 
     @property
     def mu_per_beam(self) -> list[float]:
