@@ -130,14 +130,20 @@ def impossible_for_p0001(case, dose_Gy=60.0):
     return terms
 
 
+def crashing_arm(case):
+    """A user arm with a bug (not a bioplan error)."""
+    return [1 / 0]
+
+
 def test_failing_patients_are_recorded_and_the_rest_complete(tmp_path):
     cohort = generate_cohort(2, seed=0)
     # a target of 80 mm radius pushes the cord out of the grid: the case cannot be built
     broken = dataclasses.replace(cohort[0], patient_id="P9999", target_radius_mm=80.0)
-    arms = [Arm("conventional", conventional_terms), Arm("tricky", impossible_for_p0001)]
+    arms = [Arm("conventional", conventional_terms), Arm("tricky", impossible_for_p0001),
+            Arm("buggy", crashing_arm)]
     res = run_study(cohort + [broken], tmp_path / "results.parquet", arms, SETUP, serial=True)
     by = {(r["patient_id"], r["arm"]): r for r in res.rows}
-    assert len(res.rows) == 6 and res.computed == 6 and res.failed == 3
+    assert len(res.rows) == 9 and res.computed == 9 and res.failed == 6
     for key in [("P0000", "conventional"), ("P0000", "tricky"), ("P0001", "conventional")]:
         r = by[key]
         assert r["status"] == "optimal" and r["reason"] == ""
@@ -145,11 +151,16 @@ def test_failing_patients_are_recorded_and_the_rest_complete(tmp_path):
         assert r["max_hard_violation"] <= 1e-3 and "duality gap" in r["certificate"]
     bad = by[("P0001", "tricky")]
     assert bad["status"] == "infeasible" and "MinDose" in bad["reason"] and math.isnan(bad["TCP"])
-    for arm in ("conventional", "tricky"):
+    for arm in ("conventional", "tricky", "buggy"):
         r = by[("P9999", arm)]
         assert r["status"] == "failed" and "Cord" in r["reason"] and "empty" in r["reason"]
-    # the table on disk holds the same rows
-    assert ResultStore(res.path).keys() == set(by)
+    for pid in ("P0000", "P0001"):
+        r = by[(pid, "buggy")]
+        assert r["status"] == "failed" and "ZeroDivisionError" in r["reason"]
+        assert "test_studies.py" in r["reason"]  # where a bug (not a bioplan error) came from
+    # the Parquet table on disk holds the same rows, value for value
+    on_disk = ResultStore(res.path).rows
+    assert len(on_disk) == 9 and all(_same(a, b, ignore=()) for a, b in zip(on_disk, res.rows))
     s = summarize(res.rows, ["conventional", "tricky"], n_boot=200)
     assert s["conventional"]["patients"] == 2 and s["conventional"]["failed"] == 1
     assert s["tricky"]["infeasible"] == 1 and s["tricky"]["paired_patients"] == 1
@@ -188,6 +199,8 @@ def test_resume_computes_only_the_missing_rows(tmp_path, monkeypatch):
     assert sorted(calls) == [("P0000", ("personalized",)), ("P0001", ("conventional",)),
                              ("P0001", ("personalized",))]
     assert res.computed == 3 and len(res.rows) == 4 and res.failed == 0
+    on_disk = ResultStore(path).rows  # CSV: floats written with repr read back bit for bit
+    assert all(_same(a, b, ignore=()) for a, b in zip(on_disk, res.rows))
     kept = next(r for r in res.rows if (r["patient_id"], r["arm"]) == ("P0000", "conventional"))
     assert _same(kept, first[0], ignore=())  # the finished row is kept as written (times included)
     # nothing left: a second resume computes nothing

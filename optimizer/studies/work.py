@@ -171,7 +171,9 @@ def solve_family(case: Case | str, vp: VirtualPatient, arms: list[Arm]) -> list[
         except Exception as exc:  # a failing arm is recorded; the study goes on
             row.update(status="failed", reason=_reason(exc))
             if not isinstance(exc, ValueError):  # not a bioplan error: keep where it came from
-                row["reason"] += " | " + traceback.format_exc(limit=-1).strip().splitlines()[0]
+                frames = traceback.extract_tb(exc.__traceback__)
+                if frames:
+                    row["reason"] += f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno})"
             if problem is not None and not resolved:
                 problem, terms = None, None  # a build that failed is not reused
         row["wall_s"] = time.perf_counter() - t0
