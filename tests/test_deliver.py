@@ -156,6 +156,19 @@ def test_step_and_shoot_reproduces_integer_fluence_and_keeps_leaf_rules(method, 
         np.testing.assert_allclose(ideal / 100.0, m, atol=1e-9)
 
 
+@pytest.mark.parametrize("method", ["reducing_levels", "sweep"])
+def test_no_interdigitation_with_a_minimum_gap_keeps_every_rule(method):
+    machine = Machine(interdigitation=False, min_gap_mm=0.5)
+    for seed in range(3):
+        delivery = deliver.sequence(_plan_of_maps(_random_maps(10 + seed)), machine, _cal(), levels=8,
+                                    method=method)
+        for bd in delivery.beams:
+            assert np.min(bd.right_mm - bd.left_mm) >= 0.5 - 1e-9
+            assert np.min(bd.right_mm[:, 1:] - bd.left_mm[:, :-1]) >= 0.5 - 1e-9
+            assert np.min(bd.right_mm[:, :-1] - bd.left_mm[:, 1:]) >= 0.5 - 1e-9
+            assert deliver.leaf_rule_violations(bd, machine) == []
+
+
 def test_leaf_rules_are_detected():
     plan = _plan_of_maps(_random_maps(2, n=1))
     machine = Machine(interdigitation=False, min_gap_mm=0.0)
