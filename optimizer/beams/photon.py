@@ -17,9 +17,16 @@ coordinates (u, v, t), radiological depth d and smoothed relative electron densi
   cm2 depth dose (no field-size dependence, no density scaling), kept for comparison and for the
   regression of older results.
 
-Sparse cut-off: an entry is kept when its lateral factor exceeds ``min_relative`` times the
-beamlet's on-axis value at that point (default 1e-3); the far tails of the wide components fall
-below it and are dropped. ``benchmarks/bench_dose.py`` reports the dose fraction this drops.
+Sparse cut-off (multi-component kernel): a voxel takes entries from the beamlets whose centre lies
+within ``cutoff_mm`` (default 20 mm, isocentre plane) of its own beamlet's and whose lateral factor
+exceeds ``min_relative`` (1e-3) of the beamlet's on-axis value there. The far scatter (sigma
+~4-5 cm) cannot be held by a sparse matrix at this cost: on the axis of a 10 x 10 cm2 field the
+cut-off leaves out ~7 % of the dose at d_max and ~15 % at 10 cm. With ``truncation="calibrated"``
+(default) each voxel's entries are rescaled so that a 10 x 10 cm2 field centred on it gets the full
+kernel's dose: the reference field and its PDD stay exact, the field-size dependence is kept up to
+~4 x 4 cm2 (2 x 2 cm2 output factor 0.92 in the matrix, 0.785 with the full kernel, 0.99 legacy).
+``cutoff_mm=math.inf, min_relative=0`` gives the full kernel. ``benchmarks/bench_dose.py`` prints
+these fractions and the cost.
 
 Units: with the default kernel, a beamlet weight of 1 on every beamlet of a 10 x 10 cm2 field at
 SSD 100 cm gives 1 Gy per fraction at d_max on the axis (legacy kernel: of a broad field).
@@ -30,8 +37,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from dataclasses import fields as dataclass_fields
 from numbers import Integral
 
 import numpy as np
@@ -43,7 +48,13 @@ from ..errors import BeamError
 from ..geometry import Patient
 from ..influence import InfluenceMatrix, InfluenceSet
 from .base import BODY_DENSITY_THRESHOLD, BeamModel, BeamSetup
-from .photon_kernel import CALIBRATION_FIELD_MM, PhotonScatterKernel, scaled_sigmas
+from .photon_kernel import (
+    CALIBRATION_FIELD_MM,
+    DENSITY_CLIP,
+    PhotonKernel,
+    PhotonScatterKernel,
+    scaled_sigmas,
+)
 from .raytrace import (
     FAN_BYTES_PER_SAMPLE,
     BeamGeometry,
@@ -71,77 +82,6 @@ DENSITY_SMOOTH_MM = 5.0
 DEFAULT_CUTOFF_MM = 20.0
 KERNELS = ("scatter", "gaussian")
 TRUNCATIONS = ("calibrated", "drop")
-
-
-@dataclass(frozen=True)
-class PhotonKernel:
-    """Legacy single-Gaussian 6 MV pencil beam (``PhotonBeams(kernel="gaussian")``).
-
-    Broad-field depth dose ``exp(-mu d) (1 - (1 - s0) exp(-k d))`` fitted so that a 10 x 10 cm2
-    field at SSD 100 cm has d_max 1.5 cm and PDD(10 cm) 66.5 % (BJR Suppl. 25, REFERENCES.md);
-    lateral spread ``sqrt(sigma0^2 + (c d)^2)`` for an 80-20 % penumbra of ~5 mm at 10 cm. No
-    field-size dependence (small fields overestimated by 15-30 %), surface dose ~45 %.
-
-    mu_per_mm : effective attenuation, 1/mm
-    buildup_per_mm : build-up rate k, 1/mm
-    surface_dose : relative dose at the surface, s0
-    sigma0_mm : lateral spread at the surface, mm
-    sigma_slope : growth of the lateral spread with depth, mm per mm
-    """
-
-    mu_per_mm: float = 0.0032
-    buildup_per_mm: float = 0.2075
-    surface_dose: float = 0.45
-    sigma0_mm: float = 2.6
-    sigma_slope: float = 0.02
-
-    def __post_init__(self):
-        checks = {
-            "mu_per_mm": ("an attenuation > 0 per mm", lambda v: v > 0),
-            "buildup_per_mm": ("a build-up rate > 0 per mm", lambda v: v > 0),
-            "surface_dose": ("a relative surface dose in [0, 1]", lambda v: 0 <= v <= 1),
-            "sigma0_mm": ("a lateral spread > 0 mm", lambda v: v > 0),
-            "sigma_slope": ("a spread growth >= 0 mm per mm", lambda v: v >= 0),
-        }
-        for f in dataclass_fields(self):
-            expected, ok = checks[f.name]
-            value = check_number(getattr(self, f.name), f"kernel.{f.name}", expected, ok)
-            object.__setattr__(self, f.name, value)
-
-    def depth_dose(self, depth_mm: np.ndarray) -> np.ndarray:
-        """Relative broad-field depth dose P(d), 1 at d_max. ``depth_mm``: radiological depth."""
-        d = np.maximum(np.asarray(depth_mm, dtype=float), 0.0)
-        raw = np.exp(-self.mu_per_mm * d) * (1 - (1 - self.surface_dose) * np.exp(-self.buildup_per_mm * d))
-        return raw / self._peak
-
-    @property
-    def _peak(self) -> float:
-        dmax = self.dmax_mm
-        return float(np.exp(-self.mu_per_mm * dmax)
-                     * (1 - (1 - self.surface_dose) * np.exp(-self.buildup_per_mm * dmax)))
-
-    @property
-    def dmax_mm(self) -> float:
-        """Depth of maximum (mm) of P(d): where d/dd [e^{-mu d} - (1-s0) e^{-(mu+k) d}] = 0."""
-        mu, k, s0 = self.mu_per_mm, self.buildup_per_mm, self.surface_dose
-        arg = (1 - s0) * (mu + k) / mu
-        return float(np.log(arg) / k) if arg > 1 else 0.0
-
-    def sigma_mm(self, depth_mm: np.ndarray) -> np.ndarray:
-        """Lateral Gaussian spread (mm, at the point) at radiological depth ``depth_mm``."""
-        d = np.maximum(np.asarray(depth_mm, dtype=float), 0.0)
-        return np.sqrt(self.sigma0_mm**2 + (self.sigma_slope * d) ** 2)
-
-    # the interface PhotonBeams uses for every kernel (see photon_kernel.PhotonScatterKernel)
-    name = "gaussian"
-    density_scaled = (False,)
-
-    def components_at(self, depth_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(depth dose, lateral spread in mm), each of shape (1, n_points)."""
-        return self.depth_dose(depth_mm)[None, :], self.sigma_mm(depth_mm)[None, :]
-
-    def max_sigma_mm(self, depth_mm: float) -> float:
-        return float(self.sigma_mm(depth_mm))
 
 
 def _profile(x: np.ndarray, half_width: float, sigma: np.ndarray) -> np.ndarray:
@@ -413,8 +353,8 @@ class PhotonBeams(BeamModel):
                 n_offsets += 1
             nnz += scale * n_pairs
             # per beam: the ray fan, then per near voxel its beam coordinates, depth and the two
-            # 1-D profiles per neighbour offset (float64)
-            per_point = 64 + 16 * math.isqrt(n_offsets)
+            # 1-D profiles per neighbour offset and kernel component (float64)
+            per_point = 64 + 16 * len(self.kernel.density_scaled) * math.isqrt(n_offsets)
             transient = max(transient, fan * FAN_BYTES_PER_SAMPLE + scale * near.sum() * per_point)
         # the ray fans and profiles of a beam coexist with the triplets of the beams before it
         # (20 B per nonzero), not with the final assembly
@@ -453,16 +393,10 @@ class PhotonBeams(BeamModel):
             reach = w / 2 + self.cutoff_sigma * sig_max
         else:
             if any(self.kernel.density_scaled):
-                sig_max /= self._density_clip_low
+                sig_max /= DENSITY_CLIP[0]
             reach = w / 2 + self._reach_rings(sig_max) * w
         return ((u >= u0 - reach) & (u <= u0 + (nu - 1) * w + reach)
                 & (v >= v0 - reach) & (v <= v0 + (nv - 1) * w + reach))
-
-    @property
-    def _density_clip_low(self) -> float:
-        from .photon_kernel import DENSITY_CLIP
-
-        return DENSITY_CLIP[0]
 
     def _kernel_at(self, t, depth, rho):
         """Per point: the on-axis factor (SAD/t)^2 sum_k A_k, the component fractions f_k (None
