@@ -42,19 +42,18 @@ from numbers import Integral
 import numpy as np
 import scipy.sparse as sp
 from scipy import ndimage
-from scipy.special import erf, erfc
 
 from ..errors import BeamError
 from ..geometry import Patient
 from ..influence import InfluenceMatrix, InfluenceSet
-from .base import BODY_DENSITY_THRESHOLD, BeamModel, BeamSetup
+from .base import BeamModel, BeamSetup
 from .photon_kernel import (
     CALIBRATION_FIELD_MM,
     DENSITY_CLIP,
     PhotonKernel,
     PhotonScatterKernel,
-    scaled_sigmas,
 )
+from .photon_sparse import kernel_at, neighbour_pairs, smoothed_density
 from .raytrace import (
     FAN_BYTES_PER_SAMPLE,
     BeamGeometry,
@@ -73,20 +72,11 @@ BYTES_PER_NONZERO = 92
 #: Memory per dose-mask voxel held during the computation (positions, flat indices, beam
 #: coordinates), bytes.
 BYTES_PER_VOXEL = 100
-#: Gaussian sigma (mm) of the smoothing of the relative electron density that scales the lateral
-#: kernel: about half the lateral range of the secondary electrons of a 6 MV beam in water (CSDA
-#: range of 2 MeV electrons ~1 cm, ICRU Report 37), so interfaces blur over ~1 cm as the dose does.
-DENSITY_SMOOTH_MM = 5.0
 #: Default lateral reach of the multi-component kernel: beamlets whose centre is more than this
 #: far (mm, isocentre plane, along u or v) from a point's own beamlet contribute nothing to it.
 DEFAULT_CUTOFF_MM = 20.0
 KERNELS = ("scatter", "gaussian")
 TRUNCATIONS = ("calibrated", "drop")
-
-
-def _profile(x: np.ndarray, half_width: float, sigma: np.ndarray) -> np.ndarray:
-    s = np.sqrt(2.0) * sigma
-    return 0.5 * (erf((x + half_width) / s) - erf((x - half_width) / s))
 
 
 class PhotonBeams(BeamModel):
@@ -269,7 +259,8 @@ class PhotonBeams(BeamModel):
     def _compute(self, setup: BeamSetup, placed: list, progress: bool, fields=None) -> InfluenceSet:
         grid, voxels, iso = setup.grid, setup.voxels, setup.isocenter_mm
         positions = grid.positions_mm(voxels)
-        rho = self._lateral_density(setup)
+        rho = (smoothed_density(setup.density, grid, voxels) if any(self.kernel.density_scaled)
+               else None)
         rows, cols, vals = [], [], []
         table = {k: [] for k in ("beam", "row", "col", "u_mm", "v_mm")}
         beams, n_cols = [], 0
@@ -361,20 +352,6 @@ class PhotonBeams(BeamModel):
         peak = len(voxels) * BYTES_PER_VOXEL + max(nnz * BYTES_PER_NONZERO, nnz * 20 + transient)
         return {"nnz": nnz, "matrix_mb": nnz * 8 / 2**20, "peak_mb": peak / 2**20}
 
-    def _lateral_density(self, setup: BeamSetup) -> np.ndarray | None:
-        """Relative electron density at the dose-mask voxels, smoothed over the body (Gaussian of
-        :data:`DENSITY_SMOOTH_MM`, normalised by the smoothed body mask so surfaces stay at the
-        tissue's density); None when no kernel component is density-scaled."""
-        if not any(self.kernel.density_scaled):
-            return None
-        rho = np.asarray(setup.density, dtype=np.float32)
-        body = (rho > BODY_DENSITY_THRESHOLD).astype(np.float32)
-        sig = [DENSITY_SMOOTH_MM / s for s in setup.grid.spacing_mm]
-        num = ndimage.gaussian_filter(rho * body, sig, mode="constant", truncate=3.0)
-        den = ndimage.gaussian_filter(body, sig, mode="constant", truncate=3.0)
-        out = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 1.0).ravel()[setup.voxels]
-        return out.astype(float)
-
     def _reach_rings(self, sigma_cap_iso: float) -> int:
         """Largest neighbour ring (in beamlets) any point may use."""
         w = self.beamlet_mm
@@ -399,101 +376,16 @@ class PhotonBeams(BeamModel):
                 & (v >= v0 - reach) & (v <= v0 + (nv - 1) * w + reach))
 
     def _kernel_at(self, t, depth, rho):
-        """Per point: the on-axis factor (SAD/t)^2 sum_k A_k, the component fractions f_k (None
-        for one component) and the spreads in the isocentre plane (n_components, n)."""
-        weights, sigmas = self.kernel.components_at(depth)
-        if rho is not None:
-            sigmas = scaled_sigmas(sigmas, self.kernel.density_scaled, rho)
-        sigma_iso = sigmas * (self.sad_mm / t)
-        total = weights.sum(axis=0)
-        axial = (self.sad_mm / t) ** 2 * total
-        if len(weights) == 1:
-            return axial, None, sigma_iso
-        frac = weights / np.where(total > 0, total, 1.0)
-        return axial, frac, sigma_iso
+        return kernel_at(self.kernel, self.sad_mm, t, depth, rho)
 
     def _pairs(self, u, v, t, depth, index_map, u0, v0, rho=None, scale_out=None):
-        """(point positions, beamlet columns, lateral factors) of the nonzeros, one neighbour
-        offset at a time. The kernel is a sum of separable Gaussian components; an entry is kept
-        where its lateral factor exceeds ``min_relative`` times the beamlet's on-axis value.
-        Each point only visits the neighbour rings where an upper bound of the lateral factor
-        can still pass that cut (and at most :meth:`_reach_rings`; multi-component kernel: only
-        beamlets whose centre lies within ``cutoff_mm`` of the point's own beamlet centre).
-
-        ``scale_out`` (multi-component kernel, ``truncation="calibrated"``): filled, once the
-        generator is exhausted, with each point's factor full / kept of a 10 x 10 cm2 field
-        centred on it (see :meth:`_calibration_scale`)."""
-        w = self.beamlet_mm
-        nv, nu = index_map.shape
-        _, frac, sigma_iso = self._kernel_at(t, depth, rho)
-        ci = np.floor((u - u0) / w + 0.5).astype(np.int64)
-        ri = np.floor((v - v0) / w + 0.5).astype(np.int64)
-        K = self._reach_rings(float(sigma_iso.max()))
-        p0 = _profile(np.zeros(1), w / 2, sigma_iso)  # (n_comp, n): a beamlet's profile on its axis
-        if frac is None:
-            centre = p0[0] ** 2
-        else:
-            centre = (frac * p0**2).sum(axis=0)
-        thr = self.min_relative * centre
-        # ring m (Chebyshev distance in beamlets): the point lies >= (m - 1) w from that beamlet's
-        # edge along one axis, so its factor is <= sum_k f_k erfc((m-1) w / (sqrt2 s_k)) / 2 * p0_k
-        rings = np.full(len(u), K + 1, dtype=np.int64)  # first ring the point skips
-        for m in range(2, K + 1):
-            bound = 0.5 * erfc((m - 1) * w / (np.sqrt(2.0) * sigma_iso)) * p0
-            bound = bound[0] if frac is None else (frac * bound).sum(axis=0)
-            rings = np.where((rings > m) & (bound <= thr), m, rings)
-        order = np.argsort(-rings, kind="stable")
-        counts = [int(np.count_nonzero(rings > m)) for m in range(K + 1)]
-        n0 = counts[0]
-        order = order[:n0]
-        uo, vo, ci, ri = u[order], v[order], ci[order], ri[order]
-        sig = sigma_iso[:, order]
-        fr = None if frac is None else frac[:, order]
-        thr = thr[order]
-        radial = not isinstance(self.kernel, PhotonKernel) and not math.isinf(self.cutoff_mm)
-        r2_max = (self.cutoff_mm / w) ** 2 if radial else math.inf
-        kept = np.zeros(n0) if scale_out is not None else None
-        pu, pv = {}, {}
-        for d in range(-K, K + 1):
-            n = counts[abs(d)]
-            if n == 0:
-                continue
-            pu[d] = _profile(uo[:n] - (u0 + (ci[:n] + d) * w), w / 2, sig[:, :n])
-            pv[d] = _profile(vo[:n] - (v0 + (ri[:n] + d) * w), w / 2, sig[:, :n])
-        for di in range(-K, K + 1):
-            for dj in range(-K, K + 1):
-                n = counts[max(abs(di), abs(dj))]
-                if n == 0 or di * di + dj * dj > r2_max:
-                    continue
-                a, b = pu[dj][:, :n], pv[di][:, :n]
-                if fr is None:
-                    lat = a[0] * b[0]
-                else:
-                    lat = fr[0, :n] * a[0] * b[0]
-                    for k in range(1, len(a)):
-                        lat += fr[k, :n] * a[k] * b[k]
-                r = ri[:n] + di
-                c = ci[:n] + dj
-                ok = (r >= 0) & (r < nv) & (c >= 0) & (c < nu)
-                above = lat > thr[:n]
-                if kept is not None:
-                    kept[:n] += np.where(above, lat, 0.0)
-                ok &= above
-                idx = np.flatnonzero(ok)
-                col = index_map[r[idx], c[idx]]
-                open_ = col >= 0
-                idx, col = idx[open_], col[open_]
-                yield order[idx], col, lat[idx]
-        if scale_out is not None:
-            scale_out[:] = 1.0
-            full = self._calibration_scale(sigma_iso[:, order], fr)
-            scale_out[order] = full / np.maximum(kept, 1e-12)
-
-    def _calibration_scale(self, sigma_iso, frac) -> np.ndarray:
-        """Lateral factor of the full kernel on the axis of a 10 x 10 cm2 field (isocentre plane)
-        centred on each point: sum_k f_k erf(50 mm / (sqrt2 s_k))^2."""
-        half = CALIBRATION_FIELD_MM / 2
-        return (frac * erf(half / (np.sqrt(2.0) * sigma_iso)) ** 2).sum(axis=0)
+        """The nonzeros of one beam, one neighbour offset at a time (see
+        :func:`~optimizer.beams.photon_sparse.neighbour_pairs`)."""
+        legacy = isinstance(self.kernel, PhotonKernel)
+        radial = None if legacy or math.isinf(self.cutoff_mm) else self.cutoff_mm
+        return neighbour_pairs(u, v, t, depth, index_map, u0, v0, kernel=self.kernel, sad_mm=self.sad_mm,
+                               beamlet_mm=self.beamlet_mm, min_relative=self.min_relative,
+                               reach_rings=self._reach_rings, radial_mm=radial, rho=rho, scale_out=scale_out)
 
     def _beam_dose(self, geom, density, patient, positions, index_map, u0, v0, rho=None):
         """Nonzeros (point index, beamlet column, value) of one beam, vectorized over points."""
