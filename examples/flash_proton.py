@@ -132,7 +132,7 @@ def _rates(patient, influence, plan, machine, args, region) -> dict:
         "objective": plan.solver.get("objective"),
         "timeline": tl.summary(),
         "current_nA": machine.current_nA,
-        "edic": {k: round(float(v), 4) for k, v in e.items()},
+        "edic": {k: (int(v) if k == "fractions" else round(float(v), 4)) for k, v in e.items()},
     }
     return {"summary": summary, "dadr": dadr, "pbs": pbs, "goals": goals}
 
