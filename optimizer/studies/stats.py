@@ -118,9 +118,9 @@ def summary_table(summary: dict, columns=("TCP", "NTCP", "GARD_min", "PTV_D95_Gy
         return f"{m:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
 
     keys = list(columns) + ["TCP_gain", "NTCP_change"]
-    head = f"{'arm':<22}{'n':>4}{'fail':>5}" + "".join(f"{k:>26}" for k in keys)
+    head = f"{'arm':<22}{'n':>4}{'fail':>5}" + "".join(f" {k:>27}" for k in keys)
     lines = [head, "-" * len(head)]
     for arm, s in summary.items():
         fails = s["failed"] + s["infeasible"]
-        lines.append(f"{arm:<22}{s['patients']:>4}{fails:>5}" + "".join(f"{cell(s, k):>26}" for k in keys))
+        lines.append(f"{arm:<22}{s['patients']:>4}{fails:>5}" + "".join(f" {cell(s, k):>27}" for k in keys))
     return "\n".join(lines)
