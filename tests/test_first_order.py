@@ -98,3 +98,25 @@ def test_threaded_in_place_products_equal_the_plain_ones():
     np.testing.assert_allclose(model.column_norms(), np.sqrt(np.asarray(K.multiply(K).sum(axis=0)).ravel()),
                                rtol=1e-5)
     model.close()
+
+
+def test_default_solver_is_first_order_when_large_enough_with_a_recorded_fallback(toy, monkeypatch):
+    from optimizer import problem as problem_module
+    from optimizer.solvers import plan_first_order
+
+    patient, inf = toy
+    assert _problem(patient, inf).solve().solver["name"] == "CLARABEL"  # a toy: below the threshold
+    monkeypatch.setattr(problem_module, "AUTO_FIRST_ORDER_NNZ", 0)
+    plan = _problem(patient, inf).solve()
+    assert plan.solver["name"] == "FIRST_ORDER" and "fallback" not in plan.solver
+    # solver options without a solver name keep meaning CLARABEL's
+    assert _problem(patient, inf).solve(max_iter=200).solver["name"] == "CLARABEL"
+
+    def no_certificate(problem, verbose, options):
+        raise SolverError("first-order solver: no certified optimum (test)")
+
+    monkeypatch.setattr(plan_first_order, "solve_plan", no_certificate)
+    plan = _problem(patient, inf).solve()
+    assert plan.solver["name"] == "CLARABEL" and plan.solver["status"] == "optimal"
+    assert plan.solver["fallback"] == {"from": "FIRST_ORDER",
+                                       "reason": "first-order solver: no certified optimum (test)"}

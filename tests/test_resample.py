@@ -100,3 +100,33 @@ def test_plan_on_patient_and_the_example_reports_both_grids(tmp_path):
     ct = phantoms.tg119_cshape(spacing_mm=6.0)
     assert on_disk["goals_on_ct_grid"][0]["structure"] == "PTV"
     assert ct.grid.n_voxels > on_disk["sizes"]["grid_voxels"]
+
+
+def test_influence_on_a_dose_grid_plans_on_the_resampled_patient():
+    """influence(..., dose_grid=) equals the influence on patient.resample; PlanProblem takes the
+    CT-grid patient, plans on the resampled one, and resamples again when a CT-grid structure
+    changes; an influence on an unrelated grid is refused by name."""
+    from objectives import MaxDose
+
+    ct = phantoms.tg119_cshape(spacing_mm=6.0)
+    beams = PhotonBeams([0, 120, 240], beamlet_mm=10.0)
+    inf = beams.influence(ct, target="PTV", dose_grid=12.0)
+    ref = beams.influence(ct.resample(12.0), target="PTV")
+    assert inf.grid == ref.grid != ct.grid
+    assert (inf.matrix != ref.matrix).nnz == 0
+    problem = PlanProblem(ct, inf, fractions=25, max_voxels_per_structure=None)
+    assert problem.ct_patient is ct and problem.patient.grid == inf.grid
+    n_core = problem.patient.structure("Core").n_voxels
+    problem += SquaredDeviationPTV()
+    problem += MaxDose("Core", 30.0)
+    plan = problem.solve(solver="CLARABEL")
+    assert plan.dose.shape == inf.grid.shape
+    assert plan.on_patient(ct).dose.shape == ct.grid.shape
+    # a bigger core on the CT grid reaches the dose-grid problem at the next solve
+    ct.add_structure(Structure("Core", ct.structure("Core").mask | ct.structure("PTV").mask, "oar"),
+                     replace=True)
+    problem._sync()
+    assert problem.patient.structure("Core").n_voxels > n_core
+    other = phantoms.tg119_cshape(spacing_mm=5.0)
+    with pytest.raises(Exception, match="influence: computed on a grid"):
+        PlanProblem(other, inf, fractions=25)

@@ -160,8 +160,8 @@ class BeamModel(ABC):
     def influence(self, patient: Patient, target: str | None = None, *,
                   isocenter_mm: tuple[float, float, float] | None = None,
                   dose_mask: np.ndarray | None = None, max_memory_mb: float | None = None,
-                  progress: bool = False) -> InfluenceSet:
-        """The influence set of all beams on the patient grid.
+                  progress: bool = False, dose_grid=None) -> InfluenceSet:
+        """The influence set of all beams on the patient grid, or on a coarser dose grid.
 
         Parameters
         ----------
@@ -178,13 +178,19 @@ class BeamModel(ABC):
             memory available now (Linux ``MemAvailable``; no check where unknown); ``math.inf``
             switches the check off.
         progress : show a ``tqdm`` progress bar over the beams (quiet by default)
+        dose_grid : voxel size of the dose grid, mm (one value or (dz, dy, dx)); default the
+            patient's grid. The dose is computed on ``patient.resample(dose_grid)`` (CT
+            trilinear, structures by the centre point, :mod:`optimizer.resample`); a ``dose_mask``
+            is then on that grid. ``PlanProblem(patient, influence)`` plans on the same resampled
+            patient.
 
         Returns
         -------
         InfluenceSet : "dose" (Gy per fraction per unit beamlet weight) and the model's further
             forms, on the rows of the dose-mask voxels that some beamlet reaches.
         """
-        return self._run(patient, target, isocenter_mm, dose_mask, max_memory_mb, progress)
+        return self._run(patient, target, isocenter_mm, dose_mask, max_memory_mb, progress,
+                         dose_grid=dose_grid)
 
     def estimate_memory(self, patient: Patient, target: str | None = None, *,
                         isocenter_mm: tuple[float, float, float] | None = None,
@@ -209,9 +215,13 @@ class BeamModel(ABC):
                         f"({', '.join(targets)}); name the one the beams should cover")
 
     # -- the template ---------------------------------------------------------------------------
-    def _run(self, patient, target, isocenter_mm, dose_mask, max_memory_mb, progress,
+    def _run(self, patient, target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid=None,
              **options: Any) -> InfluenceSet:
         """Check everything, place the beamlets, refuse what does not fit in memory, compute."""
+        if dose_grid is not None:  # compute on the coarser dose grid (see influence())
+            if not isinstance(patient, Patient):
+                raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
+            patient = patient.resample(dose_grid)
         limit = check_max_memory(max_memory_mb)
         progress = _check_flag(progress, "progress")
         options = self._options(**options)

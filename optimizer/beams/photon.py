@@ -190,6 +190,7 @@ class PhotonBeams(BeamModel):
         max_memory_mb: float | None = None,
         progress: bool = False,
         fields: dict[int, np.ndarray] | None = None,
+        dose_grid=None,
     ) -> InfluenceSet:
         """Dose-influence set of all beams on the patient grid: "dose", Gy per fraction per unit
         beamlet weight.
@@ -197,7 +198,7 @@ class PhotonBeams(BeamModel):
         Parameters
         ----------
         patient : geometry with CT (HU -> relative electron density via the patient's table)
-        target, isocenter_mm, dose_mask, max_memory_mb, progress : as in
+        target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid : as in
             :meth:`optimizer.beams.base.BeamModel.influence` (the beamlets cover the target's
             projection; the default dose mask is relative electron density > 0.05)
         fields : optional {beam number: 2-D boolean open-beamlet map (rows = v, cols = u)} that
@@ -208,7 +209,8 @@ class PhotonBeams(BeamModel):
         The beamlet table has ``beam, row, col, u_mm, v_mm`` (row indexes v, col indexes u on
         the beam's beamlet grid; u/v: beamlet centre in the isocentre plane, mm).
         """
-        return self._run(patient, target, isocenter_mm, dose_mask, max_memory_mb, progress, fields=fields)
+        return self._run(patient, target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid,
+                         fields=fields)
 
     def estimate_memory(
         self,

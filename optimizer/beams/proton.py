@@ -226,13 +226,13 @@ class ProtonBeams(BeamModel):
     def influence(self, patient: Patient, target: str | None = None, *,
                   isocenter_mm: tuple[float, float, float] | None = None,
                   dose_mask: np.ndarray | None = None, max_memory_mb: float | None = None,
-                  progress: bool = False, with_let: bool = True) -> InfluenceSet:
+                  progress: bool = False, with_let: bool = True, dose_grid=None) -> InfluenceSet:
         """Dose and LET x dose influence of all spots on the patient grid.
 
         Parameters
         ----------
         patient : geometry; its CT is converted to RSP with ``rsp_table``
-        target, isocenter_mm, dose_mask, max_memory_mb, progress : as in
+        target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid : as in
             :meth:`optimizer.beams.base.BeamModel.influence` (the Bragg peaks cover the target +
             ``margin_mm``; the default dose mask is RSP > 0.05, inside the patient)
         with_let : also compute the LET x dose form (default); False: "dose" only, in less
@@ -247,7 +247,7 @@ class ProtonBeams(BeamModel):
         row indexes v, col indexes u on the beam's spot grid). The dose-averaged LET of weights
         x is :func:`~optimizer.influence.let_d_map`.
         """
-        return self._run(patient, target, isocenter_mm, dose_mask, max_memory_mb, progress,
+        return self._run(patient, target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid,
                          with_let=with_let)
 
     def compute(self, patient: Patient, target: str | None = None,

@@ -200,15 +200,17 @@ class Model:
             g += op.rmatvec(a[:-1], self.pool)
         return g
 
-    def column_norms(self):
-        """Euclidean norms of the columns of K."""
+    def column_norms(self, block_weights=None):
+        """Norms of the columns of K, rows weighted: sqrt(sum_i w_i K_ij^2) with ``block_weights``
+        one array per block (default all 1: the Euclidean norms)."""
         xp = self.xp
         total = xp.zeros(self.n_beamlets)
         for o, op in enumerate(self.operators):
             counts = xp.zeros(op.n_rows + 1)
-            for oo, rows in self.block_rows:
+            for b, (oo, rows) in enumerate(self.block_rows):
                 if oo == o:
-                    counts += xp.bincount(rows, minlength=op.n_rows + 1)
+                    w = None if block_weights is None else xp.asarray(block_weights[b], dtype=float)
+                    counts += xp.bincount(rows, weights=w, minlength=op.n_rows + 1)
             total += op.column_norms_sq(counts[:-1])
         return xp.sqrt(total)
 
@@ -432,10 +434,10 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
     lam = warm["lam"] if warm and warm.get("n") == n and len(warm["lam"]) == len(hard) else None
     if lam is None:
         lam = [{k: xp.zeros(_block_size(model, t, k)) for k in t.blocks} for t in hard]
-    rho = warm["rho"] if warm and lam is warm.get("lam") else [
-        settings.rho0 * soft_w / max(len(t.ctx.volumes), 1) for t in hard]
     if x.sum() == 0:
         x = _initial_guess(model, x)
+    rho = warm["rho"] if warm and lam is warm.get("lam") else [
+        settings.rho0 * soft_w / max(len(t.ctx.volumes), 1) for t in hard]
     inner = settings.inner
     if inner == "auto":
         inner = "lbfgsb" if xp is np else "spg"
@@ -443,9 +445,7 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         raise SolverError("inner='lbfgsb' runs on the CPU only; use inner='spg' with device='cuda'")
     history, evals, prev_viol = [], 0, np.inf
     cert = None
-    col = model.column_norms() if model.n_rows else None
-    scale = 1.0 / xp.maximum(col, 1e-12 * float(col.max())) if col is not None and col.size else xp.ones(n)
-    scale = scale / float(scale.mean())
+    scale = _diagonal_scaling(model) if model.n_rows else xp.ones(n)
     for outer in range(1, settings.max_outer + 1):
         f = _Objective(model, lam, rho)
         # inexact inner solves while the hard terms are far from feasible, tight once they hold
@@ -494,6 +494,27 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         "matrix_dtype": settings.matrix_dtype,
     }
     return x_np, info, {"x": x, "lam": lam, "rho": rho, "n": n}
+
+
+def _diagonal_scaling(model: Model):
+    """Jacobi scaling of the beamlets: 1 / sqrt of the diagonal of the soft terms' curvature,
+    sum_k w_k sum_i v_i K_ij^2 (squared penalties: the volume-weighted column norms), plus a
+    small share of the plain column norms so beamlets that only hard terms see keep a scale."""
+    xp = model.xp
+    weights = [xp.zeros(len(rows)) for _, rows in model.block_rows]
+    for t in model.terms:
+        if t.hard:
+            continue
+        w = float(t.term.weight.value)
+        for b in t.blocks.values():
+            if b != "weights":
+                weights[b] = weights[b] + w * xp.asarray(t.ctx.volumes, dtype=float)
+    soft = model.column_norms(weights) ** 2
+    plain = model.column_norms() ** 2
+    ratio = float(soft.mean()) / max(float(plain.mean()), 1e-300)
+    diag = soft + 1e-2 * ratio * plain if float(soft.max()) > 0 else plain
+    scale = 1.0 / xp.sqrt(xp.maximum(diag, 1e-24 * float(diag.max())))
+    return scale / float(scale.mean())
 
 
 def _meets(cert: dict, settings: Settings) -> bool:
