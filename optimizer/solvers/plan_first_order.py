@@ -44,6 +44,7 @@ def solve_plan(problem, verbose: bool, options: dict):
         "kkt": cert["kkt"],
         "hard_tolerance": settings.violation_tol,
         "hard_terms": cert["hard_terms"],
+        "compile_s": 0.0,  # nothing is compiled: the model build is build_s
         "warm_started": warm is not None,
         "terms": [repr(t) for t in problem.terms],
         **info,
