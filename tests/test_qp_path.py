@@ -31,19 +31,24 @@ def test_cshape_physical_plan_is_a_qp_and_osqp_agrees_with_clarabel(cshape):
     assert all(c["max_violation"] <= 1e-3 for c in plan.solver["hard_terms"])
 
 
+#: smoothness weight: the scatter kernel's wider beamlets leave the maps smoother to begin with,
+#: so a weight of 0.05 lowered the roughness by only 8 %
+W_SMOOTH = 0.2
+
+
 def test_fluence_smoothness_smooths_the_maps_at_a_small_cost(cshape):
     from objectives import FluenceSmoothness
     from objectives.shapes import neighbour_differences
 
     patient, inf = cshape
     D = neighbour_differences(inf.beamlets)
-    base = _problem(patient, inf).solve()
+    base = _problem(patient, inf).solve(solver="CLARABEL")
     problem = _problem(patient, inf)
-    problem += FluenceSmoothness(weight=0.05)
+    problem += FluenceSmoothness(weight=W_SMOOTH)
     assert problem.build().is_qp()
-    smooth = problem.solve()
+    smooth = problem.solve(solver="CLARABEL")
     r0, r1 = D @ base.weights, D @ smooth.weights
     assert float(r1 @ r1) < 0.9 * float(r0 @ r0)
     # the plan part of the objective rises only a little; the total is the plan part + cost
-    plan_part = smooth.solver["objective"] - 0.05 * float(r1 @ r1)
+    plan_part = smooth.solver["objective"] - W_SMOOTH * float(r1 @ r1)
     assert base.solver["objective"] <= plan_part + 1e-6 <= 1.2 * base.solver["objective"]
