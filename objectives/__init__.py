@@ -17,7 +17,9 @@ from .biological import (
     MeanEQD2Max,
     SquaredBEDOverdose,
 )
+from .dose_rate import DADRDeficit, DADRMin
 from .errors import BiologyError, BioplanError, TermError
+from .immune import EDICModel, ImmuneMeanDose
 from .let import DirtyDoseMax, LETdMax, LETDoseMax, dirty_dose_matrix
 from .physical import (
     DVHMax,
@@ -70,4 +72,5 @@ __all__ = [
     "gard", "gard_prescription", "log_tcp", "ntcp_lkb", "oer", "tcp_poisson",
     "LETDoseMax", "LETdMax", "DirtyDoseMax", "dirty_dose_matrix",
     "RBE_CONSTANT", "mcnamara_rbe", "mcnamara_rbe_max", "mcnamara_rbe_min", "rbe_weighted_dose",
+    "DADRMin", "DADRDeficit", "EDICModel", "ImmuneMeanDose",
 ]

@@ -68,6 +68,8 @@ FACTORIES = {
     "Floor": [lambda w: Q.Floor("S", 60.0, quantity=Q.EQD2(LQ), weight=w),
               lambda w: Q.Floor("S", rng.uniform(20, 40, GRID), weight=w)],
     "FluenceSmoothness": [lambda w: Q.FluenceSmoothness(weight=w or 0.5)],
+    "DADRMin": [lambda w: Q.DADRMin("S", 40.0, 500.0, weight=w)],
+    "ImmuneMeanDose": [lambda w: Q.ImmuneMeanDose("S", "body", weight=w or 1.0, volume_cc=2000.0)],
 }
 
 
@@ -103,6 +105,8 @@ def random_forms(term, scale=1.0, seed=0):
         forms["weights"] = r.uniform(0.0, 30.0, N)
     if type(term.quantity).__name__ == "DirtyDose":
         forms = {"dirty_dose": r.uniform(0.0, 20.0, N)}
+    if type(term.quantity).__name__ == "DADRDeficit":  # d (1 - DADR / R): either sign
+        forms = {"dadr_deficit": scale * r.uniform(-20.0, 10.0, N)}
     return forms
 
 
@@ -249,7 +253,8 @@ QUANTITIES = [objectives.Dose(), objectives.BED(LQ), objectives.EQD2(LQ), object
 def test_every_exported_quantity_is_in_the_contract():
     exported = {n for n in objectives.__all__ if inspect.isclass(getattr(objectives, n))
                 and issubclass(getattr(objectives, n), objectives.Quantity) and n != "Quantity"}
-    covered = {type(q).__name__ for q in QUANTITIES} | {"DirtyDose"}  # DirtyDose: via DirtyDoseMax
+    # derived linear forms, covered through their terms: DirtyDose via DirtyDoseMax, DADRDeficit via DADRMin
+    covered = {type(q).__name__ for q in QUANTITIES} | {"DirtyDose", "DADRDeficit"}
     assert exported <= covered
 
 
