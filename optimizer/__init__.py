@@ -1,6 +1,6 @@
 """bioplan optimizer: geometry, beam models, problem assembly and solve, plans and evaluation."""
 
-from . import bio_evaluate, evaluate, flash, io, phantoms, plots, report
+from . import bio_evaluate, deliver, evaluate, flash, io, phantoms, plots, report
 from .beams import proton_physics
 from .beams.base import BeamModel
 from .beams.photon import PhotonBeams, PhotonKernel
@@ -35,7 +35,7 @@ from .problem import PlanProblem
 from .stopping_power import HU_TO_RSP_TABLE, hu_to_rsp
 
 __all__ = [
-    "bio_evaluate", "evaluate", "flash", "io", "phantoms", "plots", "report",
+    "bio_evaluate", "deliver", "evaluate", "flash", "io", "phantoms", "plots", "report",
     "BeamError", "GeometryError", "InfeasiblePlanError", "PlanError", "SolverError", "EvaluationError",
     "PlotError",
     "DicomError", "MatradError",

@@ -8,6 +8,8 @@ DICOM (positions in the patient coordinate system, LPS mm; arrays ``[z, y, x]``)
   :class:`~optimizer.plan.Plan` or a dose array);
 - :mod:`~optimizer.io.rtplan` — RT Ion Plan (proton PBS): :func:`write_rt_ion_plan` (of a proton
   Plan or spot arrays);
+- :mod:`~optimizer.io.rtplan_photon` — RT Plan (photon step-and-shoot / sliding-window MLC):
+  :func:`write_rt_plan` (of a sequenced :class:`optimizer.deliver.Delivery`), :func:`load_rt_plan`;
 - :mod:`~optimizer.io.dicom_folder` — :func:`load_dicom`, a CT series and its structure set in
   one folder, as a :class:`~optimizer.geometry.Patient`.
 
@@ -33,11 +35,13 @@ from .dicom_folder import load_dicom
 from .matrad import BODY_NAMES, MatradError, is_body_name, load_matrad
 from .rtdose import load_rtdose, write_rtdose
 from .rtplan import write_rt_ion_plan
+from .rtplan_photon import RTPlanContents, load_rt_plan, write_rt_plan
 from .rtstruct import load_rtstruct, write_rtstruct
 
 __all__ = [
     "DicomError", "CTInfo", "CTSeries", "CT_HU_RANGE",
     "load_ct_series", "load_rtstruct", "load_dicom", "load_rtdose",
     "write_ct_series", "write_rtstruct", "write_rtdose", "write_rt_ion_plan",
+    "write_rt_plan", "load_rt_plan", "RTPlanContents",
     "MatradError", "BODY_NAMES", "is_body_name", "load_matrad",
 ]
