@@ -189,8 +189,8 @@ class PhotonBeams(BeamModel):
         dose_mask: np.ndarray | None = None,
         max_memory_mb: float | None = None,
         progress: bool = False,
-        fields: dict[int, np.ndarray] | None = None,
         dose_grid=None,
+        fields: dict[int, np.ndarray] | None = None,
     ) -> InfluenceSet:
         """Dose-influence set of all beams on the patient grid: "dose", Gy per fraction per unit
         beamlet weight.

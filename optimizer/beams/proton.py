@@ -226,7 +226,7 @@ class ProtonBeams(BeamModel):
     def influence(self, patient: Patient, target: str | None = None, *,
                   isocenter_mm: tuple[float, float, float] | None = None,
                   dose_mask: np.ndarray | None = None, max_memory_mb: float | None = None,
-                  progress: bool = False, with_let: bool = True, dose_grid=None) -> InfluenceSet:
+                  progress: bool = False, dose_grid=None, with_let: bool = True) -> InfluenceSet:
         """Dose and LET x dose influence of all spots on the patient grid.
 
         Parameters
