@@ -14,7 +14,8 @@ on 10 x 10 cm2) and the legacy single Gaussian (``kernel="gaussian"``). Writes
 * ``photon_profiles.png``: 10 x 10 cm2 cross-plane profiles at 10 cm depth in water and inside a
   lung slab (-700 HU from 5 to 15 cm depth);
 * ``photon_output_factors.png``: output factors at 10 cm depth (SAD 100 cm), 2 x 2 to 20 x 20 cm2;
-* ``metrics.json``: {"photon": ...} with every model value, its reference, tolerance and
+* the proton panels of ``beam_model_check_proton.py`` (``proton_*.png``);
+* ``metrics.json``: {"photon": ..., "proton": ...} with every model value, its reference, tolerance and
   residual, the kernel's parameters and the dose fraction the sparse cut-off drops.
 
 Further modalities add a ``<name>_checks(out) -> dict`` function and append it to ``CHECKS``;
@@ -223,7 +224,21 @@ def photon_checks(out: str) -> dict:
 
 
 #: The checks main() runs, each writing its panels into ``out`` and returning its metrics.
-CHECKS = [photon_checks]
+def proton_checks(out: str) -> dict:
+    """Proton panels and metrics: examples/beam_model_check_proton.py (IDDs vs PSTAR, lateral
+    profiles with the halo, field-size factor; also writes proton_metrics.json)."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    from beam_model_check_proton import main as proton_main
+
+    metrics = proton_main(["--out", out])
+    # plain JSON types (the proton metrics hold NumPy scalars)
+    return json.loads(json.dumps(metrics, default=lambda v: v.item() if hasattr(v, "item") else float(v)))
+
+
+CHECKS = [photon_checks, proton_checks]
 
 
 def main(argv=None) -> dict:

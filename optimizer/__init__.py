@@ -4,7 +4,9 @@ from . import bio_evaluate, deliver, evaluate, flash, io, phantoms, plots, repor
 from .beams import proton_physics
 from .beams.base import BeamModel
 from .beams.photon import PhotonBeams, PhotonKernel
+from .beams.photon_kernel import PhotonScatterKernel
 from .beams.proton import ProtonBeams, let_d_map, spot_maps
+from .beams.proton_beamdata import ProtonBeamData
 from .beams.raytrace import BeamGeometry, radiological_depth
 from .errors import (
     BeamError,
@@ -41,6 +43,7 @@ __all__ = [
     "DicomError", "MatradError",
     "Grid", "Patient", "Structure", "hu_to_red", "InfluenceMatrix", "InfluenceSet",
     "BeamModel", "BeamGeometry", "radiological_depth", "PhotonBeams", "PhotonKernel",
+    "PhotonScatterKernel", "ProtonBeamData",
     "ProtonBeams", "spot_maps", "let_d_map", "proton_physics", "hu_to_rsp", "HU_TO_RSP_TABLE",
     "PlanProblem", "Plan",
     "load_ct_series", "load_dicom", "load_rtdose", "load_rtstruct", "load_matrad",
