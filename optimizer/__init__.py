@@ -1,6 +1,6 @@
 """bioplan optimizer: geometry, beam models, problem assembly and solve, plans and evaluation."""
 
-from . import bio_evaluate, deliver, evaluate, flash, io, phantoms, plots, report
+from . import bio_evaluate, deliver, evaluate, flash, io, phantoms, plots, report, studies
 from .beams import proton_physics
 from .beams.base import BeamModel
 from .beams.photon import PhotonBeams, PhotonKernel
@@ -37,7 +37,7 @@ from .problem import PlanProblem
 from .stopping_power import HU_TO_RSP_TABLE, hu_to_rsp
 
 __all__ = [
-    "bio_evaluate", "deliver", "evaluate", "flash", "io", "phantoms", "plots", "report",
+    "bio_evaluate", "deliver", "evaluate", "flash", "io", "phantoms", "plots", "report", "studies",
     "BeamError", "GeometryError", "InfeasiblePlanError", "PlanError", "SolverError", "EvaluationError",
     "PlotError",
     "DicomError", "MatradError",
