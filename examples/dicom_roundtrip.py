@@ -141,7 +141,8 @@ def main(argv=None) -> dict:
                     help="proton energy-layer spacing in WEPL, mm (default: the beam model's)")
     ap.add_argument("--max-voxels", type=int, default=1500,
                     help="helper structures (ring, tissue) are optimized on a sample of this many voxels")
-    ap.add_argument("--solver", default=None, help="any installed cvxpy solver (default CLARABEL)")
+    ap.add_argument("--solver", default=None,
+                    help="FIRST_ORDER or a cvxpy solver (default: by problem size, PlanProblem.solve)")
     ap.add_argument("--verbose", action="store_true", help="one line per beam while computing dose")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
