@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, RTStructureSetStorage
 from pydicom.valuerep import format_number_as_ds
 
 from .._files import atomic_write
@@ -213,6 +214,48 @@ def _study_reference(ct_info: CTInfo) -> Dataset:
     study.ReferencedSOPClassUID = _STUDY_COMPONENT_SOP
     study.ReferencedSOPInstanceUID = ct_info.study_instance_uid
     return study
+
+
+def _plan_header(ds: FileDataset, label: str, description: str, structure_set_uid: str | None) -> None:
+    """The RT (Ion) Plan module's identification: label, name, description, date, and the
+    geometry (PATIENT with a structure-set reference, else TREATMENT_DEVICE); one patient setup
+    (head first supine)."""
+    ds.OperatorsName = ""
+    ds.InstanceNumber = 1
+    ds.RTPlanLabel = label
+    ds.RTPlanName = label
+    ds.RTPlanDescription = description
+    ds.RTPlanDate, ds.RTPlanTime = ds.StudyDate, ds.StudyTime
+    if structure_set_uid:
+        ds.RTPlanGeometry = "PATIENT"
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = RTStructureSetStorage
+        ref.ReferencedSOPInstanceUID = structure_set_uid
+        ds.ReferencedStructureSetSequence = DicomSequence([ref])
+    else:
+        ds.RTPlanGeometry = "TREATMENT_DEVICE"
+    setup = Dataset()
+    setup.PatientSetupNumber = 1
+    setup.PatientPosition = "HFS"
+    ds.PatientSetupSequence = DicomSequence([setup])
+
+
+def _fraction_group(ds: FileDataset, fractions: int, beam_meterset: list[tuple[int, float]]) -> None:
+    """One fraction group: the number of fractions and each beam's (number, MU per fraction)."""
+    refs = []
+    for number, mu in beam_meterset:
+        rb = Dataset()
+        rb.ReferencedBeamNumber = number
+        rb.BeamMeterset = _ds(mu)
+        refs.append(rb)
+    fg = Dataset()
+    fg.FractionGroupNumber = 1
+    fg.NumberOfFractionsPlanned = int(fractions)
+    fg.NumberOfBeams = len(refs)
+    fg.NumberOfBrachyApplicationSetups = 0
+    fg.ReferencedBeamSequence = DicomSequence(refs)
+    ds.FractionGroupSequence = DicomSequence([fg])
+    ds.ApprovalStatus = "UNAPPROVED"
 
 
 def _save(ds: FileDataset, path: Path, overwrite: bool) -> None:

@@ -12,7 +12,7 @@ from typing import overload
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import RTIonPlanStorage, RTStructureSetStorage, generate_uid
+from pydicom.uid import RTIonPlanStorage, generate_uid
 
 from ..geometry import Patient
 from ..plan import Plan
@@ -24,7 +24,9 @@ from ._dicom_write import (
     _check_target,
     _ds,
     _ds_list,
+    _fraction_group,
     _new_dataset,
+    _plan_header,
     _save,
     _text,
 )
@@ -293,28 +295,11 @@ def _write_ion_plan(path: str | os.PathLike, spots: Mapping[str, np.ndarray], be
     ds = _new_dataset(RTIonPlanStorage, sop_uid, "RTPLAN", generate_uid(), 4, patient, ct_info,
                       ct_info.study_instance_uid, ct_info.frame_of_reference_uid, "bioplan proton plan",
                       path)
-    ds.OperatorsName = ""
-    ds.InstanceNumber = 1
-    ds.RTPlanLabel = label
-    ds.RTPlanName = label
-    ds.RTPlanDescription = (
+    _plan_header(ds, label, (
         f"bioplan proton PBS plan. MU calibration: {mu_per_weight:g} MU per unit optimizer spot weight "
         "(per fraction); ScanSpotMetersetWeights are the spot weights, "
         "BeamMeterset = FinalCumulativeMetersetWeight x MU per weight."
-    )
-    ds.RTPlanDate, ds.RTPlanTime = ds.StudyDate, ds.StudyTime
-    if structure_set_uid:
-        ds.RTPlanGeometry = "PATIENT"
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = RTStructureSetStorage
-        ref.ReferencedSOPInstanceUID = structure_set_uid
-        ds.ReferencedStructureSetSequence = DicomSequence([ref])
-    else:
-        ds.RTPlanGeometry = "TREATMENT_DEVICE"
-    setup = Dataset()
-    setup.PatientSetupNumber = 1
-    setup.PatientPosition = "HFS"
-    ds.PatientSetupSequence = DicomSequence([setup])
+    ), structure_set_uid)
     ion_beams, ref_beams = [], []
     for b_index, b in enumerate(beams):
         sel = np.flatnonzero(sp["beam"] == b_index)
@@ -327,20 +312,10 @@ def _write_ion_plan(path: str | os.PathLike, spots: Mapping[str, np.ndarray], be
         total = float(sp["weight"][sel].sum())
         cps = _control_points(sp, sel, b_index, b, tune_id)
         ion_beams.append(_ion_beam(number, b_index, b, cps, total, mu_per_weight, machine, path))
-        rb = Dataset()
-        rb.ReferencedBeamNumber = number
-        rb.BeamMeterset = _ds(total * mu_per_weight)
-        ref_beams.append(rb)
+        ref_beams.append((number, total * mu_per_weight))
     if not ion_beams:
         raise DicomError("weights: no spot has a positive weight; nothing to write")
-    fg = Dataset()
-    fg.FractionGroupNumber = 1
-    fg.NumberOfFractionsPlanned = int(fractions)
-    fg.NumberOfBeams = len(ion_beams)
-    fg.NumberOfBrachyApplicationSetups = 0
-    fg.ReferencedBeamSequence = DicomSequence(ref_beams)
-    ds.FractionGroupSequence = DicomSequence([fg])
+    _fraction_group(ds, fractions, ref_beams)
     ds.IonBeamSequence = DicomSequence(ion_beams)
-    ds.ApprovalStatus = "UNAPPROVED"
     _save(ds, path, overwrite)
     return sop_uid

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import RTPlanStorage, RTStructureSetStorage, generate_uid
+from pydicom.uid import RTPlanStorage, generate_uid
 
 from ..deliver.sequence import BeamDelivery, Delivery
 from ..geometry import Patient
@@ -31,7 +31,9 @@ from ._dicom_write import (
     _check_target,
     _ds,
     _ds_list,
+    _fraction_group,
     _new_dataset,
+    _plan_header,
     _save,
     _text,
 )
@@ -154,24 +156,11 @@ def write_rt_plan(path: str | os.PathLike, delivery: Delivery, patient: Patient,
     sop_uid = sop_instance_uid or generate_uid()
     ds = _new_dataset(RTPlanStorage, sop_uid, "RTPLAN", generate_uid(), 4, patient, ct_info,
                       ct_info.study_instance_uid, ct_info.frame_of_reference_uid, "bioplan photon plan", path)
-    ds.OperatorsName = ""
-    ds.InstanceNumber = 1
-    ds.RTPlanLabel = label
-    ds.RTPlanName = label
-    ds.RTPlanDescription = (
+    _plan_header(ds, label, (
         f"bioplan photon IMRT, {delivery.technique.replace('_', ' ')}; MU calibration "
         f"{delivery.calibration.calibration.describe()}: {delivery.calibration.mu_per_weight:.6g} MU per "
         "unit beamlet weight"
-    )
-    ds.RTPlanDate, ds.RTPlanTime = ds.StudyDate, ds.StudyTime
-    if structure_set_uid:
-        ds.RTPlanGeometry = "PATIENT"
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = RTStructureSetStorage
-        ref.ReferencedSOPInstanceUID = structure_set_uid
-        ds.ReferencedStructureSetSequence = DicomSequence([ref])
-    else:
-        ds.RTPlanGeometry = "TREATMENT_DEVICE"
+    ), structure_set_uid)
     dose_ref = Dataset()
     dose_ref.DoseReferenceNumber = 1
     dose_ref.DoseReferenceUID = generate_uid()
@@ -181,26 +170,12 @@ def write_rt_plan(path: str | os.PathLike, delivery: Delivery, patient: Patient,
     if prescription_Gy is not None:
         dose_ref.TargetPrescriptionDose = _ds(prescription_Gy)
     ds.DoseReferenceSequence = DicomSequence([dose_ref])
-    setup = Dataset()
-    setup.PatientSetupNumber = 1
-    setup.PatientPosition = "HFS"
-    ds.PatientSetupSequence = DicomSequence([setup])
-    beams, refs = [], []
+    beams, metersets = [], []
     for number, bd in enumerate(delivery.beams, start=1):
         beams.append(_beam(number, bd, machine, delivery.calibration.sad_mm, energy_MV, path))
-        rb = Dataset()
-        rb.ReferencedBeamNumber = number
-        rb.BeamMeterset = _ds(bd.mu)
-        refs.append(rb)
-    fg = Dataset()
-    fg.FractionGroupNumber = 1
-    fg.NumberOfFractionsPlanned = int(delivery.fractions)
-    fg.NumberOfBeams = len(beams)
-    fg.NumberOfBrachyApplicationSetups = 0
-    fg.ReferencedBeamSequence = DicomSequence(refs)
-    ds.FractionGroupSequence = DicomSequence([fg])
+        metersets.append((number, bd.mu))
+    _fraction_group(ds, delivery.fractions, metersets)
     ds.BeamSequence = DicomSequence(beams)
-    ds.ApprovalStatus = "UNAPPROVED"
     _save(ds, path, overwrite)
     return sop_uid
 
