@@ -28,6 +28,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -169,13 +170,15 @@ class Model:
     build_s: float = 0.0
     pool: object = None
 
-    @property
+    @cached_property
     def offsets(self) -> list[int]:
-        return list(np.cumsum([0] + [len(r) for _, r in self.block_rows]))
+        """Start of each block in the stacked forms (the blocks are fixed once built; read on
+        every product)."""
+        return [int(v) for v in np.cumsum([0] + [len(r) for _, r in self.block_rows])]
 
     @property
     def n_rows(self) -> int:
-        return int(sum(len(r) for _, r in self.block_rows))
+        return self.offsets[-1]
 
     @property
     def nnz(self) -> int:
