@@ -29,6 +29,7 @@ with options of its own (photon ``fields``, proton ``with_let``) overrides :meth
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import numbers
 import time
@@ -79,6 +80,9 @@ class BeamSetup:
     dose_mask : [z, y, x] boolean mask of the voxels to compute dose in (non-empty)
     voxels : flat C-order indices of ``dose_mask``, ascending
     geometries : one :class:`~optimizer.beams.raytrace.BeamGeometry` per beam, in beam order
+    wepl_error : (scale, offset_mm) applied to every water-equivalent depth w inside the
+        patient, ``w * scale + offset_mm`` (range-error scenarios of models that trace WEPL,
+        :meth:`BeamModel.scenario_influence`); (1, 0) is the nominal case
     """
 
     patient: Patient
@@ -89,6 +93,7 @@ class BeamSetup:
     dose_mask: np.ndarray
     voxels: np.ndarray
     geometries: tuple[BeamGeometry, ...]
+    wepl_error: tuple[float, float] = (1.0, 0.0)
 
     @property
     def grid(self) -> Grid:
@@ -213,6 +218,48 @@ class BeamModel(ABC):
                             f"the beams should cover (structures: {', '.join(patient.structure_names)})")
         raise BeamError(f"target: the patient has {len(targets)} structures with role 'target' "
                         f"({', '.join(targets)}); name the one the beams should cover")
+
+    def scenario_influence(self, patient: Patient, target: str | None = None, *,
+                           isocenter_mm: tuple[float, float, float] | None = None,
+                           dose_mask: np.ndarray | None = None, shift_mm=(0.0, 0.0, 0.0),
+                           wepl_scale: float = 1.0, wepl_offset_mm: float = 0.0,
+                           voxel_mask: np.ndarray | None = None, **options: Any) -> InfluenceSet:
+        """The influence set of the *nominal* beamlets / spots (same table, same columns as
+        :meth:`influence` with the same arguments) for the patient moved by ``shift_mm`` (x, y,
+        z, LPS mm) relative to the isocentre, and (models that trace WEPL, protons) every
+        water-equivalent depth inside the patient changed to ``w * wepl_scale + wepl_offset_mm``
+        (a range error: stopping power scaled by ``wepl_scale``, plus an offset, mm).
+
+        The beamlets are placed on the nominal geometry; then the isocentre moves by
+        ``-shift_mm`` in the patient's frame (the patient moves by ``+shift_mm`` in the room) and
+        the dose is computed in the voxels of ``voxel_mask`` ([z, y, x] bool, default the dose
+        mask) only. Used by :mod:`optimizer.robust`."""
+        options = self._options(**options)
+        setup = self._setup(patient, target, isocenter_mm, dose_mask, self._target_required(**options))
+        placed = self._place(setup, **options)
+        shift = check_point(shift_mm, "shift_mm")
+        scale = float(wepl_scale)
+        offset = float(wepl_offset_mm)
+        if not (np.isfinite(scale) and scale > 0 and np.isfinite(offset)):
+            raise BeamError(f"wepl_scale / wepl_offset_mm: expected a factor > 0 and a finite offset in mm, "
+                            f"got {wepl_scale!r}, {wepl_offset_mm!r}")
+        if (scale, offset) != (1.0, 0.0) and not self.traces_wepl:
+            raise BeamError(f"{type(self).__name__}: range errors (wepl_scale, wepl_offset_mm) apply to "
+                            "models that trace water-equivalent depth (protons) only")
+        iso = tuple(float(a) - float(b) for a, b in zip(setup.isocenter_mm, shift))
+        geoms = tuple(BeamGeometry(g.gantry_deg, iso, g.sad_mm, g.couch_deg) for g in setup.geometries)
+        mask = setup.dose_mask if voxel_mask is None else check_dose_mask(voxel_mask, setup.grid.shape)
+        moved = dataclasses.replace(setup, isocenter_mm=iso, geometries=geoms, dose_mask=mask,
+                                    voxels=np.flatnonzero(mask.ravel()), wepl_error=(scale, offset))
+        return self._compute(moved, self._on_geometries(placed, geoms), False, **options)
+
+    #: True for models whose dose depends on water-equivalent depth (range errors apply)
+    traces_wepl: ClassVar[bool] = False
+
+    def _on_geometries(self, placed: list, geometries: tuple[BeamGeometry, ...]) -> list:
+        """``placed`` for moved beam geometries (same beamlets); default: unchanged (a model whose
+        ``placed`` carries its geometries overrides this)."""
+        return placed
 
     # -- the template ---------------------------------------------------------------------------
     def _run(self, patient, target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid=None,

@@ -300,6 +300,11 @@ class ProtonBeams(BeamModel):
             placed.append((geom, *self._place_spots(b, geom, setup.density, patient, grown_idx, target)))
         return placed
 
+    traces_wepl = True
+
+    def _on_geometries(self, placed, geometries):
+        return [(g, spots, info) for g, (_, spots, info) in zip(geometries, placed)]
+
     def _compute(self, setup: BeamSetup, placed: list, progress: bool, with_let=True) -> InfluenceSet:
         grid, voxels, iso = setup.grid, setup.voxels, setup.isocenter_mm
         dose_blocks, let_blocks = [], []
@@ -308,7 +313,8 @@ class ProtonBeams(BeamModel):
         with self._progress(progress) as bar:
             for b, (geom, spots, info) in enumerate(placed):
                 started = time.perf_counter()
-                db, lb = self._beam_dose(geom, setup.density, setup.patient, voxels, spots, with_let)
+                db, lb = self._beam_dose(geom, setup.density, setup.patient, voxels, spots, with_let,
+                                         wepl_error=setup.wepl_error)
                 dose_blocks.extend(db)
                 let_blocks.extend(lb)
                 n = len(spots["layer"])
@@ -502,14 +508,17 @@ class ProtonBeams(BeamModel):
                 "amp_core": idd * (1.0 - wt) / (2 * np.pi * core**2 * kept),
                 "amp_halo": idd * wt / (2 * np.pi * halo**2 * kept)}
 
-    def _beam_dose(self, geom, rsp, patient, voxels, spots, with_let=True):
+    def _beam_dose(self, geom, rsp, patient, voxels, spots, with_let=True, wepl_error=(1.0, 0.0)):
         """Per-layer CSC blocks (rows: position in ``voxels``; columns: the layer's spots) of the
-        dose and of the LET x dose of one beam, with identical sparsity."""
+        dose and of the LET x dose of one beam, with identical sparsity. ``wepl_error``: (scale,
+        offset_mm) of a range-error scenario, applied to the WEPL of voxels inside (w > 0)."""
         grid = patient.grid
         positions = grid.positions_mm(voxels)
         u, v, t = geom.to_beam(positions)
         pts = np.flatnonzero(self._near(spots, u, v, t))
         u, v, t, w = radiological_depth(rsp, grid, geom, positions[pts], exact_surface=True)
+        if tuple(wepl_error) != (1.0, 0.0):
+            w = np.where(w > 0, np.maximum(w * wepl_error[0] + wepl_error[1], 0.0), w)
         keep = w <= self._deepest_cut(spots)
         pts, u, v, t, w = pts[keep], u[keep], v[keep], t[keep], w[keep]
         vox_tree = cKDTree(np.stack([u, v], axis=1))
