@@ -21,12 +21,20 @@ Sparse cut-off (multi-component kernel): a voxel takes entries from the beamlets
 within ``cutoff_mm`` (default 20 mm, isocentre plane) of its own beamlet's and whose lateral factor
 exceeds ``min_relative`` (1e-3) of the beamlet's on-axis value there. The far scatter (sigma
 ~4-5 cm) cannot be held by a sparse matrix at this cost: on the axis of a 10 x 10 cm2 field the
-cut-off leaves out ~7 % of the dose at d_max and ~15 % at 10 cm. With ``truncation="calibrated"``
-(default) each voxel's entries are rescaled so that a 10 x 10 cm2 field centred on it gets the full
-kernel's dose: the reference field and its PDD stay exact, the field-size dependence is kept up to
-~4 x 4 cm2 (2 x 2 cm2 output factor 0.92 in the matrix, 0.785 with the full kernel, 0.99 legacy).
-``cutoff_mm=math.inf, min_relative=0`` gives the full kernel. ``benchmarks/bench_dose.py`` prints
-these fractions and the cost.
+cut-off leaves out ~7 % of the dose at d_max (1.5 cm), ~14 % at 10 cm and ~18 % at 20 cm
+(``truncation="drop"``). With ``truncation="calibrated"`` (default) that missing tail is folded,
+per voxel, into the kept entries of its outer shell (beamlet centres farther than
+``cutoff_mm - SHELL_MARGIN_MM`` = 18 mm from the voxel), so that a 10 x 10 cm2 field centred on
+it gets the full kernel's dose while the inner entries stay exact: the reference field and its
+PDD are exact and fields up to 3 x 3 cm2 keep the full kernel's output factor (2 x 2 / 3 x 3 cm2:
+0.784 / 0.828 in the matrix, 0.784 / 0.830 full kernel, published 0.78 / 0.835); 4 x 4 and 6 x 6
+cm2 reach the shell and come out too hot (0.97 and 1.00 vs 0.87 and 0.93), fields of 6 x 6 cm2
+and more get the 10 x 10 output. The folded tail lies on a few beamlets, so the dose 1-3 cm
+outside a small field is up to ~2x the full kernel's there (a few % of the field's dose).
+``truncation="uniform"`` is the former calibration (every kept entry scaled by full / kept:
+reference field exact, but the 2 x 2 cm2 output factor 0.92). ``cutoff_mm=math.inf,
+min_relative=0`` gives the full kernel. ``benchmarks/bench_dose.py`` prints these fractions and
+the cost.
 
 Units: with the default kernel, a beamlet weight of 1 on every beamlet of a 10 x 10 cm2 field at
 SSD 100 cm gives 1 Gy per fraction at d_max on the axis (legacy kernel: of a broad field).
@@ -75,8 +83,14 @@ BYTES_PER_VOXEL = 100
 #: Default lateral reach of the multi-component kernel: beamlets whose centre is more than this
 #: far (mm, isocentre plane, along u or v) from a point's own beamlet contribute nothing to it.
 DEFAULT_CUTOFF_MM = 20.0
+#: ``truncation="calibrated"``: the far-scatter tail beyond the cut-off is folded into the kept
+#: entries whose beamlet centre lies more than ``cutoff_mm - SHELL_MARGIN_MM`` from the point (mm,
+#: isocentre plane). 2 mm with the default 20 mm cut-off puts the shell at 18 mm, just outside the
+#: farthest beamlet centre of a 3 x 3 cm2 field of 5 mm beamlets seen from its axis (17.7 mm), so
+#: fields up to 3 x 3 cm2 keep the full kernel's output factor (benchmarks/bench_dose.py).
+SHELL_MARGIN_MM = 2.0
 KERNELS = ("scatter", "gaussian")
-TRUNCATIONS = ("calibrated", "drop")
+TRUNCATIONS = ("calibrated", "uniform", "drop")
 
 
 class PhotonBeams(BeamModel):
@@ -99,10 +113,13 @@ class PhotonBeams(BeamModel):
         of a point's own beamlet and that of a contributing beamlet (default
         :data:`DEFAULT_CUTOFF_MM`; ``math.inf``: no limit but ``min_relative``)
     truncation : multi-component kernel, what happens to the kernel beyond the cut-offs:
-        "calibrated" (default; with ``cutoff_mm`` <= 50 mm) rescales each point's kept entries
-        so that a 10 x 10 cm2 field centred on it gets the full kernel's dose, i.e. the reference
-        field stays exact and the field-size dependence is kept up to ~2 ``cutoff_mm``; "drop"
-        leaves the truncated tails out (dose of broad fields too low). ``cutoff_mm=math.inf,
+        "calibrated" (default; with ``cutoff_mm`` <= 50 mm) folds the dose each point misses
+        from a 10 x 10 cm2 field centred on it into its outer shell of kept entries (beamlet
+        centres beyond ``cutoff_mm - SHELL_MARGIN_MM``): the reference field stays exact and
+        fields up to 3 x 3 cm2 (with the defaults) keep the full kernel's output factor;
+        "uniform" rescales all kept entries by full / kept instead (reference field exact, small
+        fields too hot: the former default); "drop" leaves the truncated tails out (dose of
+        broad fields too low). ``cutoff_mm=math.inf,
         min_relative=0`` is the full kernel (slow, dense; what the validation tests check)
     couch_deg : patient-support angle(s), degrees; only 0 (coplanar) is supported
 
@@ -380,14 +397,17 @@ class PhotonBeams(BeamModel):
     def _kernel_at(self, t, depth, rho):
         return kernel_at(self.kernel, self.sad_mm, t, depth, rho)
 
-    def _pairs(self, u, v, t, depth, index_map, u0, v0, rho=None, scale_out=None):
+    def _pairs(self, u, v, t, depth, index_map, u0, v0, rho=None, scale_out=None, shell_out=None,
+               shell_log=None):
         """The nonzeros of one beam, one neighbour offset at a time (see
         :func:`~optimizer.beams.photon_sparse.neighbour_pairs`)."""
         legacy = isinstance(self.kernel, PhotonKernel)
         radial = None if legacy or math.isinf(self.cutoff_mm) else self.cutoff_mm
         return neighbour_pairs(u, v, t, depth, index_map, u0, v0, kernel=self.kernel, sad_mm=self.sad_mm,
                                beamlet_mm=self.beamlet_mm, min_relative=self.min_relative,
-                               reach_rings=self._reach_rings, radial_mm=radial, rho=rho, scale_out=scale_out)
+                               reach_rings=self._reach_rings, radial_mm=radial, rho=rho, scale_out=scale_out,
+                               shell_mm=self._shell_mm if shell_out is not None else None,
+                               shell_out=shell_out, shell_log=shell_log)
 
     def _beam_dose(self, geom, density, patient, positions, index_map, u0, v0, rho=None):
         """Nonzeros (point index, beamlet column, value) of one beam, vectorized over points."""
@@ -400,17 +420,28 @@ class PhotonBeams(BeamModel):
         rho_pts = None if rho is None else rho[pts]
         axial = self._kernel_at(t, depth, rho_pts)[0]
         scale = np.ones(len(pts)) if self._calibrated else None
-        out_p, out_c, out_v = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
-        for idx, col, lat in self._pairs(u, v, t, depth, index_map, u0, v0, rho_pts, scale):
+        shell = np.ones(len(pts)) if self._calibrated and self.truncation == "calibrated" else None
+        log: list[bool] = []
+        out_p, out_c, out_v = [], [], []
+        for idx, col, lat in self._pairs(u, v, t, depth, index_map, u0, v0, rho_pts, scale, shell, log):
             out_p.append(idx)
             out_c.append(col)
             out_v.append(lat)
-        idx = np.concatenate(out_p)
-        factor = axial[idx] if scale is None else axial[idx] * scale[idx]
-        return pts[idx], np.concatenate(out_c), (factor * np.concatenate(out_v)).astype(np.float32)
+        if scale is not None:  # the calibration is known once every entry is visited
+            for k, idx in enumerate(out_p):
+                out_v[k] = out_v[k] * (shell[idx] if log and log[k] else scale[idx])
+        idx = np.concatenate([np.zeros(0, np.int64), *out_p])
+        cols = np.concatenate([np.zeros(0, np.int64), *out_c])
+        vals = np.concatenate([np.zeros(0), *out_v])
+        return pts[idx], cols, (axial[idx] * vals).astype(np.float32)
 
     @property
     def _calibrated(self) -> bool:
         """Whether the truncated kernel is rescaled so a 10 x 10 cm2 field is exact on its axis."""
-        return (not isinstance(self.kernel, PhotonKernel) and self.truncation == "calibrated"
+        return (not isinstance(self.kernel, PhotonKernel) and self.truncation in ("calibrated", "uniform")
                 and self.cutoff_mm <= CALIBRATION_FIELD_MM / 2)
+
+    @property
+    def _shell_mm(self) -> float:
+        """Inner radius (mm, isocentre plane) of the shell that carries the folded-back tail."""
+        return self.cutoff_mm - SHELL_MARGIN_MM

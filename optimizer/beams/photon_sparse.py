@@ -65,7 +65,8 @@ def calibration_scale(sigma_iso, frac) -> np.ndarray:
 
 
 def neighbour_pairs(u, v, t, depth, index_map, u0, v0, *, kernel, sad_mm, beamlet_mm, min_relative,
-                    reach_rings, radial_mm=None, rho=None, scale_out=None):
+                    reach_rings, radial_mm=None, rho=None, scale_out=None, shell_mm=None, shell_out=None,
+                    shell_log=None):
     """(point positions, beamlet columns, lateral factors) of the nonzeros, one neighbour offset at
     a time. An entry is kept where its lateral factor exceeds ``min_relative`` times the beamlet's
     on-axis value; each point only visits the rings where an upper bound of the factor can still
@@ -73,7 +74,15 @@ def neighbour_pairs(u, v, t, depth, index_map, u0, v0, *, kernel, sad_mm, beamle
     beamlets whose centre lies within that distance of the point's own beamlet centre.
 
     ``scale_out``: filled, once the generator is exhausted, with each point's factor full / kept of
-    a 10 x 10 cm2 field centred on it (:func:`calibration_scale`)."""
+    a 10 x 10 cm2 field centred on it (:func:`calibration_scale`).
+
+    ``shell_mm`` (with ``scale_out``, ``shell_out`` and ``shell_log``): the kept entries whose
+    beamlet centre lies farther than ``shell_mm`` from the point form its outer shell and are
+    yielded in chunks of their own; ``shell_log`` gets one bool per yielded chunk (True: shell).
+    The missing tail of the 10 x 10 cm2 field, full - kept, is then folded into the shell alone:
+    ``shell_out`` gets the shell's factor ``1 + (full - kept) / kept_shell`` and ``scale_out`` 1
+    (the inner entries stay exact, so fields that do not reach the shell keep their output
+    factor); a point without a kept shell entry gets full / kept on both."""
     w = beamlet_mm
     nv, nu = index_map.shape
     _, frac, sigma_iso = kernel_at(kernel, sad_mm, t, depth, rho)
@@ -103,13 +112,17 @@ def neighbour_pairs(u, v, t, depth, index_map, u0, v0, *, kernel, sad_mm, beamle
     thr = thr[order]
     r2_max = (radial_mm / w) ** 2 if radial_mm is not None else math.inf
     kept = np.zeros(n0) if scale_out is not None else None
-    pu, pv = {}, {}
+    shell = shell_mm is not None and scale_out is not None
+    kept_shell = np.zeros(n0) if shell else None
+    pu, pv, xu, xv = {}, {}, {}, {}
     for d in range(-K, K + 1):
         n = counts[abs(d)]
         if n == 0:
             continue
-        pu[d] = profile(uo[:n] - (u0 + (ci[:n] + d) * w), w / 2, sig[:, :n])
-        pv[d] = profile(vo[:n] - (v0 + (ri[:n] + d) * w), w / 2, sig[:, :n])
+        xu[d] = uo[:n] - (u0 + (ci[:n] + d) * w)
+        xv[d] = vo[:n] - (v0 + (ri[:n] + d) * w)
+        pu[d] = profile(xu[d], w / 2, sig[:, :n])
+        pv[d] = profile(xv[d], w / 2, sig[:, :n])
     for di in range(-K, K + 1):
         for dj in range(-K, K + 1):
             n = counts[max(abs(di), abs(dj))]
@@ -129,13 +142,29 @@ def neighbour_pairs(u, v, t, depth, index_map, u0, v0, *, kernel, sad_mm, beamle
             if kept is not None:
                 kept[:n] += np.where(above, lat, 0.0)
             ok &= above
-            idx = np.flatnonzero(ok)
-            col = index_map[r[idx], c[idx]]
-            open_ = col >= 0
-            idx, col = idx[open_], col[open_]
-            yield order[idx], col, lat[idx]
+            if shell:
+                outer = xu[dj][:n] ** 2 + xv[di][:n] ** 2 > shell_mm**2
+                kept_shell[:n] += np.where(above & outer, lat, 0.0)
+                parts = ((ok & ~outer, False), (ok & outer, True))
+            else:
+                parts = ((ok, False),)
+            for sel, is_shell in parts:
+                idx = np.flatnonzero(sel)
+                col = index_map[r[idx], c[idx]]
+                open_ = col >= 0
+                idx, col = idx[open_], col[open_]
+                if shell_log is not None:
+                    shell_log.append(is_shell)
+                yield order[idx], col, lat[idx]
     if scale_out is not None:
         scale_out[:] = 1.0
         full = calibration_scale(sigma_iso[:, order], fr)
-        scale_out[order] = full / np.maximum(kept, 1e-12)
-
+        uniform = full / np.maximum(kept, 1e-12)
+        if shell:
+            has_shell = kept_shell > 1e-9 * np.maximum(kept, 1e-12)
+            shell_out[:] = 1.0
+            shell_out[order] = np.where(has_shell, 1.0 + (full - kept) / np.maximum(kept_shell, 1e-300),
+                                        uniform)
+            scale_out[order] = np.where(has_shell, 1.0, uniform)
+        else:
+            scale_out[order] = uniform
