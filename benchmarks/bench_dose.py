@@ -16,8 +16,13 @@ The sparse cut-off: the default matrix keeps, for each voxel, the beamlets whose
 ``cutoff_mm`` (20 mm) of its own beamlet and whose entry exceeds ``min_relative`` (1e-3) of the
 beamlet's on-axis value. The second table gives the fraction of the full kernel's dose this drops
 on the axis of a 10 x 10 cm2 field (SSD 100 cm, water) at d_max, 10 and 20 cm depth, and the output
-factor of 2 x 2 cm2 as the matrix sees it; with ``truncation="calibrated"`` (default) each voxel's
-kept entries are rescaled so that the 10 x 10 cm2 field gets the full dose.
+factors of 2 x 2, 3 x 3 and 4 x 4 cm2 as the matrix sees it (IROC 2 x 2 / 3 x 3: 0.78 / 0.835). With
+``truncation="calibrated"`` (default) each voxel's missing tail is folded into its outer shell of
+kept entries (beamlet centres beyond 18 mm), so the 10 x 10 cm2 field gets the full dose and fields
+up to 3 x 3 cm2 keep theirs; ``"uniform"`` (the former default) scales every kept entry instead.
+
+``--cutoffs 20 30 40``: the C-shape case with the default kernel at each cut-off (nnz, dose time)
+and the same table per cut-off, for choosing ``cutoff_mm``.
 """
 
 from __future__ import annotations
@@ -36,26 +41,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = {"cshape": 4.0, "ct": 3.0}
 
 
-def run_one(case: str, kernel: str, spacing_mm: float) -> dict:
+def run_one(case: str, kernel: str, spacing_mm: float, cutoff_mm: float = 20.0) -> dict:
     """Dose time, nnz and memory of one case with one kernel (run in a child process)."""
     from optimizer import PhotonBeams, phantoms
 
     patient = phantoms.tg119_cshape(spacing_mm=spacing_mm)
-    beams = PhotonBeams(gantry_deg=range(0, 360, 40), beamlet_mm=5.0, kernel=kernel)
+    beams = PhotonBeams(gantry_deg=range(0, 360, 40), beamlet_mm=5.0, kernel=kernel, cutoff_mm=cutoff_mm)
     est = beams.estimate_memory(patient, target="PTV")
     t0 = time.perf_counter()
     inf = beams.influence(patient, target="PTV")
     seconds = time.perf_counter() - t0
-    return {"case": f"{case} {spacing_mm:g}mm", "kernel": kernel,
+    label = kernel if cutoff_mm == 20.0 or kernel == "gaussian" else f"{kernel} {cutoff_mm:g}mm"
+    return {"case": f"{case} {spacing_mm:g}mm", "kernel": label,
             "voxels": int(patient.structure("Body").mask.sum()), "beamlets": inf.n_beamlets, "nnz": inf.nnz,
             "dose_s": seconds,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "est_nnz": est["nnz"], "est_peak_mb": est["peak_mb"]}
 
 
-def cutoff_table() -> list[dict]:
-    """Dose fraction the default sparse cut-off drops (10 x 10 cm2 axis) and the 2 x 2 cm2 output
-    factor seen by each version of the matrix."""
+def cutoff_table(cutoffs=(20.0,)) -> list[dict]:
+    """Dose fraction the sparse cut-off drops (10 x 10 cm2 axis) and the 2 x 2 to 4 x 4 cm2 output
+    factors seen by each version of the matrix."""
     import numpy as np
 
     from optimizer import PhotonBeams, phantoms
@@ -73,9 +79,13 @@ def cutoff_table() -> list[dict]:
             p, isocenter_mm=(0.0, -160.0 + iso_depth, 0.0), dose_mask=mask, fields={0: np.ones((n, n), bool)})
         return inf.dose_per_fraction(np.ones(inf.n_beamlets))[iz, :, ix]
 
-    versions = {"full kernel": dict(cutoff_mm=math.inf, min_relative=0.0),
-                "default (calibrated)": {}, "drop": dict(truncation="drop"),
-                "legacy gaussian": dict(kernel="gaussian")}
+    versions = {"full kernel": dict(cutoff_mm=math.inf, min_relative=0.0)}
+    for c in cutoffs:
+        tag = "" if c == 20.0 else f" {c:g}mm"
+        versions[f"calibrated{tag}"] = dict(cutoff_mm=c)
+        versions[f"uniform{tag}"] = dict(cutoff_mm=c, truncation="uniform")
+        versions[f"drop{tag}"] = dict(cutoff_mm=c, truncation="drop")
+    versions["legacy gaussian"] = dict(kernel="gaussian")
     full = cax(20, 0.0, **versions["full kernel"])
     rows = []
     for label, kw in versions.items():
@@ -83,9 +93,9 @@ def cutoff_table() -> list[dict]:
         row = {"version": label}
         for dd in (15.0, 100.0, 200.0):
             row[f"dropped@{dd / 10:g}cm"] = 1 - float(np.interp(dd, depth, d) / np.interp(dd, depth, full))
-        ref = cax(20, 100.0, **kw)
-        small = cax(4, 100.0, **kw)
-        row["OF_2x2"] = float(np.interp(100.0, depth, small) / np.interp(100.0, depth, ref))
+        ref = np.interp(100.0, depth, cax(20, 100.0, **kw))
+        for n in (4, 6, 8):
+            row[f"OF_{n // 2}x{n // 2}"] = float(np.interp(100.0, depth, cax(n, 100.0, **kw)) / ref)
         rows.append(row)
     return rows
 
@@ -95,20 +105,25 @@ def main(argv=None):
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--kernels", nargs="+", default=["gaussian", "scatter"], choices=["gaussian", "scatter"])
     ap.add_argument("--ct-spacing-mm", type=float, default=CASES["ct"])
-    ap.add_argument("--child", nargs=3, metavar=("CASE", "KERNEL", "SPACING"), help=argparse.SUPPRESS)
+    ap.add_argument("--cutoffs", nargs="+", type=float, default=[20.0],
+                    help="cut-offs (mm) of the scatter kernel to time and tabulate (default 20)")
+    ap.add_argument("--child", nargs=4, metavar=("CASE", "KERNEL", "SPACING", "CUTOFF"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(run_one(args.child[0], args.child[1], float(args.child[2]))))
+        print(json.dumps(run_one(args.child[0], args.child[1], float(args.child[2]), float(args.child[3]))))
         return None
     spacing = {**CASES, "ct": args.ct_spacing_mm}
     rows = []
     for case in args.cases:
         for kernel in args.kernels:
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", case, kernel,
-                                  str(spacing[case])],
-                                 check=True, capture_output=True, text=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"done {case} {kernel}: {rows[-1]['dose_s']:.1f} s", file=sys.stderr, flush=True)
+            for cutoff in (args.cutoffs if kernel == "scatter" else [20.0]):
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", case, kernel,
+                                      str(spacing[case]), str(cutoff)],
+                                     check=True, capture_output=True, text=True)
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"done {case} {rows[-1]['kernel']}: {rows[-1]['dose_s']:.1f} s", file=sys.stderr,
+                      flush=True)
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"load average {os.getloadavg()[0]:.1f}")
@@ -124,8 +139,9 @@ def main(argv=None):
         print(" | ".join(cells))
     print()
     print("sparse cut-off (10 x 10 cm2 axis, SSD 100 cm): 1 - dose / full-kernel dose ('drop': the fraction "
-          "the cut-off leaves out; legacy: a different model); 2 x 2 cm2 output factor (published 0.76-0.80)")
-    table = cutoff_table()
+          "the cut-off leaves out; legacy: a different model); output factors at 10 cm (IROC 2x2 0.76-0.80, "
+          "3x3 0.82-0.85)")
+    table = cutoff_table(args.cutoffs)
     keys = list(table[0])
     print(" | ".join(f"{k:>20}" for k in keys))
     for r in table:
