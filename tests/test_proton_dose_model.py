@@ -5,9 +5,11 @@ the exact surface.
 References used below
 ---------------------
 * NIST PSTAR CSDA ranges in water (REFERENCES.md).
-* Issue 9 (measured against a Monte Carlo reference): with a 0.3 % energy spread the distal 80-20 %
-  fall-off is 0.4-0.9 mm narrower and the peak-to-plateau ratio 6-19 % higher than the reference
-  at 100-200 MeV; generic beam-data libraries list an energy spread of 0.5-1 % (1 sigma).
+* The default beam-data table: OpenTPS's default MCsquare beam model (BDL_default_DN_RangeShifter,
+  IBA dedicated nozzle; source and commit in optimizer/beams/data/proton_generic.csv).
+* Monte Carlo pristine peaks and lateral kernels: matRad's generic proton machine
+  (protons_Generic.mat, "double-Gaussian dose kernels fitted to MC simulations using a generic
+  machine model", DKFZ; optimizer/beams/data/proton_mc_reference.json names the commit).
 * Nuclear halo: charged secondaries carry several % to ~15 % of the dose (Pedroni et al., PMB
   2005;50:541; Soukup et al., PMB 2005;50:5089; REFERENCES.md); its radius is about a third of
   the range (Gottschalk et al., PMB 2015;60:5627). A field-size factor is therefore >= 0.85, and
@@ -16,6 +18,7 @@ References used below
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -25,6 +28,7 @@ from scipy.special import erf
 from optimizer import phantoms
 from optimizer.beams import proton_halo as ph
 from optimizer.beams import proton_physics as pp
+from optimizer.beams.photon_kernel import DATA_DIR
 from optimizer.beams.proton import ProtonBeams
 from optimizer.beams.proton_beamdata import ProtonBeamData
 from optimizer.beams.raytrace import BeamGeometry, radiological_depth
@@ -33,23 +37,55 @@ from optimizer.geometry import Structure
 
 PSTAR_MM = {100: 77.18, 150: 157.7, 200: 259.6}
 TABLE = ProtonBeamData.default()
+with open(os.path.join(DATA_DIR, "proton_mc_reference.json")) as _f:
+    MC = json.load(_f)
 
 # -- beam-data table ----------------------------------------------------------------------------
 
 
-def test_default_table_is_within_the_published_bands_and_interpolates_linearly():
+def test_default_table_is_the_opentps_generic_beam_line_and_interpolates_linearly():
+    # hand values from the BDL rows (NominalEnergy, EnergySpread, SpotSize1x, Divergence1x,
+    # Correlation1x, SpotSize1y, Divergence1y, Correlation1y), nozzle exit 410 mm from isocentre:
+    rows = {150.0: (0.626557, 3.077055, 0.004502, -0.039148, 3.871036, 0.004567, -0.270952),
+            200.0: (0.441133, 2.094484, 0.003642, 0.028193, 2.891102, 0.003001, -0.267050)}
+    for e, (spread, sx, tx, rx, sy, ty, ry) in rows.items():
+        vx = sx**2 + 2 * rx * sx * tx * 410.0 + (tx * 410.0) ** 2
+        vy = sy**2 + 2 * ry * sy * ty * 410.0 + (ty * 410.0) ** 2
+        assert TABLE.energy_spread_pct_at(e) == pytest.approx(spread, abs=1e-4)
+        assert TABLE.spot_sigma_air_mm_at(e) == pytest.approx(math.sqrt((vx + vy) / 2), abs=1e-3)
     e = np.array(TABLE.energy_MeV)
-    spread = np.array(TABLE.energy_spread_pct)
-    sigma = np.array(TABLE.spot_sigma_air_mm)
-    assert e[0] <= 70 and e[-1] >= 230
-    # 0.5-1 % (1 sigma) of generic libraries, to within 0.05 % at the ends; in-air sigma 3-7 mm
-    assert np.all((spread >= 0.45 - 1e-9) & (spread <= 1.0))
-    assert np.all((sigma >= 3.0) & (sigma <= 7.0))
-    # both fall with energy (degrader scattering and spread are largest at low energy)
-    assert np.all(np.diff(spread) < 0) and np.all(np.diff(sigma) < 0)
-    # halfway between rows: the mean of the rows (hand calculation)
-    assert TABLE.energy_spread_pct_at(125.0) == pytest.approx(0.5 * (spread[1] + spread[2]))
-    assert TABLE.spot_sigma_air_mm_at(175.0) == pytest.approx(0.5 * (sigma[2] + sigma[3]))
+    spread, sigma = np.array(TABLE.energy_spread_pct), np.array(TABLE.spot_sigma_air_mm)
+    assert e[0] == 100.0 and e[-1] == 225.0 and np.all(np.diff(e) == 5.0)
+    # within the 0.5-1 % that generic libraries list up to 190 MeV, less above; spot 2.5-6 mm
+    assert np.all((spread[e <= 190] >= 0.5) & (spread[e <= 190] <= 1.0)) and spread.min() > 0.25
+    assert np.all((sigma >= 2.5) & (sigma <= 6.0))
+    # halfway between rows: the mean of the rows (hand calculation); held outside the table
+    assert TABLE.energy_spread_pct_at(152.5) == pytest.approx(0.5 * (spread[10] + spread[11]))
+    assert TABLE.spot_sigma_air_mm_at(70.0) == sigma[0]
+
+
+def test_bdl_reader_propagates_the_spot_to_the_isocentre(tmp_path):
+    bdl = tmp_path / "machine.txt"
+    bdl.write_text(
+        "--Lookup table BDL format--\n\nNozzle exit to Isocenter distance\n400.0\n\n"
+        "Beam parameters\n2 energies\n\n"
+        "NominalEnergy MeanEnergy EnergySpread ProtonsMU Weight1 SpotSize1x Divergence1x Correlation1x "
+        "SpotSize1y Divergence1y Correlation1y Weight2\n"
+        "20 20 0.9 1e8 1 3 0.005 0.5 3 0.005 0.5 0\n"
+        "120 120.5 0.7 1e8 1 3 0.005 0.5 4 0.0 0.0 0\n")
+    t = ProtonBeamData.from_bdl(bdl)
+    assert t.energy_MeV == (120.0,)  # 20 MeV is outside the model's 70-230 MeV
+    # x: 9 + 2 * 0.5 * 3 * 0.005 * 400 + (0.005 * 400)^2 = 19 mm^2; y: 16 mm^2 (no divergence)
+    assert t.spot_sigma_air_mm[0] == pytest.approx(math.sqrt((19 + 16) / 2))
+    assert t.energy_spread_pct[0] == 0.7
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Nozzle exit to Isocenter distance\n400\nNominalEnergy EnergySpread\n100 0.5\n")
+    with pytest.raises(BeamError, match="SpotSize1x"):
+        ProtonBeamData.from_bdl(bad)
+    other = tmp_path / "table.csv"
+    other.write_text("energy_MeV,energy_spread_pct,spot_sigma_air_mm\n100,0.5,4\n")
+    with pytest.raises(BeamError, match="not a BDL"):
+        ProtonBeamData.from_bdl(other)
 
 
 def test_user_tables_from_csv_and_json(tmp_path):
@@ -103,20 +139,45 @@ def test_r80_within_0_3_mm_of_pstar_range_with_the_table_spread(energy):
     assert abs(r80 - PSTAR_MM[energy]) < 0.3
 
 
+def _peak_metrics(depth, idd):
+    """(80-20 % distal fall-off mm, peak / entrance dose) of a sampled depth-dose curve."""
+    i = int(np.argmax(idd))
+    tail = idd[i:] / idd[i]
+    r80 = np.interp(-0.8, -tail, depth[i:])
+    r20 = np.interp(-0.2, -tail, depth[i:])
+    return r20 - r80, idd[i] / idd[0]
+
+
+@pytest.mark.parametrize("k", [0, 1, 2], ids=["100MeV", "150MeV", "200MeV"])
+def test_pristine_peaks_against_monte_carlo(k):
+    """The model's pristine peak, run with the Monte Carlo's initial spectrum (mean energy, Gaussian
+    sigma), against matRad's generic Monte Carlo IDD. Tolerances: 80-20 fall-off within 1.0 mm and
+    peak / entrance within 6 % (measured residuals -0.1 / -0.85 / -0.86 mm and -5.6 / +2.1 / -1.8 %:
+    Bortfeld's straggling, 0.012 R^0.935, is narrower than the Monte Carlo's above ~120 MeV)."""
+    ref = MC["peaks"][k]
+    f_ref, ptp_ref = _peak_metrics(np.array(ref["depth_mm"]), np.array(ref["idd"]))
+    mean = ref["spectrum_mean_MeV"]
+    spread = 100 * ref["spectrum_sigma_MeV"] / mean
+    depth = np.arange(0.0, ref["depth_mm"][-1], 0.05)
+    f_model, ptp_model = _peak_metrics(*pp.pristine_peak(mean, depth, energy_spread_pct=spread))
+    assert abs(f_model - f_ref) <= 1.0, (f_model, f_ref)
+    assert abs(ptp_model / ptp_ref - 1) <= 0.06, (ptp_model, ptp_ref)
+    # the same fall-off from the hand formula: 1.32 range-spread sigmas (Gaussian-smeared edge)
+    assert f_model == pytest.approx(1.32 * pp.range_straggling_sigma_mm(mean, spread), abs=0.1)
+
+
 @pytest.mark.parametrize("energy", [100, 150, 200])
-def test_falloff_and_peak_to_plateau_against_the_monte_carlo_reference(energy):
-    """Issue 9's Monte Carlo reference: the fall-off is 0.4-0.9 mm wider and the peak-to-plateau
-    ratio 6-19 % lower than with 0.3 % spread; both bands are the tolerance. The fall-off is also
-    1.32 range-spread sigmas (the 80-20 width of a Gaussian-smeared edge, hand value)."""
+def test_table_spread_widens_the_falloff_towards_the_monte_carlo(energy):
+    """Issue 9: with the former 0.3 % spread the peaks were too sharp and too high. With the
+    table's spread the fall-off is wider (towards the Monte Carlo's 3.4-4.4 mm) and the peak /
+    entrance ratio lower, by at most the Monte Carlo's own range of widths."""
     spread = TABLE.energy_spread_pct_at(energy)
     f_old, f_new = pp.distal_falloff_80_20_mm(energy, 0.3), pp.distal_falloff_80_20_mm(energy, spread)
-    assert 0.4 <= f_new - f_old <= 0.9
-    assert f_new / pp.range_straggling_sigma_mm(energy, spread) == pytest.approx(1.32, abs=0.03)
-    ratios = []
-    for s in (0.3, spread):
-        _, idd = pp.pristine_peak(energy, energy_spread_pct=s)
-        ratios.append(idd.max() / idd[0])
-    assert 1.06 <= ratios[0] / ratios[1] <= 1.19
+    f_mc = _peak_metrics(np.array(MC["peaks"][[100, 150, 200].index(energy)]["depth_mm"]),
+                         np.array(MC["peaks"][[100, 150, 200].index(energy)]["idd"]))[0]
+    assert f_old < f_new and abs(f_new - f_mc) < abs(f_old - f_mc), (f_old, f_new, f_mc)
+    ratios = [_peak_metrics(*pp.pristine_peak(energy, energy_spread_pct=s))[1] for s in (0.3, spread)]
+    assert ratios[1] < ratios[0]
 
 
 # -- nuclear halo -------------------------------------------------------------------------------
@@ -185,6 +246,29 @@ def test_field_size_factor_from_the_halo():
     assert no_halo[0] / no_halo[1] == pytest.approx(1.0, abs=2e-3)
 
 
+@pytest.mark.parametrize("k", [0, 1, 2], ids=["100MeV", "150MeV", "200MeV"])
+def test_field_size_factor_against_the_monte_carlo_double_gaussian(k):
+    """4 x 4 vs 20 x 20 cm^2 at half the range from matRad's Monte Carlo-fitted double-Gaussian
+    kernel (weight and sigma of the wide Gaussian; core: its narrow sigma with our in-air spot)
+    against ours, within 0.02 (measured: 0.991 / 0.965 / 0.928 vs 0.998 / 0.978 / 0.926)."""
+    ref = MC["peaks"][k]
+    energy = [100, 150, 200][k]
+    kern = ref["mid_range_kernel"]
+    air = TABLE.spot_sigma_air_mm_at(energy)
+    s1 = math.hypot(kern["sigma1"], air)
+
+    def dose(a, w, sc, sh):
+        return (1 - w) * erf(a / (2 * math.sqrt(2) * sc)) ** 2 + w * erf(a / (2 * math.sqrt(2) * sh)) ** 2
+
+    fsf_mc = dose(40.0, kern["weight"], s1, kern["sigma2"]) / dose(200.0, kern["weight"], s1, kern["sigma2"])
+    fsf = _fsf_hand(energy, 40.0, 200.0)
+    assert abs(fsf - fsf_mc) <= 0.02, (fsf, fsf_mc)
+    # and the halo weights agree within a factor 2.5 (ours 0.045 / 0.084 / 0.125, MC 0.020 / 0.076 / 0.114)
+    z = 0.5 * pp.csda_range_mm(energy)
+    w = ph.halo_weight(energy, z, TABLE.energy_spread_pct_at(energy))
+    assert kern["weight"] / 2.5 <= w <= 2.5 * kern["weight"]
+
+
 # -- the matrices: cut-off, normalisation, surface -----------------------------------------------
 
 
@@ -245,6 +329,9 @@ def test_halo_widens_the_tail_within_the_cutoff_and_the_cutoff_is_documented(sla
     row_h, row_c = d_h[slab.grid.shape[0] // 2, iy, :], d_c[slab.grid.shape[0] // 2, iy, :]
     sc = float(pp.lateral_sigma_mm(150.0, depth, TABLE.spot_sigma_air_mm_at(150.0)))
     tail = (np.abs(xs) > 3 * sc) & (np.abs(xs) < beams.cutoff_sigma * sc)
-    assert np.all(row_h[tail] > 2 * row_c[tail])
+    # at 3 core sigmas the core still holds exp(-4.5) of its peak: the halo at least adds half
+    # of that there, and dominates (> 5x) further out
+    assert np.all(row_h[tail] > 1.5 * row_c[tail])
+    assert np.all(row_h[tail & (np.abs(xs) > 4 * sc)] > 5 * row_c[tail & (np.abs(xs) > 4 * sc)])
     assert np.all(row_h[np.abs(xs) > beams.cutoff_sigma * sc + 1e-6] == 0)
     assert 1 - ph.fraction_within(3.0, 0.0, 1.0, 1.0) == pytest.approx(math.exp(-4.5))

@@ -4,10 +4,14 @@ A PBS beam line is commissioned by fitting, per nominal energy, the energy sprea
 pristine peaks and the in-air spot sigma to measured spot profiles; the dose model then
 interpolates between the tabulated energies. :class:`ProtonBeamData` holds such a table.
 
-* Default: ``optimizer/beams/data/proton_generic.csv``, a generic cyclotron beam line (the file's
-  header names the basis of its values: energy spread 0.45-0.9 % 1 sigma, larger at low energies,
-  within the 0.5-1 % generic beam-data libraries list; spot sigma 6.5 mm at 70 MeV to 3.3 mm at
-  230 MeV, within the 3-7 mm of clinical nozzles; REFERENCES.md).
+* Default: ``optimizer/beams/data/proton_generic.csv``, the generic IBA dedicated-nozzle beam
+  line that OpenTPS ships as its default MCsquare beam model (OpenTPS consortium, UCLouvain / IBA,
+  Apache-2.0: ``BDL_default_DN_RangeShifter.txt``, "UPenn beam model (double gaussian)"; read from
+  github.com/jinkoo2/opentps2 at commit 6ee285d01205ef9fd848c5795c1779b9a5805e4a; converted with
+  ``tools/bdl_to_beamdata.py``, the file's header has the details). 100-225 MeV in 5 MeV steps:
+  energy spread 0.67 % (100 MeV) falling to 0.44 % (200 MeV) and 0.27 % (225 MeV); in-air spot
+  sigma at isocentre 5.2 mm (100 MeV) to 2.7 mm (200 MeV). Held at 100 MeV below.
+* An MCsquare / OpenTPS beam model: :meth:`ProtonBeamData.from_bdl`.
 * Your own machine: :meth:`ProtonBeamData.from_file` reads a CSV (header ``energy_MeV,
   energy_spread_pct,spot_sigma_air_mm``; lines starting with ``#`` are comments) or a JSON object
   ``{"energy_MeV": [...], "energy_spread_pct": [...], "spot_sigma_air_mm": [...]}``.
@@ -34,7 +38,7 @@ from ..errors import BeamError
 
 #: The columns of a beam-data table, in file order.
 COLUMNS = ("energy_MeV", "energy_spread_pct", "spot_sigma_air_mm")
-#: Package file of the default table (a generic cyclotron beam line; sources in its header).
+#: Package file of the default table (OpenTPS's generic IBA beam model; source in its header).
 DEFAULT_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "proton_generic.csv")
 #: Accepted ranges: energies (MeV) of the proton model, spread (%) as in proton_physics, sigma (mm).
 _LIMITS = {"energy_MeV": (70.0, 230.0), "energy_spread_pct": (0.0, 5.0), "spot_sigma_air_mm": (0.1, 50.0)}
@@ -88,7 +92,8 @@ class ProtonBeamData:
     # -- constructors -------------------------------------------------------------------------------
     @classmethod
     def default(cls) -> ProtonBeamData:
-        """The package's generic cyclotron beam line (``data/proton_generic.csv``)."""
+        """The package's generic beam line (``data/proton_generic.csv``: OpenTPS's default IBA
+        dedicated-nozzle beam model, see the module docstring)."""
         return _default_table()
 
     @classmethod
@@ -148,6 +153,59 @@ class ProtonBeamData:
             raise BeamError("beam_data: the table has a header but no rows")
         arr = np.array(vals)
         return cls(*(arr[:, j] for j in range(3)), source=source)
+
+    @classmethod
+    def from_bdl(cls, path: str | os.PathLike) -> ProtonBeamData:
+        """Read the optics of an MCsquare / OpenTPS beam-data library (BDL, "Lookup table BDL
+        format" / UPenn double-Gaussian model) and reduce them to this table.
+
+        Per nominal energy: ``EnergySpread`` (% of the nominal energy, 1 sigma) as is; the in-air
+        spot sigma at isocentre of the main Gaussian (``Weight1``), propagated in vacuum from the
+        nozzle exit over ``Nozzle exit to Isocenter distance`` D (mm) with its divergence theta
+        (rad) and correlation r: ``sigma_iso^2 = sigma^2 + 2 r sigma theta D + (theta D)^2`` (the
+        phase-space ellipse that MCsquare samples at the nozzle exit), the root mean square of x
+        and y. The second, wide Gaussian (``Weight2``, a few %) and ``MeanEnergy`` (the machine's
+        range calibration) are not carried over; rows outside 70-230 MeV are left out."""
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = [ln.strip() for ln in f]
+        except OSError as err:
+            raise BeamError(f"beam_data: cannot read {path!r}: {err.strerror or err}") from None
+        try:
+            k = lines.index("Nozzle exit to Isocenter distance")
+            distance = float(next(ln for ln in lines[k + 1:] if ln))
+            h = next(i for i, ln in enumerate(lines) if ln.startswith("NominalEnergy"))
+        except (ValueError, StopIteration):
+            raise BeamError(f"beam_data: {path!r} is not a BDL lookup table (expected the lines "
+                            "'Nozzle exit to Isocenter distance' and a 'NominalEnergy ...' header)") from None
+        header = lines[h].split()
+        need = ("NominalEnergy", "EnergySpread", "SpotSize1x", "Divergence1x", "Correlation1x",
+                "SpotSize1y", "Divergence1y", "Correlation1y")
+        missing = [c for c in need if c not in header]
+        if missing:
+            raise BeamError(f"beam_data: BDL {path!r} lacks column(s) {', '.join(missing)}")
+        rows = []
+        for ln in lines[h + 1:]:
+            if not ln or ln.startswith("#"):
+                continue
+            try:
+                values = [float(v) for v in ln.split()]
+                rows.append([values[header.index(c)] for c in need])
+            except (ValueError, IndexError):
+                raise BeamError(f"beam_data: BDL {path!r}: row {ln[:40]!r}... expected "
+                                f"{len(header)} numbers") from None
+        table = np.array(rows, dtype=float).reshape(-1, len(need))
+        energy, spread = table[:, 0], table[:, 1]
+
+        def at_iso(sigma, theta, corr):
+            return sigma**2 + 2 * corr * sigma * theta * distance + (theta * distance) ** 2
+
+        sigma = np.sqrt((at_iso(*table[:, 2:5].T) + at_iso(*table[:, 5:8].T)) / 2)
+        keep = (energy >= _LIMITS["energy_MeV"][0]) & (energy <= _LIMITS["energy_MeV"][1])
+        if not keep.any():
+            raise BeamError(f"beam_data: BDL {path!r} has no energy within 70-230 MeV")
+        return cls(energy[keep], spread[keep], sigma[keep], source=os.path.basename(path))
 
     # -- lookup -------------------------------------------------------------------------------------
     def energy_spread_pct_at(self, energy_MeV):
