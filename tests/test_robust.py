@@ -216,3 +216,78 @@ def test_bad_input_is_named():
     prob += Robust(MaxDose("O", 12.0), scenarios=5)
     with pytest.raises(PlanError, match="dose_s2"):
         prob.solve(solver="CLARABEL")
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+def test_robust_metrics_bands_and_block_match_the_scenario_doses_by_hand():
+    """Per-scenario doses are FX x M_s w; "worst" is the lowest D95 and the highest D10 / max;
+    the DVH band at a level is the min / max over scenarios of the volume % with dose >= level
+    (counted here voxel by voxel, equal volumes)."""
+    from optimizer.evaluate import robust as rev
+
+    patient, inf, mats = _tiny(n_scen=3, seed=5)
+    plan = _solve(patient, inf, [SquaredUnderdose("T", 50.0, weight=1.0),
+                                 SquaredOverdose("O", 10.0, weight=1.0)])
+    w = plan.weights
+    dT = [FX * M[:6] @ w for M in mats]
+    r = rev.robust_metrics(plan, inf, ["T", "O"], metrics=("D95", "D10", "max"))
+    np.testing.assert_allclose(r["per_scenario"]["T"]["max_Gy"], [d.max() for d in dT], rtol=1e-6)
+    assert r["worst"]["T"]["D95_Gy"] == pytest.approx(min(r["per_scenario"]["T"]["D95_Gy"]))
+    assert r["worst"]["T"]["D10_Gy"] == pytest.approx(max(r["per_scenario"]["T"]["D10_Gy"]))
+    assert r["nominal"]["T"]["max_Gy"] == pytest.approx(float((FX * mats[0][:6] @ w).max()), rel=1e-6)
+    srt = np.sort(np.concatenate(dT))
+    levels = np.concatenate([[0.0], 0.5 * (srt[1:] + srt[:-1]), [1e3]])  # between voxel doses
+    band = rev.dvh_band(plan, inf, "T", bins=levels)
+    by_hand = np.array([[100.0 * np.mean(d >= b) for b in levels] for d in dT])
+    np.testing.assert_allclose(band["lower"], by_hand.min(axis=0))
+    np.testing.assert_allclose(band["upper"], by_hand.max(axis=0))
+    assert np.max(band["upper"] - band["lower"]) > 10.0  # the scenarios differ
+    assert band["upper"][0] == pytest.approx(100.0) and band["lower"][0] == pytest.approx(100.0)
+    assert band["upper"][-1] == 0.0
+    block = rev.robust_block([Scenario("a"), Scenario("b", (3, 0, 0)), Scenario("c", range_pct=3.5)],
+                             {"robust": r})
+    assert block["scenarios"][1] == {"name": "b", "shift_mm": [3.0, 0.0, 0.0], "range_pct": 0.0,
+                                     "range_mm": 0.0}
+    assert set(block["plans"]["robust"]) >= {"nominal", "worst"}
+
+
+def test_scenario_doses_fan_out_on_an_active_dask_client():
+    """With a client active the scenario doses are Dask tasks, and the same matrices as in-process."""
+    distributed = pytest.importorskip("dask.distributed")
+    from optimizer.robust.influence import scenario_influence
+
+    p = _box_with_target()
+    beams = ProtonBeams([0.0], spot_spacing_mm=6.0, layer_spacing_mm=6.0, margin_mm=0.0)
+    scen = [Scenario("nominal"), Scenario("x", (3.0, 0.0, 0.0)), Scenario("r", range_pct=3.5, range_mm=1.0)]
+    here = scenario_influence(beams, p, scen, ["T"], client=None)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None):
+        there = scenario_influence(beams, p, scen, ["T"])
+    assert (here.scenario_executor, there.scenario_executor) == ("in-process", "dask")
+    for k in range(3):
+        a, b = here.forms[scenario_form(k)], there.forms[scenario_form(k)]
+        assert (a.matrix != b.matrix).nnz == 0 and np.array_equal(a.voxel_index, b.voxel_index)
+    # rows only in the target's voxels; scenario 0 (nominal) equals the nominal matrix there
+    t_idx = p.flat_indices("T")
+    assert np.all(np.isin(here.forms[scenario_form(0)].voxel_index, t_idx))
+    nominal_rows = here.rows_of(t_idx)
+    assert abs(here.forms[scenario_form(0)].rows_of(t_idx) - nominal_rows).max() < 1e-5 * nominal_rows.max()
+
+
+def test_range_errors_need_a_wepl_model_and_evaluation_needs_covered_structures():
+    from optimizer.errors import BeamError, EvaluationError
+    from optimizer.evaluate import robust as rev
+    from optimizer.robust.influence import scenario_influence
+
+    p = _box_with_target()
+    with pytest.raises(PlanError, match="range errors"):
+        scenario_influence(PhotonBeams([0.0], beamlet_mm=6.0), p, nominal9(), ["T"])
+    with pytest.raises(BeamError, match="range errors"):
+        PhotonBeams([0.0], beamlet_mm=6.0).scenario_influence(p, "T", wepl_scale=1.05)
+    beams = ProtonBeams([0.0], spot_spacing_mm=6.0, layer_spacing_mm=6.0, margin_mm=0.0)
+    inf = scenario_influence(beams, p, [Scenario("nominal")], ["T"])
+    from optimizer.plan import Plan
+
+    plan = Plan.from_weights(p, inf, np.ones(inf.n_beamlets), FX)
+    assert rev.robust_metrics(plan, inf, ["T"])["worst"]["T"]["D95_Gy"] > 0
+    with pytest.raises(EvaluationError, match="'Body' has no scenario doses"):
+        rev.robust_metrics(plan, inf, ["Body"])

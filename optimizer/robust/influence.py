@@ -76,8 +76,9 @@ def scenario_influence(model, patient: Patient, scenarios, structures,
     Returns
     -------
     InfluenceSet : the nominal forms plus ``dose_s{k}`` (Gy per fraction per unit weight) for
-        scenario k, with attributes ``scenarios`` (the list) and ``scenario_times_s`` (seconds
-        per scenario dose calculation).
+        scenario k, with attributes ``scenarios`` (the list), ``scenario_structures`` (the
+        covered structures), ``scenario_times_s`` (seconds per scenario dose calculation) and
+        ``scenario_executor`` ("in-process" or "dask").
     """
     scen = scenario_list(scenarios)
     if any(s.has_range_error for s in scen) and not getattr(model, "traces_wepl", False):
@@ -113,6 +114,7 @@ def scenario_influence(model, patient: Patient, scenarios, structures,
                             "pass the nominal influence of the same model, target and isocentre")
         out.add_form(scenario_form(k), form)
     out.scenarios = scen
+    out.scenario_structures = [patient.structure(n).name for n in structures]
     out.scenario_times_s = [t for _, t in results]
     out.scenario_executor = "in-process" if client is None else "dask"
     return out
