@@ -12,13 +12,22 @@ import numpy as np
 from .quantities import array_module
 
 
+def dot(a, b) -> float:
+    """Inner product of two 1-D arrays as a float, by an elementwise product and a sum.
+
+    Not ``a @ b``: NumPy hands 1-D products to BLAS ddot, which OpenBLAS threads above ~10^4
+    entries; on a shared 2-core machine that was measured 10-100x slower than this (12 ms against
+    0.6-0.9 ms at 10^5 entries)."""
+    return float((a * b).sum())
+
+
 def halfspace(z, a, b: float):
     """Projection onto {q : a @ q <= b}."""
     xp = array_module(z)
-    excess = float(a @ z) - b
+    excess = dot(a, z) - b
     if excess <= 0:
         return xp.array(z, copy=True)
-    return z - (excess / float(a @ a)) * a
+    return z - (excess / dot(a, a)) * a
 
 
 def soft_excess_prox(z, limit, step):
@@ -33,112 +42,149 @@ def soft_shortfall_prox(z, limit, step):
     return xp.where(z < limit - step, z + step, xp.where(z <= limit, limit, z))
 
 
-def _weighted_excess_projection(z, v, t: float, r: float):
-    """Projection of z onto {q : sum_i v_i (q_i - t)_+ <= r}, r >= 0.
+def _threshold(z, ys, zs, pz, py, mu: float, target: float) -> float:
+    """t with S(t) = sum_i clip(z_i - t, 0, mu v_i) = target (0 < target <= mu).
 
-    Solution: q_i = z_i - mu v_i where z_i - t > mu v_i, t where 0 <= z_i - t <= mu v_i, z_i
-    below t, with mu >= 0 from the piecewise-linear equation sum_i v_i (u_i - mu v_i)_+ = r
-    (u = z - t), solved after sorting the breakpoints u_i / v_i."""
+    S(t) = sum_i (z_i - t)_+ - sum_i (y_i - t)_+ with y = z - mu v is piecewise linear and
+    non-increasing in t with breakpoints at the z_i and y_i; ``zs``/``ys`` are z and y sorted in
+    decreasing order and ``pz``/``py`` their prefix sums (leading 0). S is evaluated at every
+    breakpoint by prefix sums, and t interpolated linearly on the segment that brackets target."""
     xp = array_module(z)
-    u = z - t
-    pos = u > 0
-    if float(v[pos] @ u[pos]) <= r:
-        return xp.array(z, copy=True)
-    up, vp = u[pos], v[pos]
-    ratio = up / vp
-    order = xp.argsort(-ratio)
-    ratio, up, vp = ratio[order], up[order], vp[order]
-    s_vu = xp.cumsum(vp * up)
-    s_vv = xp.cumsum(vp * vp)
-    # with the first k breakpoints active, mu = (s_vu[k-1] - r) / s_vv[k-1]; valid when it lies
-    # in [ratio[k], ratio[k-1]]
-    mu_k = (s_vu - r) / s_vv
-    nxt = xp.concatenate([ratio[1:], xp.zeros(1, dtype=ratio.dtype)])
-    ok = (mu_k >= nxt) & (mu_k <= ratio)
-    k = int(xp.argmax(ok)) if bool(ok.any()) else len(ratio) - 1
-    mu = float(mu_k[k])
-    return xp.where(u > mu * v, z - mu * v, xp.where(u >= 0, t, z))
+    c = xp.concatenate([zs, ys])
+    c = -xp.sort(-c)
+    kz = xp.searchsorted(-zs, -c, side="left")  # number of z_i > c
+    ky = xp.searchsorted(-ys, -c, side="left")
+    s = (pz[kz] - kz * c) - (py[ky] - ky * c)
+    j = int(xp.searchsorted(s, target, side="left"))  # first breakpoint with S >= target
+    j = min(max(j, 1), len(c) - 1)
+    s_hi, s_lo = float(s[j - 1]), float(s[j])  # S at c[j-1] (higher t) and c[j] (lower t)
+    c_hi, c_lo = float(c[j - 1]), float(c[j])
+    if s_lo <= s_hi:  # flat segment: every t on it works
+        return c_lo
+    return c_lo + (s_lo - target) / (s_lo - s_hi) * (c_hi - c_lo)
 
 
 def upper_cvar_projection(z, v, fraction: float, limit: float, iterations: int = 200):
-    """Projection of z onto {q : CVaR_fraction(q; v) <= limit}, the volume-weighted mean of the
-    hottest ``fraction`` of the volume (Rockafellar-Uryasev form
-    ``min_t t + (1/fraction) sum_i v_i (q_i - t)_+``).
+    """Exact Euclidean projection of z onto {q : CVaR_fraction(q; v) <= limit}, where
+    CVaR_fraction is the volume-weighted mean of the hottest ``fraction`` of the volume
+    (Rockafellar-Uryasev form ``min_t t + (1/fraction) sum_i v_i (q_i - t)_+``; v relative voxel
+    volumes, normalised here to sum 1; z and limit in the quantity's unit, e.g. Gy).
 
-    The set is the shadow of the convex set {(q, t) : sum_i v_i (q_i - t)_+ <= fraction
-    (limit - t)}; the squared distance to its slice at t is convex in t (partial minimization of
-    a jointly convex problem), so t is found by golden-section search and each slice is a
-    weighted threshold projection (O(n log n)).
+    Derivation. CVaR_a(q) = max {w . q : 0 <= w_i <= v_i / a, sum_i w_i = 1} is a support
+    function, so the projection is q = z - p with p = mu a w (the normal cone of the sublevel set
+    at q), and the KKT conditions give, for a multiplier mu >= 0 and a threshold t,
+
+        p_i = clip(z_i - t, 0, mu v_i),    sum_i p_i = a mu,                          (1)
+        G(mu) = a t + sum_i v_i (z_i - t - mu v_i)_+ - a limit = 0.                   (2)
+
+    (1) fixes t(mu) (a capped-simplex threshold: sort the 2n breakpoints z_i, z_i - mu v_i);
+    (2) is the derivative of the concave dual function, so G is non-increasing in mu and piecewise
+    linear: with A = {z_i - t > mu v_i} (capped) and M = {0 <= z_i - t <= mu v_i} (m voxels),
+    t = (sum_M z + mu (V_A - a)) / m and G is linear in mu with slope
+    -[(a - V_A)^2 / m + sum_A v_i^2]. Newton steps on (t, mu) solve (1) and (2) on the current
+    partition in closed form (O(n), no sort) and stop when the partition reproduces itself (a KKT
+    point: exact); they settled in 3-7 steps on every instance tried (n up to 2e5). Otherwise a
+    safeguarded Newton search over mu (bisection on a bracket whenever a step leaves it, t from
+    (1) by one O(n log n) sort per step) lands on the piece that holds the root and solves (2)
+    exactly; ``iterations`` caps its steps. Total O(n log n) (one sort for the feasibility test).
     """
     xp = array_module(z)
     v = xp.asarray(v, dtype=z.dtype)
-    vsum = float(v.sum())
-    v = v / vsum
-    # already feasible?
+    v = v / float(v.sum())
+    a = float(fraction)
     order = xp.argsort(-z)
-    cum = xp.cumsum(v[order])
-    k = int(xp.searchsorted(cum, fraction))
-    t0 = float(z[order][min(k, len(z) - 1)])
-    if t0 + float(v @ xp.maximum(z - t0, 0)) / fraction <= limit + 1e-15 * max(1.0, abs(limit)):
+    zs = z[order]
+    k = int(xp.searchsorted(xp.cumsum(v[order]), a))
+    t0 = float(zs[min(k, len(z) - 1)])
+    g0 = a * t0 + dot(v, xp.maximum(z - t0, 0)) - a * limit  # a (CVaR(z) - limit)
+    scale = max(abs(limit), float(xp.abs(z).max()), 1.0)
+    if g0 <= 1e-15 * a * scale:
         return xp.array(z, copy=True)
+    zero = xp.zeros(1, dtype=z.dtype)
+    pz = xp.concatenate([zero, xp.cumsum(zs)])
+    equal = float(v.max() - v.min()) <= 1e-12 * float(v.max())
 
-    def slice_projection(t):
-        return _weighted_excess_projection(z, v, t, fraction * (limit - t))
+    def state(mu):
+        y = z - mu * v
+        ys = y[order] if equal else -xp.sort(-y)
+        py = xp.concatenate([zero, xp.cumsum(ys)])
+        t = _threshold(z, ys, zs, pz, py, mu, a * mu)
+        g = a * t + dot(v, xp.maximum(y - t, 0)) - a * limit
+        return t, g
 
-    if float(v.max() - v.min()) <= 1e-12 * float(v.max()):
-        dist = _equal_volume_distance(z, float(v[0]), fraction, limit)
-    else:
-        def dist(t):
-            q = slice_projection(t)
-            return float(((q - z) ** 2).sum())
+    def piece_root(t, mu):
+        d = z - t
+        cap = d > mu * v
+        mid = (d >= 0) & ~cap
+        m = int(mid.sum())
+        va, zva, wa = float(v[cap].sum()), dot(v[cap], z[cap]), dot(v[cap], v[cap])
+        if m == 0:
+            return (zva - a * limit) / wa if wa > 0 else np.inf
+        zm = float(z[mid].sum())
+        return ((a - va) * zm / m + zva - a * limit) / ((a - va) ** 2 / m + wa)
 
-    span = float(z.max() - z.min()) + abs(limit) + 1.0
-    lo, hi = min(float(z.min()), limit) - span, limit
-    g = (np.sqrt(5.0) - 1.0) / 2.0
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = dist(a), dist(b)
-    for _ in range(iterations):
-        if fa <= fb:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = dist(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = dist(b)
-        if hi - lo <= 1e-13 * span:
+    tol = 1e-13 * a * scale
+    top = z > t0
+    w_top = dot(v[top], v[top]) if bool(top.any()) else float(v.max()) ** 2
+    mu = g0 / max(w_top, 1e-300)
+    found = _newton_on_pieces(z, v, a, limit, t0, mu)
+    if found is not None:
+        t, mu = found
+        return z - xp.clip(z - t, 0, mu * v)
+    # safeguarded search over mu alone (t from (1) by sorting): always converges
+    lo, hi = 0.0, np.inf
+    t = t0
+    for _ in range(max(int(iterations), 1)):
+        t, g = state(mu)
+        if abs(g) <= tol:
             break
-    return slice_projection(0.5 * (lo + hi))
+        if g > 0:
+            lo = mu
+        else:
+            hi = mu
+        if np.isfinite(hi) and hi - lo <= 1e-15 * hi:
+            break
+        nxt = piece_root(t, mu)
+        if not (lo < nxt < hi):
+            nxt = 0.5 * (lo + hi) if np.isfinite(hi) else 2.0 * max(mu, nxt if np.isfinite(nxt) else mu)
+        mu = nxt
+    return z - xp.clip(z - t, 0, mu * v)
+
+
+def _newton_on_pieces(z, v, a: float, limit: float, t: float, mu: float, max_iter: int = 30):
+    """Semismooth Newton on (t, mu): the partition A / M / B at the current point fixes (1) and (2)
+    as two linear equations, solved in closed form; O(n) per step, no sorting. Returns (t, mu)
+    once the partition it induces is the one it was solved on (then (t, mu) satisfies the KKT
+    conditions and the projection is exact), or None if that has not happened within
+    ``max_iter`` steps (the caller falls back to the safeguarded search)."""
+    vz, vv = v * z, v * v
+    prev = None
+    for _ in range(max_iter):
+        d = z - t
+        cap = d > mu * v
+        mid = (d >= 0) & ~cap
+        if prev is not None and bool((cap == prev[0]).all()) and bool((mid == prev[1]).all()):
+            return t, mu  # (t, mu) solves (1), (2) on the partition it induces: KKT point
+        prev = (cap, mid)
+        capf, midf = cap.astype(z.dtype), mid.astype(z.dtype)
+        va, zva, wa = dot(capf, v), dot(capf, vz), dot(capf, vv)
+        m, zm = float(midf.sum()), dot(midf, z)
+        if m > 0:
+            den = (a - va) ** 2 / m + wa
+            if den <= 0:
+                return None
+            mu = ((a - va) * zm / m + zva - a * limit) / den
+            t = (zm + mu * (va - a)) / m
+        elif wa > 0 and abs(va - a) <= 1e-12:
+            mu = (zva - a * limit) / wa  # t is free between the capped and the untouched voxels
+        else:
+            return None
+        if not (mu >= 0 and np.isfinite(mu) and np.isfinite(t)):
+            return None
+    return None
 
 
 def lower_cvar_projection(z, v, fraction: float, limit: float):
-    """Projection onto {q : mean of the coldest ``fraction`` of the volume >= limit}."""
+    """Projection onto {q : mean of the coldest ``fraction`` of the volume >= limit} (exact; the
+    mirror image of :func:`upper_cvar_projection`)."""
     return -upper_cvar_projection(-z, v, fraction, -limit)
-
-
-def _equal_volume_distance(z, v: float, fraction: float, limit: float):
-    """Squared distance from z to the slice at t, for equal voxel volumes v: the active set of
-    the threshold projection is a prefix of z sorted in decreasing order, so prefix sums give
-    each distance in O(n) without re-sorting (the search over t calls it ~100 times)."""
-    xp = array_module(z)
-    s = -xp.sort(-z)
-    s1 = xp.concatenate([xp.zeros(1, dtype=s.dtype), xp.cumsum(s)])
-    s2 = xp.concatenate([xp.zeros(1, dtype=s.dtype), xp.cumsum(s * s)])
-    n = len(s)
-    k_all = xp.arange(1, n + 1, dtype=s.dtype)
-
-    def dist(t: float) -> float:
-        R = fraction * (limit - t) / v
-        m = int(xp.searchsorted(-s, -t, side="left"))  # elements strictly above t
-        if m == 0 or float(s1[m]) - m * t <= R:
-            return 0.0
-        k = k_all[:m]
-        mu = (s1[1:m + 1] - k * t - R) / k
-        valid = s[:m] - t - mu > 0
-        kk = int(xp.nonzero(valid)[0][-1]) + 1  # the largest prefix that stays active
-        mu_k = (float(s1[kk]) - kk * t - R) / kk
-        # the elements kk..m-1 land on t; those above t + mu_k lose mu_k
-        mid = float(s2[m] - s2[kk]) - 2 * t * float(s1[m] - s1[kk]) + (m - kk) * t * t
-        return kk * mu_k * mu_k + mid
-
-    return dist
