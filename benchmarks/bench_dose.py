@@ -18,8 +18,9 @@ beamlet's on-axis value. The second table gives the fraction of the full kernel'
 on the axis of a 10 x 10 cm2 field (SSD 100 cm, water) at d_max, 10 and 20 cm depth, and the output
 factors of 2 x 2, 3 x 3 and 4 x 4 cm2 as the matrix sees it (IROC 2 x 2 / 3 x 3: 0.78 / 0.835). With
 ``truncation="calibrated"`` (default) each voxel's missing tail is folded into its outer shell of
-kept entries (beamlet centres beyond 18 mm), so the 10 x 10 cm2 field gets the full dose and fields
-up to 3 x 3 cm2 keep theirs; ``"uniform"`` (the former default) scales every kept entry instead.
+kept entries (beamlet centres beyond 18 mm, share growing over one beamlet width), so the 10 x 10
+cm2 field gets the full dose and fields up to 3 x 3 cm2 keep theirs; ``"uniform"`` (the former
+default) scales every kept entry instead.
 
 ``--cutoffs 20 30 40``: the C-shape case with the default kernel at each cut-off (nnz, dose time)
 and the same table per cut-off, for choosing ``cutoff_mm``.

@@ -220,8 +220,8 @@ def photon_checks(out: str) -> dict:
         "dropped_fraction_10x10_axis": drop,
         "note": "fraction of the full kernel's dose (10 x 10 cm2, SSD 100 cm, axis) outside the default "
                 "cut-off; truncation='calibrated' (default) folds it into each point's outer shell of "
-                "kept entries (beamlet centres beyond 18 mm), so this field is exact and fields up to "
-                "3 x 3 cm2 keep their output factor"}
+                "kept entries (beamlet centres beyond 18 mm, share growing over one beamlet width), so "
+                "this field is exact and fields up to 3 x 3 cm2 keep their output factor"}
     metrics["kernel"] = kernel.to_dict()
     return metrics
 

@@ -23,14 +23,16 @@ exceeds ``min_relative`` (1e-3) of the beamlet's on-axis value there. The far sc
 ~4-5 cm) cannot be held by a sparse matrix at this cost: on the axis of a 10 x 10 cm2 field the
 cut-off leaves out ~7 % of the dose at d_max (1.5 cm), ~14 % at 10 cm and ~18 % at 20 cm
 (``truncation="drop"``). With ``truncation="calibrated"`` (default) that missing tail is folded,
-per voxel, into the kept entries of its outer shell (beamlet centres farther than
-``cutoff_mm - SHELL_MARGIN_MM`` = 18 mm from the voxel), so that a 10 x 10 cm2 field centred on
-it gets the full kernel's dose while the inner entries stay exact: the reference field and its
-PDD are exact and fields up to 3 x 3 cm2 keep the full kernel's output factor (2 x 2 / 3 x 3 cm2:
-0.784 / 0.828 in the matrix, 0.784 / 0.830 full kernel, published 0.78 / 0.835); 4 x 4 and 6 x 6
-cm2 reach the shell and come out too hot (0.97 and 1.00 vs 0.87 and 0.93), fields of 6 x 6 cm2
-and more get the 10 x 10 output. The folded tail lies on a few beamlets, so the dose 1-3 cm
-outside a small field is up to ~2x the full kernel's there (a few % of the field's dose).
+per voxel, into the kept entries of its outer shell: entries whose beamlet centre lies farther than
+``cutoff_mm - SHELL_MARGIN_MM`` = 18 mm from the voxel take a share that grows linearly over one
+beamlet width, so that a 10 x 10 cm2 field centred on the voxel gets the full kernel's dose while
+the inner entries stay exact. The reference field and its PDD are exact and fields up to 3 x 3
+cm2 keep the full kernel's output factor (2 x 2 / 3 x 3 cm2: 0.784 / 0.828 in the matrix, 0.784 /
+0.830 full kernel, IROC 0.78 / 0.835); 4 x 4 cm2 reaches the shell and comes out too hot (0.93
+vs 0.87), fields of 5 x 5 cm2 and more get the 10 x 10 cm2 output and depth dose. The folded
+tail lies on a few beamlets: across a profile the matrix differs from the full kernel by up to
+~5 % (2 x 2 cm2, 1-3 cm outside the field) and ~8 % of the axis dose (10 x 10 cm2, ripple on
+the shoulder and just outside the edge; ``truncation="uniform"``: 17 % and 8 %).
 ``truncation="uniform"`` is the former calibration (every kept entry scaled by full / kept:
 reference field exact, but the 2 x 2 cm2 output factor 0.92). ``cutoff_mm=math.inf,
 min_relative=0`` gives the full kernel. ``benchmarks/bench_dose.py`` prints these fractions and
@@ -85,9 +87,11 @@ BYTES_PER_VOXEL = 100
 DEFAULT_CUTOFF_MM = 20.0
 #: ``truncation="calibrated"``: the far-scatter tail beyond the cut-off is folded into the kept
 #: entries whose beamlet centre lies more than ``cutoff_mm - SHELL_MARGIN_MM`` from the point (mm,
-#: isocentre plane). 2 mm with the default 20 mm cut-off puts the shell at 18 mm, just outside the
-#: farthest beamlet centre of a 3 x 3 cm2 field of 5 mm beamlets seen from its axis (17.7 mm), so
-#: fields up to 3 x 3 cm2 keep the full kernel's output factor (benchmarks/bench_dose.py).
+#: isocentre plane; their share grows linearly over one beamlet width beyond). 2 mm with the
+#: default 20 mm cut-off puts the shell at 18 mm, just outside the farthest beamlet centre of a
+#: 3 x 3 cm2 field of 5 mm beamlets seen from its axis (17.7 mm), so fields up to 3 x 3 cm2 keep
+#: the full kernel's output factor (benchmarks/bench_dose.py). With ``cutoff_mm`` >= ~35 mm the
+#: ``min_relative`` cut empties the shell and the calibration falls back to "uniform".
 SHELL_MARGIN_MM = 2.0
 KERNELS = ("scatter", "gaussian")
 TRUNCATIONS = ("calibrated", "uniform", "drop")
@@ -407,7 +411,7 @@ class PhotonBeams(BeamModel):
                                beamlet_mm=self.beamlet_mm, min_relative=self.min_relative,
                                reach_rings=self._reach_rings, radial_mm=radial, rho=rho, scale_out=scale_out,
                                shell_mm=self._shell_mm if shell_out is not None else None,
-                               shell_out=shell_out, shell_log=shell_log)
+                               shell_out=shell_out, shell_log=shell_log, shell_ramp_mm=self.beamlet_mm)
 
     def _beam_dose(self, geom, density, patient, positions, index_map, u0, v0, rho=None):
         """Nonzeros (point index, beamlet column, value) of one beam, vectorized over points."""
@@ -420,7 +424,7 @@ class PhotonBeams(BeamModel):
         rho_pts = None if rho is None else rho[pts]
         axial = self._kernel_at(t, depth, rho_pts)[0]
         scale = np.ones(len(pts)) if self._calibrated else None
-        shell = np.ones(len(pts)) if self._calibrated and self.truncation == "calibrated" else None
+        shell = np.ones(len(pts)) if self._shell_mode else None
         log: list[bool] = []
         out_p, out_c, out_v = [], [], []
         for idx, col, lat in self._pairs(u, v, t, depth, index_map, u0, v0, rho_pts, scale, shell, log):
@@ -440,6 +444,11 @@ class PhotonBeams(BeamModel):
         """Whether the truncated kernel is rescaled so a 10 x 10 cm2 field is exact on its axis."""
         return (not isinstance(self.kernel, PhotonKernel) and self.truncation in ("calibrated", "uniform")
                 and self.cutoff_mm <= CALIBRATION_FIELD_MM / 2)
+
+    @property
+    def _shell_mode(self) -> bool:
+        """Whether the truncated tail is folded into the outer shell (``truncation="calibrated"``)."""
+        return self._calibrated and self.truncation == "calibrated"
 
     @property
     def _shell_mm(self) -> float:

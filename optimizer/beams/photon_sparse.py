@@ -66,7 +66,7 @@ def calibration_scale(sigma_iso, frac) -> np.ndarray:
 
 def neighbour_pairs(u, v, t, depth, index_map, u0, v0, *, kernel, sad_mm, beamlet_mm, min_relative,
                     reach_rings, radial_mm=None, rho=None, scale_out=None, shell_mm=None, shell_out=None,
-                    shell_log=None):
+                    shell_log=None, shell_ramp_mm=5.0):
     """(point positions, beamlet columns, lateral factors) of the nonzeros, one neighbour offset at
     a time. An entry is kept where its lateral factor exceeds ``min_relative`` times the beamlet's
     on-axis value; each point only visits the rings where an upper bound of the factor can still
@@ -77,12 +77,15 @@ def neighbour_pairs(u, v, t, depth, index_map, u0, v0, *, kernel, sad_mm, beamle
     a 10 x 10 cm2 field centred on it (:func:`calibration_scale`).
 
     ``shell_mm`` (with ``scale_out``, ``shell_out`` and ``shell_log``): the kept entries whose
-    beamlet centre lies farther than ``shell_mm`` from the point form its outer shell and are
-    yielded in chunks of their own; ``shell_log`` gets one bool per yielded chunk (True: shell).
-    The missing tail of the 10 x 10 cm2 field, full - kept, is then folded into the shell alone:
-    ``shell_out`` gets the shell's factor ``1 + (full - kept) / kept_shell`` and ``scale_out`` 1
-    (the inner entries stay exact, so fields that do not reach the shell keep their output
-    factor); a point without a kept shell entry gets full / kept on both."""
+    beamlet centre lies farther than ``shell_mm`` from the point form its outer shell. Each is
+    yielded twice: as it is, and in a chunk of its own as ``g * lat`` with the ramp
+    ``g = min(1, (distance - shell_mm) / shell_ramp_mm)``; ``shell_log`` gets one bool per yielded
+    chunk (True: a ramp chunk). The missing tail of the 10 x 10 cm2 field, full - kept, is then
+    folded into the shell: ``shell_out`` gets ``(full - kept) / sum(g * lat)``, the factor of the
+    ramp chunks, and ``scale_out`` 1 (the inner entries stay exact, so fields that do not reach
+    the shell keep their output factor; the ramp lets the folded dose grow smoothly as a beamlet
+    moves outwards). A point without a kept shell entry gets ``scale_out`` = full / kept and
+    ``shell_out`` = 0."""
     w = beamlet_mm
     nv, nu = index_map.shape
     _, frac, sigma_iso = kernel_at(kernel, sad_mm, t, depth, rho)
@@ -142,29 +145,29 @@ def neighbour_pairs(u, v, t, depth, index_map, u0, v0, *, kernel, sad_mm, beamle
             if kept is not None:
                 kept[:n] += np.where(above, lat, 0.0)
             ok &= above
+            idx = np.flatnonzero(ok)
+            col = index_map[r[idx], c[idx]]
+            open_ = col >= 0
+            idx, col = idx[open_], col[open_]
+            if shell_log is not None:
+                shell_log.append(False)
+            yield order[idx], col, lat[idx]
             if shell:
-                outer = xu[dj][:n] ** 2 + xv[di][:n] ** 2 > shell_mm**2
-                kept_shell[:n] += np.where(above & outer, lat, 0.0)
-                parts = ((ok & ~outer, False), (ok & outer, True))
-            else:
-                parts = ((ok, False),)
-            for sel, is_shell in parts:
-                idx = np.flatnonzero(sel)
-                col = index_map[r[idx], c[idx]]
-                open_ = col >= 0
-                idx, col = idx[open_], col[open_]
-                if shell_log is not None:
-                    shell_log.append(is_shell)
-                yield order[idx], col, lat[idx]
+                dist = np.sqrt(xu[dj][:n] ** 2 + xv[di][:n] ** 2)
+                bump = np.clip((dist - shell_mm) / shell_ramp_mm, 0.0, 1.0)
+                kept_shell[:n] += np.where(above, lat * bump, 0.0)
+                on = bump[idx] > 0
+                if on.any():
+                    shell_log.append(True)
+                    yield order[idx[on]], col[on], lat[idx[on]] * bump[idx[on]]
     if scale_out is not None:
         scale_out[:] = 1.0
         full = calibration_scale(sigma_iso[:, order], fr)
         uniform = full / np.maximum(kept, 1e-12)
         if shell:
             has_shell = kept_shell > 1e-9 * np.maximum(kept, 1e-12)
-            shell_out[:] = 1.0
-            shell_out[order] = np.where(has_shell, 1.0 + (full - kept) / np.maximum(kept_shell, 1e-300),
-                                        uniform)
+            shell_out[:] = 0.0
+            shell_out[order] = np.where(has_shell, (full - kept) / np.maximum(kept_shell, 1e-300), 0.0)
             scale_out[order] = np.where(has_shell, 1.0, uniform)
         else:
             scale_out[order] = uniform
