@@ -104,7 +104,7 @@ class Mean(_Limited):
         return ctx.volumes @ q - self.limit
 
     def _violation_values(self, q, ctx):
-        return array_module(q).asarray([float(_vol(ctx, q) @ q) - float(self.limit.value)])
+        return array_module(q).asarray([pj.dot(_vol(ctx, q), q) - float(self.limit.value)])
 
     def _project(self, q, ctx):
         if not self.quantity.affine:
@@ -119,7 +119,8 @@ class CVaRMax(_Limited):
     (CVaR; Rockafellar & Uryasev 2000; Romeijn et al., Oper Res 2006;54:201) is, and because the
     hot-tail mean is >= the value at that volume, meeting it guarantees the DVH limit: the
     surrogate is **conservative**. Convex for convex quantities (CVaR is non-decreasing in each
-    q_i). Projection: sorted-threshold search (:func:`objectives.projections.upper_cvar_projection`).
+    q_i). Projection: exact, threshold and multiplier from the KKT conditions
+    (:func:`objectives.projections.upper_cvar_projection`).
     """
 
     def __init__(self, structure, limit, volume_pct, quantity=None, weight=None):
@@ -137,7 +138,7 @@ class CVaRMax(_Limited):
         order = xp.argsort(-q)
         k = int(xp.searchsorted(xp.cumsum(v[order]), self._fraction))
         t = float(q[order][min(k, len(q) - 1)])
-        return xp.asarray([t + float(v @ xp.maximum(q - t, 0)) / self._fraction - float(self.limit.value)])
+        return xp.asarray([t + pj.dot(v, xp.maximum(q - t, 0)) / self._fraction - float(self.limit.value)])
 
     def _project(self, q, ctx):
         return pj.upper_cvar_projection(q, _vol(ctx, q), self._fraction, float(self.limit.value))
@@ -169,7 +170,7 @@ class CVaRMin(_Limited):
         order = xp.argsort(q)
         k = int(xp.searchsorted(xp.cumsum(v[order]), self._fraction))
         t = float(q[order][min(k, len(q) - 1)])
-        cold = t - float(v @ xp.maximum(t - q, 0)) / self._fraction
+        cold = t - pj.dot(v, xp.maximum(t - q, 0)) / self._fraction
         return xp.asarray([float(self.limit.value) - cold])
 
     def _project(self, q, ctx):
@@ -212,7 +213,7 @@ class GEUDMax(_Limited):
         base = q if self.quantity.affine else xp.maximum(q, 0)
         v = _vol(ctx, q)
         if self.a == 1:
-            geud = float(v @ base)
+            geud = pj.dot(v, base)
         else:
             geud = float(xp.sum(v * xp.abs(base) ** self.a) ** (1.0 / self.a))
         return xp.asarray([geud - float(self.limit.value)])
@@ -257,7 +258,7 @@ class _Squared(_Limited):
 
     def _cost_value(self, q, ctx):
         r = self._residual_values(q, float(self.limit.value))
-        return float(_vol(ctx, q) @ (r * r))
+        return pj.dot(_vol(ctx, q), r * r)
 
     def _gradient(self, q, ctx):
         r = self._residual_values(q, float(self.limit.value))
@@ -379,7 +380,7 @@ class Floor(Term):
 
     def _cost_value(self, q, ctx):
         short = array_module(q).maximum(self._violation_values(q, ctx), 0)
-        return float(_vol(ctx, q) @ (short * short if self.squared else short))
+        return pj.dot(_vol(ctx, q), short * short if self.squared else short)
 
     def _gradient(self, q, ctx):
         if not self.squared:
