@@ -113,13 +113,14 @@ def test_deprecated_compute_returns_the_set_and_its_let_form(proton_box):
 PHOTON_REGRESSION = ((13214, 225), 139694, 8610.31129270661, 31.02871197886998, 0.04004515241831541,
                      2732.496398893326)
 # The proton values were re-pinned for issue 9 (beam-data table: energy spread and in-air sigma
-# per energy, nuclear halo, cut-off at 4 core sigmas renormalised to the IDD, exact surface): the
-# physics changed on purpose; the pins keep guarding the refactoring against unintended changes.
-PROTON_DOSE_REGRESSION = ((3893, 348), 291784, 4198.517124864807, 13.612621717176737, 0.03793323606805643,
-                          280.9073539971192)
-PROTON_LET_REGRESSION = ((3893, 348), 291784, 10380.09538706254, 34.95920313850536, 0.03870416589779779,
-                         7062.589496441624)
-PROTON_VOXEL_INDEX_SUM = 15455817
+# per energy, now OpenTPS's generic beam model; nuclear halo, cut-off at 4 core sigmas
+# renormalised to the IDD, exact surface): the physics changed on purpose; the pins keep
+# guarding the refactoring against unintended changes.
+PROTON_DOSE_REGRESSION = ((3704, 390), 306400, 4680.618184755588, 13.649106248386701, 0.8522477888254798,
+                          335.54832809601874)
+PROTON_LET_REGRESSION = ((3704, 390), 306400, 11396.458461519665, 35.63093635257542, 0.8702593940543011,
+                         8071.125060158847)
+PROTON_VOXEL_INDEX_SUM = 14691852
 
 
 def _summary(inf):

@@ -25,7 +25,7 @@ from optimizer.flash.phantom import thorax
 
 RATE = 40.0  # Gy/s
 FRACTIONS = 5
-MACHINE = Machine(current_nA=20.0)  # a degraded (Bragg-peak) beam: the DADR limit binds
+MACHINE = Machine(current_nA=15.0)  # a degraded (Bragg-peak) beam: the DADR limit binds
 
 
 @pytest.fixture(scope="module")
