@@ -169,6 +169,11 @@ class _Minibeams(BeamModel):
         """Largest lateral reach of a column beyond its half-width, mm."""
         return np.inf
 
+    def _lateral_scale(self, t):
+        """Factor from isocentre-plane distances to the distances the sigmas are given in:
+        protons t / SAD (sigmas at the depth), photons 1 (sigmas projected to the isocentre)."""
+        return t / self.source_axis_distance_mm
+
     # -- dose --------------------------------------------------------------------------------------
     def _estimate(self, setup: BeamSetup, placed: list) -> dict[str, float]:
         nnz = 0.0
@@ -254,8 +259,9 @@ class _Minibeams(BeamModel):
         r, i_a, i_b = np.nonzero(ok)
         ja, jb = ia[r, i_a, i_b], ib[r, i_a, i_b]
         del ia, ib, ok
-        xa = a[r] - ac[ja]
-        xb = b[r] - bc[jb]
+        lat = self._lateral_scale(t[rows0])[r]  # isocentre plane -> mm at the voxel's depth
+        xa = (a[r] - ac[ja]) * lat
+        xb = (b[r] - bc[jb]) * lat
         near = (np.abs(xa) <= pl["ha"] + reach[r]) & (np.abs(xb) <= pl["hb"] + reach[r])
         r, ja, jb, xa, xb = r[near], ja[near], jb[near], xa[near], xb[near]
         val = np.zeros(len(r))
@@ -417,6 +423,9 @@ class PhotonMinibeams(_Minibeams):
 
     def _reach_cap(self) -> float:
         return self.cutoff_mm
+
+    def _lateral_scale(self, t):
+        return np.ones_like(t)
 
     def _components(self, depth, t, layer):
         w, s = self.kernel.components_at(depth)
