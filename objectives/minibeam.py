@@ -144,7 +144,7 @@ class PVDRMin(Term):
 
     def _violation(self, q, ctx):
         ap, av = self._means(ctx)
-        return cp.reshape(self.ratio * (av @ q) - ap @ q, (1,))
+        return cp.reshape(self.ratio * (av @ q) - ap @ q, (1,), order="C")
 
     def _cost(self, q, ctx):
         return cp.pos(self._violation(q, ctx)[0])
