@@ -242,6 +242,7 @@ class _Minibeams(BeamModel):
         rows0 = np.flatnonzero(keep)
         a, b = a[rows0], b[rows0]
         comps = [(amp[rows0], sig[rows0], kind) for amp, sig, kind in comps]
+        scale = scale[rows0]
         smax = np.max([c[1] for c in comps], axis=0) if comps else np.zeros(len(rows0))
         reach = np.minimum(self.cutoff_sigmas * smax, self._reach_cap())
         ac, bc = pl["a"], pl["b"]
@@ -269,7 +270,7 @@ class _Minibeams(BeamModel):
             ha = self.pattern.ctc_mm / 2 if kind == "period" else pl["ha"]
             s = sig[r]
             val += amp[r] * profile(xa, ha, s, self.normalised) * profile(xb, pl["hb"], s, self.normalised)
-        val *= scale[r] if np.ndim(scale) else scale
+        val *= scale[r]
         good = val > 0
         return rows0[r[good]], (ja * len(bc) + jb)[good], val[good]
 

@@ -140,14 +140,18 @@ def lateral_profile(dose, grid: Grid, influence, depth_mm: float, *, beam: int =
     d = _dose(dose, grid)
     a, _, t = beam_coordinates(grid, influence, beam)
     region = d > 0 if within is None else np.asarray(within, bool)
+    _, geom = _beam(influence, beam)
+    pattern = _beam(influence, beam)[0]
     t0 = t[region].min()
-    step = max(grid.spacing_mm)
+    dz, dy, dx = grid.spacing_mm
+    step = max(dx * abs(geom.direction[0]), dy * abs(geom.direction[1]), dz * abs(geom.direction[2]))
     sel = region & (np.abs(t - t0 - depth_mm) <= step / 2 + 1e-9)
     if not sel.any():
         raise EvaluationError(f"depth_mm: no voxel at {depth_mm:g} mm depth")
-    key = np.round(a[sel], 4)
-    xs, inv = np.unique(key, return_inverse=True)
-    return xs, np.bincount(inv, d[sel]) / np.bincount(inv)
+    h = _axis_spacing(grid, geom, pattern.across)  # bins of one voxel across the modulation
+    key = np.round(a[sel] / h).astype(np.int64)
+    ks, inv = np.unique(key, return_inverse=True)
+    return ks * h, np.bincount(inv, d[sel]) / np.bincount(inv)
 
 
 # -- plots ---------------------------------------------------------------------------------------
@@ -197,7 +201,7 @@ def plot_colorwash(dose, grid: Grid, z_index: int | None = None, contours: dict 
     k = grid.shape[0] // 2 if z_index is None else int(z_index)
     _, ys, xs = grid.axes_mm()
     fig, ax = plt.subplots(figsize=(7, 6))
-    im = ax.imshow(d[k], origin="lower", cmap="jet", aspect="equal", interpolation="nearest",
+    im = ax.imshow(d[k], origin="lower", cmap="jet", aspect="auto", interpolation="nearest",
                    extent=(xs[0], xs[-1], ys[0], ys[-1]))
     for m in (contours or {}).values():
         ax.contour(xs, ys, np.asarray(m)[k].astype(float), levels=[0.5], colors="w", linewidths=1)
