@@ -325,7 +325,7 @@ class PlanProblem:
         if missing:
             raise PlanError(f"{term.describe()}: needs the {', '.join(missing)} form(s); pass an "
                             f"InfluenceSet that carries them (ProtonBeams.influence(..., with_let=True) for "
-                            f"LET terms)")
+                            f"LET terms, optimizer.robust.influence.scenario_influence for Robust terms)")
         base = {f: available[f].rows_of(vs.voxel_index) for f in quantity.base_forms}
         rows = quantity.linear_forms(base, ctx)
         # a derived form (e.g. the dirty dose at a threshold) belongs to its quantity
