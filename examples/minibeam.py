@@ -21,8 +21,9 @@ import numpy as np
 from objectives import MaxDose, SquaredDeviation
 from objectives.minibeam import PVDRMin, ValleyMax
 from optimizer import report
-from optimizer.beams.minibeam import PhotonMinibeams, ProtonMinibeams, SlitCollimator
+from optimizer.beams.minibeam import ProtonMinibeams, SlitCollimator
 from optimizer.beams.minibeam_pattern import MinibeamPattern
+from optimizer.beams.minibeam_photon import PhotonMinibeams
 from optimizer.evaluate.pvdr import peak_valley_masks, plot_colorwash, plot_profiles, plot_pvdr, pvdr
 from optimizer.geometry import Grid, Patient, Structure
 from optimizer.problem import PlanProblem

@@ -9,8 +9,9 @@ from scipy.special import erf
 
 from optimizer.beams import proton_halo as ph
 from optimizer.beams import proton_physics as pp
-from optimizer.beams.minibeam import PhotonMinibeams, ProtonMinibeams, SlitCollimator
+from optimizer.beams.minibeam import ProtonMinibeams, SlitCollimator
 from optimizer.beams.minibeam_pattern import MinibeamPattern, fine_slab
+from optimizer.beams.minibeam_photon import PhotonMinibeams
 from optimizer.errors import BeamError
 from optimizer.evaluate.pvdr import lateral_profile, peak_valley_masks, pvdr
 from optimizer.geometry import Grid, Patient, Structure

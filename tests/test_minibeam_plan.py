@@ -81,3 +81,34 @@ def test_optimizer_meets_valley_limit_a_uniform_array_misses():
     assert valley_dose.max() <= limit + 1e-3  # hard: every valley voxel of the fine grid
     assert d[oar & valley].max() > limit + 0.1  # the uniform array misses it
     assert abs(plan.dose[tgt].mean() - 10.0) < 1.0
+
+
+def test_bed_limit_on_valley_structure():
+    # BED of valley doses through derived structures: add_peak_valley_structures + BEDMax; the
+    # BED of every valley voxel, D (1 + D / (n a/b)) by hand, stays under the limit
+    from objectives import BEDMax
+    from objectives.radiobiology import LQ
+    from optimizer.evaluate.pvdr import add_peak_valley_structures
+
+    g = Grid((1, 60, 60), (2.0, 1.0, 0.25), (0.0, -10.0, -7.375))
+    z, y, x = np.meshgrid(*g.axes_mm(), indexing="ij")
+    tgt = (y >= 30) & (y <= 40) & (np.abs(x) <= 3)
+    oar = (y >= 0) & (y <= 10) & (np.abs(x) <= 3)
+    p = Patient(g, np.zeros(g.shape, np.float32), [Structure("Body", np.ones(g.shape, bool)),
+                                                   Structure("T", tgt, "target"),
+                                                   Structure("OAR", oar, "oar")])
+    inf = ProtonMinibeams(0, MinibeamPattern(0.6, 3.0), layer_spacing_mm=3.0, field_mm=6,
+                          length_mm=20).influence(p)
+    assert inf.beams[0]["delivery"] == "focused" and inf.modality == "minibeam"
+    peak_name, valley_name = add_peak_valley_structures(p, "OAR", inf)
+    _, valley = peak_valley_masks(g, inf)
+    assert np.array_equal(p.structure(valley_name).mask, valley & oar)
+    lq = LQ({valley_name: 3.0}, default=10.0)
+    prob = PlanProblem(p, inf, fractions=5, max_voxels_per_structure=None)
+    prob += SquaredDeviation("T", 30.0, weight=1.0)
+    prob += BEDMax(valley_name, 6.0, lq)
+    plan = prob.solve(solver="CLARABEL")
+    d = plan.dose[valley & oar]
+    bed = d * (1 + d / (5 * 3.0))
+    assert bed.max() <= 6.0 + 1e-3
+    assert abs(plan.dose[tgt].mean() - 30.0) < 3.0
