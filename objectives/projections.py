@@ -2,7 +2,8 @@
 
 All functions take 1-D arrays (NumPy or CuPy) and return new arrays; ``v`` are relative voxel
 volumes (positive). Each is exact up to floating point, and checked in
-``tests/test_term_contract.py`` against cvxpy solutions of the same projection problems.
+``tests/test_term_contract.py`` and ``tests/test_projections.py`` against cvxpy solutions of
+the same projection problems.
 """
 
 from __future__ import annotations
