@@ -67,6 +67,9 @@ FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: Water-equivalent thickness ratio of brass for protons, about 5.5 (WET / physical thickness;
 #: Zhang & Newhauser, PMB 2009;54:1383 give ~5-6 for copper alloys at therapeutic energies).
 BRASS_WER = 5.5
+#: Step of the depth tables of the proton depth dose and halo weight, mm (linear interpolation:
+#: relative error < 1e-3 of the IDD up to the distal 80 % point at 70-230 MeV, measured: 7e-4 at 70 MeV).
+DEPTH_TABLE_MM = 0.05
 #: Bytes per stored nonzero while assembling (row, col, value and the CSR copy).
 BYTES_PER_NONZERO = 32
 
@@ -371,9 +374,12 @@ class ProtonMinibeams(_Minibeams):
     def _components(self, depth, t, energy):
         e = float(energy)
         s_r = pp.range_straggling_sigma_mm(e, self.energy_spread_pct)
-        idd = pp._idd(e, depth, s_r)
+        # depth tables every DEPTH_TABLE_MM, linearly interpolated per voxel (the parabolic
+        # cylinder functions of the Bragg curve cost ~10 us a point)
+        z_tab = np.arange(0.0, max(float(depth.max(initial=0.0)), 0.0) + 2 * DEPTH_TABLE_MM, DEPTH_TABLE_MM)
+        idd = np.interp(depth, z_tab, pp._idd(e, z_tab, s_r))
         keep = idd > 1e-6 * idd.max(initial=0.0)
-        w = ph._halo_weight(e, depth, s_r)
+        w = np.interp(depth, z_tab, ph._halo_weight(e, z_tab, s_r))
         sc = self.core_sigma_mm(e, depth)
         grow = ph.HALO_GROWTH * np.clip(depth, 0.0, pp.csda_range_mm(e))
         sh = np.sqrt(sc**2 + grow**2)  # proton_halo.halo_sigma_mm with the minibeam's own core
