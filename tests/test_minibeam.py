@@ -202,3 +202,30 @@ def test_bad_grid_collimator_and_blocked_field():
     with pytest.raises(BeamError, match="blocks the whole field"):
         ProtonMinibeams(0, MinibeamPattern(1.0, 4.0, offset_mm=2.0), energies_MeV=[100.0],
                         field_mm=2.0).influence(fine)
+
+
+def test_pin_array_conserves_energy_and_labels_both_axes():
+    # 3 x 3 focused pins (0.8 mm FWHM) at 3 mm, modulated along x and z: the
+    # integrated dose per depth = n x IDD x GY_MM2_PER_UNIT_WEIGHT (1 %), and the peak region
+    # lies at pin centres in both coordinates
+    g = Grid((80, 12, 80), (0.25, 1.0, 0.25), (-9.875, -6.0, -9.875))
+    z, y, x = np.meshgrid(*g.axes_mm(), indexing="ij")
+    tgt = (np.abs(x) <= 4) & (np.abs(z) <= 4) & (y >= 0) & (y <= 4)
+    p = Patient(g, np.zeros(g.shape, np.float32), [Structure("Body", np.ones(g.shape, bool)),
+                                                   Structure("T", tgt, "target")])
+    inf = ProtonMinibeams(0, MinibeamPattern(0.8, 3.0, pattern="pin"), energies_MeV=[150.0],
+                          field_mm=9.0, length_mm=9.0, cutoff_sigmas=5).influence(p)
+    n = inf.matrix.shape[1]
+    assert n == 9  # the lattice runs through the isocentre (target centroid): 0, +-3 mm
+    d = dose_of(inf)
+    for iy in (1, 6):
+        depth = g.axes_mm()[1][iy] + 6.0 + 0.5
+        _, idd = pp.pristine_peak(150.0, [depth])
+        ref = n * idd[0] * pp.GY_MM2_PER_UNIT_WEIGHT
+        assert d[:, iy, :].sum() * 0.25 * 0.25 == pytest.approx(ref, rel=0.01)
+    peak, valley = peak_valley_masks(g, inf)
+    # centres at 0, +-3 mm in x and z
+    zc, xc = z[peak], x[peak]
+    assert np.all(np.abs((xc + 1.5) % 3 - 1.5) <= 0.2 + 1e-6)
+    assert np.all(np.abs((zc + 1.5) % 3 - 1.5) <= 0.2 + 1e-6)
+    assert valley.any() and not (peak & valley).any()
