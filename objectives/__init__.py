@@ -55,6 +55,7 @@ from .radiobiology import (
     tcp_poisson,
 )
 from .rbe import RBE_CONSTANT, mcnamara_rbe, mcnamara_rbe_max, mcnamara_rbe_min, rbe_weighted_dose
+from .robust import Robust, ScenarioDoses, scenario_form
 from .shapes import CVaRMax, CVaRMin, Floor, FluenceSmoothness, Max, Mean, Min, SquaredOver, SquaredUnder
 from .terms import Term, TermContext
 
@@ -73,4 +74,5 @@ __all__ = [
     "LETDoseMax", "LETdMax", "DirtyDoseMax", "dirty_dose_matrix",
     "RBE_CONSTANT", "mcnamara_rbe", "mcnamara_rbe_max", "mcnamara_rbe_min", "rbe_weighted_dose",
     "DADRMin", "DADRDeficit", "EDICModel", "ImmuneMeanDose",
+    "Robust", "ScenarioDoses", "scenario_form",
 ]

@@ -34,6 +34,8 @@ from .io import (
 )
 from .plan import Plan
 from .problem import PlanProblem
+from .robust.influence import scenario_influence
+from .robust.scenarios import Scenario, nominal9, scenario_list, set21
 from .stopping_power import HU_TO_RSP_TABLE, hu_to_rsp
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "PhotonScatterKernel", "ProtonBeamData",
     "ProtonBeams", "spot_maps", "let_d_map", "proton_physics", "hu_to_rsp", "HU_TO_RSP_TABLE",
     "PlanProblem", "Plan",
+    "Scenario", "nominal9", "set21", "scenario_list", "scenario_influence",
     "load_ct_series", "load_dicom", "load_rtdose", "load_rtstruct", "load_matrad",
     "write_ct_series", "write_rtstruct", "write_rtdose", "write_rt_ion_plan",
 ]
