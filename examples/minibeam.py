@@ -1,5 +1,5 @@
 """Minibeam plans: a proton pMBRT plan and a 6 MV photon MBRT plan on a water phantom with a target
-behind an entrance OAR, on a fine anisotropic grid (0.25 mm across the slits, 1 mm in depth).
+behind an entrance OAR, on a fine anisotropic grid (0.125 mm across the slits, 1 mm in depth).
 
 Each plan: homogeneous target dose (squared deviation, hard maximum), a hard valley-dose ceiling in
 the OAR and (protons) a minimum PVDR in the OAR. Prints PVDR at several depths, peak and valley
@@ -34,9 +34,9 @@ DEPTHS_MM = (5.0, 15.0, 30.0, 50.0, 70.0)
 
 
 def phantom() -> Patient:
-    """Water, 24 mm across (x, 0.25 mm) x 100 mm deep (y, 1 mm) x 3 slices of 2 mm; gantry 0
+    """Water, 24 mm across (x, 0.125 mm) x 100 mm deep (y, 1 mm) x 3 slices of 2 mm; gantry 0
     enters at y = 0. OAR: depth 5-20 mm; PTV: depth 70-85 mm, 12 mm wide."""
-    g = Grid((3, 100, 96), (2.0, 1.0, 0.25), (-2.0, 0.5, -11.875))
+    g = Grid((3, 100, 192), (2.0, 1.0, 0.125), (-2.0, 0.5, -11.9375))
     z, y, x = np.meshgrid(*g.axes_mm(), indexing="ij")
     body = np.ones(g.shape, bool)
     ptv = (y >= 70) & (y <= 85) & (np.abs(x) <= 6) & (np.abs(z) <= 0.1)
@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     patient = phantom()
     proton = ProtonMinibeams(0, MinibeamPattern(0.7, 3.0), field_mm=15, length_mm=8, layer_spacing_mm=3.0)
-    pplan, pinf, pres, pblock, pt = plan_one(patient, proton, "proton", valley_limit_Gy=2.0, pvdr_min=5.0)
+    pplan, pinf, pres, pblock, pt = plan_one(patient, proton, "proton", valley_limit_Gy=1.3, pvdr_min=5.0)
     photon = PhotonMinibeams(0, MinibeamPattern(0.5, 2.0), field_mm=15, length_mm=8,
                              collimator=SlitCollimator(thickness_mm=50.0))
     fplan, finf, fres, fblock, ft = plan_one(patient, photon, "photon", valley_limit_Gy=4.0)

@@ -134,5 +134,5 @@ def test_example_writes_minibeam_metrics(tmp_path):
     # the proton array merges in the target (PVDR -> 1) while the OAR stays fractionated
     by_depth = rec["minibeam"]["pvdr_by_depth"]
     assert by_depth[0]["pvdr"] > 10 and min(r["pvdr"] for r in by_depth) < 1.05
-    assert rec["minibeam"]["target_max_over_min"] < 1.2
+    assert rec["minibeam"]["target_max_over_min"] < 1.3  # 1.25 with the binding 1 Gy valley ceiling
     assert len([f for f in os.listdir(tmp_path) if f.endswith(".png")]) == 8

@@ -43,8 +43,10 @@ def beam_coordinates(grid: Grid, influence, beam: int = 0):
 def peak_valley_masks(grid: Grid, influence, beam: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """([z, y, x] peak mask, valley mask) of ``beam``'s pattern on ``grid``."""
     pattern, geom = _beam(influence, beam)
-    u, v, _ = geom.to_beam(grid.positions_mm())
-    h = max(_axis_spacing(grid, geom, ax) for ax in pattern.modulated_axes())
+    u, v, t = geom.to_beam(grid.positions_mm())
+    # one voxel across the modulation, in isocentre-plane mm at the most magnified depth, so every
+    # beam keeps a peak voxel at every depth
+    h = max(_axis_spacing(grid, geom, ax) for ax in pattern.modulated_axes()) * float((geom.sad_mm / t).max())
     lab = peak_valley_labels(u, v, pattern, (0.0, 0.0), h).reshape(grid.shape)
     return lab == 1, lab == -1
 
