@@ -83,7 +83,7 @@ def test_optimizer_meets_valley_limit_a_uniform_array_misses():
     assert abs(plan.dose[tgt].mean() - 10.0) < 1.0
 
 
-def test_bed_limit_on_valley_structure():
+def test_bed_limit_on_valley_structure(tmp_path):
     # BED of valley doses through derived structures: add_peak_valley_structures + BEDMax; the
     # BED of every valley voxel, D (1 + D / (n a/b)) by hand, stays under the limit
     from objectives import BEDMax
@@ -112,6 +112,11 @@ def test_bed_limit_on_valley_structure():
     bed = d * (1 + d / (5 * 3.0))
     assert bed.max() <= 6.0 + 1e-3
     assert abs(plan.dose[tgt].mean() - 30.0) < 3.0
+    # the minibeam beam table survives the plan archive
+    from optimizer.plan import Plan
+
+    back = Plan.load(plan.save(tmp_path / "mb.plan"))
+    assert np.array_equal(back.dose, plan.dose) and back.beams[0]["ctc_mm"] == 3.0
 
 
 def test_example_writes_minibeam_metrics(tmp_path):
