@@ -38,8 +38,10 @@ components, each with its own depth dose and sigma), the inverse square, and sep
 T = exp(-mu t): each column is open (1) over its slit and T over the septum of its period. The
 primary's surface sigma is replaced by ``primary_sigma_mm`` (default 0.3 mm: the kernel's 1.7 mm
 includes the linac jaw penumbra, which a multislit collimator at the patient does not have; our
-estimate of the secondary-electron blur, verify with film). The valley is the kernel's scatter
-components plus transmission (a primary-only profile would give a PVDR of order 10^3).
+estimate of the secondary-electron blur, verify with film). The valley is the primary's tail plus
+the kernel's scatter components plus transmission: for 0.5 mm slits at 2 mm, 10 mm deep, the
+primary alone gives a PVDR of 14.7 and the full model 8.6 (scatter and transmission raise the
+valley-to-peak ratio 1.7-fold there; more with depth and field size).
 """
 
 from __future__ import annotations
