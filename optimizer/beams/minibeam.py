@@ -78,9 +78,10 @@ BYTES_PER_NONZERO = 32
 
 def profile(x, half, sigma, normalised: bool):
     """Box of half-width ``half`` blurred by a Gaussian ``sigma`` at ``x`` (mm, broadcast);
-    ``normalised``: divided by 2 half (a density in 1/mm; a Gaussian density for half = 0)."""
+    ``normalised``: divided by 2 half (a density in 1/mm; a Gaussian density for half = 0, which
+    must then be the scalar 0)."""
     sigma = np.maximum(sigma, 1e-6)
-    if half <= 0:
+    if np.ndim(half) == 0 and half <= 0:
         return np.exp(-0.5 * (x / sigma) ** 2) / (math.sqrt(2 * math.pi) * sigma)
     s = math.sqrt(2.0) * sigma
     p = 0.5 * (erf((x + half) / s) - erf((x - half) / s))
@@ -275,13 +276,17 @@ class _Minibeams(BeamModel):
         lat = self._lateral_scale(t[rows0])[r]  # isocentre plane -> mm at the voxel's depth
         xa = (a[r] - ac[ja]) * lat
         xb = (b[r] - bc[jb]) * lat
-        near = (np.abs(xa) <= pl["ha"] + reach[r]) & (np.abs(xb) <= pl["hb"] + reach[r])
-        r, ja, jb, xa, xb = r[near], ja[near], jb[near], xa[near], xb[near]
+        near = (np.abs(xa) <= pl["ha"] * lat + reach[r]) & (np.abs(xb) <= pl["hb"] * lat + reach[r])
+        r, ja, jb, xa, xb, lat = r[near], ja[near], jb[near], xa[near], xb[near], lat[near]
         val = np.zeros(len(r))
+        # the pattern (centres, slit and segment widths) is drawn at the isocentre plane and scales
+        # with the beam's divergence (lat), so segments tile their slit at every depth
+        hb = pl["hb"] * lat if pl["hb"] > 0 else 0.0
         for amp, sig, kind in comps:  # a handful of physics components, not voxels or beams
             ha = self.pattern.ctc_mm / 2 if kind == "period" else pl["ha"]
+            ha = ha * lat if ha > 0 else 0.0
             s = sig[r]
-            val += amp[r] * profile(xa, ha, s, self.normalised) * profile(xb, pl["hb"], s, self.normalised)
+            val += amp[r] * profile(xa, ha, s, self.normalised) * profile(xb, hb, s, self.normalised)
         val *= scale[r]
         good = val > 0
         return rows0[r[good]], (ja * len(bc) + jb)[good], val[good]
