@@ -21,6 +21,7 @@ from .dose_rate import DADRDeficit, DADRMin
 from .errors import BiologyError, BioplanError, TermError
 from .immune import EDICModel, ImmuneMeanDose
 from .let import DirtyDoseMax, LETdMax, LETDoseMax, dirty_dose_matrix
+from .minibeam import PVDRMin, ValleyMax, ValleyMean
 from .physical import (
     DVHMax,
     DVHMin,
@@ -75,4 +76,5 @@ __all__ = [
     "RBE_CONSTANT", "mcnamara_rbe", "mcnamara_rbe_max", "mcnamara_rbe_min", "rbe_weighted_dose",
     "DADRMin", "DADRDeficit", "EDICModel", "ImmuneMeanDose",
     "Robust", "ScenarioDoses", "scenario_form",
+    "ValleyMax", "ValleyMean", "PVDRMin",
 ]

@@ -3,6 +3,9 @@
 from . import bio_evaluate, deliver, evaluate, flash, io, phantoms, plots, report, studies
 from .beams import proton_physics
 from .beams.base import BeamModel
+from .beams.minibeam import ProtonMinibeams, SlitCollimator
+from .beams.minibeam_pattern import MinibeamPattern, fine_slab
+from .beams.minibeam_photon import PhotonMinibeams
 from .beams.photon import PhotonBeams, PhotonKernel
 from .beams.photon_kernel import PhotonScatterKernel
 from .beams.proton import ProtonBeams, let_d_map, spot_maps
@@ -46,6 +49,7 @@ __all__ = [
     "Grid", "Patient", "Structure", "hu_to_red", "InfluenceMatrix", "InfluenceSet",
     "BeamModel", "BeamGeometry", "radiological_depth", "PhotonBeams", "PhotonKernel",
     "PhotonScatterKernel", "ProtonBeamData",
+    "ProtonMinibeams", "PhotonMinibeams", "SlitCollimator", "MinibeamPattern", "fine_slab",
     "ProtonBeams", "spot_maps", "let_d_map", "proton_physics", "hu_to_rsp", "HU_TO_RSP_TABLE",
     "PlanProblem", "Plan",
     "Scenario", "nominal9", "set21", "scenario_list", "scenario_influence",

@@ -31,6 +31,10 @@ CTX = TermContext("S", VOLUMES, np.arange(N), FX, GRID,
 LQ = rb.LQ({"S": 3.0}, alpha_beta_map=rng.uniform(2.0, 10.0, GRID))
 LQ_TABLE = rb.LQ({"S": 3.0})
 RSI = rng.uniform(0.2, 0.6, GRID)
+MB_PEAK = np.zeros(GRID, bool)
+MB_PEAK[0, :, 0] = True
+MB_VALLEY = np.zeros(GRID, bool)
+MB_VALLEY[0, :, 2] = True
 
 Q = objectives  # shorthand for quantities and shapes
 FACTORIES = {
@@ -72,6 +76,9 @@ FACTORIES = {
     "DADRMin": [lambda w: Q.DADRMin("S", 40.0, 500.0, weight=w)],
     "ImmuneMeanDose": [lambda w: Q.ImmuneMeanDose("S", "body", weight=w or 1.0, volume_cc=2000.0)],
     # robust terms over 3 scenario dose forms (dose_s0..dose_s2), each mode on a few shapes
+    "ValleyMax": [lambda w: Q.ValleyMax("S", 40.0, MB_VALLEY, weight=w)],
+    "ValleyMean": [lambda w: Q.ValleyMean("S", 35.0, MB_VALLEY, weight=w)],
+    "PVDRMin": [lambda w: Q.PVDRMin("S", 3.0, MB_PEAK, MB_VALLEY, weight=w)],
     "Robust": [lambda w: Robust(Q.MaxDose("S", 40.0, weight=w), "composite", scenarios=3),
                lambda w: Robust(Q.DVHMin("S", 30.0, volume_pct=80, weight=w), "voxelwise", scenarios=3),
                lambda w: Robust(Q.SquaredUnderdose("S", 40.0, weight=w or 2.0), "voxelwise", scenarios=3),

@@ -9,6 +9,7 @@ One job per module; everything public is importable from here:
 - :mod:`.outcome` : BED / EQD2 DVHs and Dx, Poisson TCP, LKB NTCP
 - :mod:`.voxel_checks` : floors and ceilings checked in every voxel
 - :mod:`.goals` : the one goal evaluator (physical and biological goals, one schema, one tolerance)
+- :mod:`.pvdr` : minibeam peak/valley regions, PVDR by depth and structure, profiles, plots
 - :mod:`.robust` : per-scenario doses, DVH bands, nominal and worst-case metrics (robust plans)
 - :mod:`.compare` : plan summaries and side-by-side comparison tables
 
@@ -69,6 +70,7 @@ from .outcome import (
     statistics,
     tcp,
 )
+from .pvdr import add_peak_valley_structures, lateral_profile, peak_valley_masks, pvdr
 from .robust import dvh_band, robust_block, robust_metrics, scenario_doses
 from .voxel_checks import VoxelCheck, check_bio_limit, check_voxels
 
@@ -88,6 +90,8 @@ __all__ = [
     # goals
     "GOAL_RELATIVE_TOLERANCE", "GoalResult", "BioGoalResult", "metric", "metric_unit", "goal_tolerance",
     "evaluate_goals", "evaluate_bio_goals", "goal_table", "structure_metrics",
+    # minibeams
+    "pvdr", "peak_valley_masks", "add_peak_valley_structures", "lateral_profile",
     # robust scenarios
     "scenario_doses", "robust_metrics", "dvh_band", "robust_block",
     # comparison
