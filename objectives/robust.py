@@ -25,7 +25,10 @@ Numeric faces (first-order solver): violation, cost and projection in every mode
 blocks are separable, so the projection of a hard term is the wrapped projection per
 scenario); gradient and prox for ``"expected"`` (the mean of the scenario gradients / the prox
 per scenario at step tau / n). The worst cases are not smooth: their gradient and prox say
-"cvxpy only", and ``PlanProblem`` solves them with CLARABEL.
+"cvxpy only"; the first-order solver lifts a soft worst case of a smooth wrapped cost exactly
+(an epigraph variable t with ``cost_s <= t`` for composite, per-voxel variables u with
+``u <= d_s`` / ``u >= d_s`` for voxelwise: :mod:`optimizer.solvers.epigraph`), and
+``PlanProblem`` solves the others (e.g. a soft ``Max``) with CLARABEL.
 """
 
 from __future__ import annotations

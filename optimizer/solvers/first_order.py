@@ -36,6 +36,7 @@ import scipy.sparse as sp
 from objectives.errors import TermError
 
 from ..errors import SolverError
+from .epigraph import Epigraph, is_worst_case, unsupported_reason
 
 #: Matrix precision of the products. "float64" (default) multiplies a double-precision copy of
 #: the influence rows: near the optimum the inner line searches compare objective values that
@@ -98,6 +99,8 @@ class _Term:
     ctx: object
     blocks: dict  # form name -> block index, or "weights"
     hard: bool
+    epi: object = None  # soft robust worst case: its epigraph (:mod:`.epigraph`)
+    aux: slice = None  # its auxiliary variables in the auxiliary vector
 
 
 class _Operator:
@@ -169,6 +172,7 @@ class Model:
     xp: object = np
     build_s: float = 0.0
     pool: object = None
+    n_aux: int = 0  # auxiliary (free) variables of the robust worst cases, after the weights
 
     @cached_property
     def offsets(self) -> list[int]:
@@ -245,6 +249,7 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "float64", thr
     xp = _array_module(device)
     threads = threads or min(2, os.cpu_count() or 1)
     mats, mat_of, block_rows, block_of, terms = [], {}, [], {}, []
+    n_aux = 0
 
     def matrix(key, M):
         if key not in mat_of:
@@ -285,7 +290,13 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "float64", thr
                     block_of[key] = len(block_rows)
                     block_rows.append((o, np.arange(R.shape[0])))
                 blocks[name] = block_of[key]
-        terms.append(_Term(term, ctx, blocks, term.hard))
+        if is_worst_case(term):
+            epi = Epigraph(term, ctx)
+            size = epi.n_aux(len(ctx.volumes))
+            terms.append(_Term(term, ctx, blocks, False, epi, slice(n_aux, n_aux + size)))
+            n_aux += size
+        else:
+            terms.append(_Term(term, ctx, blocks, term.hard))
     dtype = np.dtype(matrix_dtype)
     operators = []
     for o, M in enumerate(mats):
@@ -310,7 +321,7 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "float64", thr
     threaded = xp is np and threads > 1 and any(op.parts for op in operators)
     pool = ThreadPoolExecutor(threads) if threaded else None
     return Model(operators, block_rows, terms, problem.influence.n_beamlets, xp,
-                 time.perf_counter() - t0, pool)
+                 time.perf_counter() - t0, pool, n_aux)
 
 
 def _array_module(device: str):
@@ -330,9 +341,16 @@ def _array_module(device: str):
 
 def check_supported(problem) -> list[str]:
     """Terms the first-order path cannot drive (no gradient for a soft term, no projection
-    for a hard one), as descriptions; empty when every term is supported."""
+    for a hard one), as descriptions; empty when every term is supported. Soft robust worst
+    cases (composite, voxelwise) are taken through an epigraph when the wrapped cost is smooth
+    (and, voxelwise, monotone on its side); otherwise the description says why not."""
     bad = []
     for term in problem.terms:
+        if is_worst_case(term):
+            reason = unsupported_reason(term)
+            if reason:
+                bad.append(reason)
+            continue
         if term.hard:
             ok = _has_projection(term)
         else:
@@ -360,20 +378,23 @@ def _has_projection(term) -> bool:
 
 
 class _Objective:
-    """The augmented Lagrangian of a model for fixed multipliers and penalties."""
+    """The augmented Lagrangian of a model for fixed multipliers and penalties, as a function
+    of z = (weights, auxiliary variables of the robust worst cases)."""
 
-    def __init__(self, model: Model, lam: list, rho: list):
-        self.m, self.lam, self.rho = model, lam, rho
+    def __init__(self, model: Model, lam: list, rho: list, mu: list = (), rho_e: list = ()):
+        self.m, self.lam, self.rho, self.mu, self.rho_e = model, lam, rho, mu, rho_e
         self.evals = 0
 
-    def __call__(self, x):
+    def __call__(self, z):
         m, xp = self.m, self.m.xp
         self.evals += 1
+        x, a = z[:m.n_beamlets], z[m.n_beamlets:]
         blocks = _forms_at(m, x)
         gy = [xp.zeros_like(b) for b in blocks]
         gx = xp.zeros_like(x)
+        ga = xp.zeros(m.n_aux)
         total = 0.0
-        h = 0
+        h = e = 0
         for t in m.terms:
             forms = m.forms(t, blocks, x)
             if t.hard:
@@ -384,11 +405,19 @@ class _Objective:
                     total += 0.5 * self.rho[h] * (float(r @ r) - shift)
                     _add(gy, gx, t.blocks[k], self.rho[h] * r)
                 h += 1
+            elif t.epi is not None:
+                value, grads, g_a, _ = t.epi.alm(forms, a[t.aux], self.mu[e], self.rho_e[e], xp)
+                total += value
+                for k, g in grads.items():
+                    if g is not None:
+                        _add(gy, gx, t.blocks[k], g)
+                ga[t.aux] += g_a
+                e += 1
             else:
                 total += _soft_part(t, forms, gy, gx)
         if len(gy):
             gx = gx + m.rmatvec(xp.concatenate(gy))
-        return total, gx
+        return total, (xp.concatenate([gx, ga]) if m.n_aux else gx)
 
 
 def _forms_at(model: Model, x) -> list:
@@ -449,22 +478,23 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         inner = "lbfgsb" if xp is np else "spg"
     if inner == "lbfgsb" and xp is not np:
         raise SolverError("inner='lbfgsb' runs on the CPU only; use inner='spg' with device='cuda'")
-    history, evals, prev_viol = [], 0, np.inf
+    history, evals, prev_viol, prev_epi = [], 0, np.inf, np.inf
     cert = None
-    scale = _diagonal_scaling(model) if model.n_rows else xp.ones(n)
+    scale, curvature = _diagonal_scaling(model) if model.n_rows else (xp.ones(n), 1.0)
+    z, mu, rho_e, scale, lower = _lift(model, x, scale, curvature, settings.rho0, warm)
     for outer in range(1, settings.max_outer + 1):
-        f = _Objective(model, lam, rho)
+        f = _Objective(model, lam, rho, mu, rho_e)
         # inexact inner solves while the hard terms are far from feasible, tight once they hold
         near = cert is not None and cert["max_violation"] <= settings.violation_tol
         ftol = 1e-13 if near else 1e-8
-        def certified(xk, lam=lam, rho=rho):
+        def certified(zk, lam=lam, rho=rho, mu=mu, rho_e=rho_e):
             """Stop the inner solve as soon as its iterate certifies (checked every few steps)."""
-            lam_k, cert_k = _update_and_certify(model, xk, lam, rho)
+            _, _, cert_k = _update_and_certify(model, zk, lam, rho, mu, rho_e)
             return _meets(cert_k, settings)
 
-        x = _inner_solve(f, x, inner, settings.max_inner, xp, scale, ftol, certified, settings.memory)
+        z = _inner_solve(f, z, inner, settings.max_inner, xp, scale, ftol, certified, settings.memory, lower)
         evals += f.evals
-        lam_new, cert = _update_and_certify(model, x, lam, rho)
+        lam_new, mu, cert = _update_and_certify(model, z, lam, rho, mu, rho_e)
         history.append({"outer": outer, "evals": f.evals, **{k: cert[k] for k in
                                                               ("max_violation", "rel_gap", "kkt")}})
         if settings.verbose:
@@ -478,12 +508,17 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         if cert["max_violation"] > settings.violation_tol and cert["max_violation"] > 0.25 * prev_viol:
             rho = [r * 10.0 for r in rho]
         prev_viol = cert["max_violation"]
+        # the same for the epigraphs of robust worst cases (relative constraint violation)
+        if cert["epigraph_infeasibility"] > 0.25 * prev_epi:
+            rho_e = [r * 10.0 for r in rho_e]
+        prev_epi = cert["epigraph_infeasibility"]
     else:
         raise SolverError(
             f"first-order solver: no certified optimum after {settings.max_outer} outer iterations "
             f"({evals} evaluations): max hard violation {cert['max_violation']:.3g} (tolerance "
             f"{settings.violation_tol:g}), relative gap {cert['rel_gap']:.2e} (tolerance "
             f"{settings.gap_tol:g}), KKT residual {cert['kkt']:.2e}; try solver='CLARABEL'")
+    x = z[:n]
     x_np = np.asarray(x.get() if hasattr(x, "get") else x, dtype=float)
     info = {
         "iterations": evals,
@@ -498,8 +533,34 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         "opt_voxels": int(sum(len(t.ctx.volumes) for t in model.terms if t.term.structure is not None)),
         "nnz": model.nnz,
         "matrix_dtype": settings.matrix_dtype,
+        "aux_variables": model.n_aux,
     }
-    return x_np, info, {"x": x, "lam": lam, "rho": rho, "n": n}
+    return x_np, info, {"x": x, "lam": lam, "rho": rho, "n": n,
+                        "epi": {"mu": mu, "rho": rho_e, "n_aux": model.n_aux}}
+
+
+def _lift(model: Model, x, scale, curvature: float, rho0: float, warm: dict | None):
+    """z = (x, auxiliary variables at the worst cases of x), the epigraph multipliers and
+    penalties (warm ones when the problem has the same epigraphs), the scaling of z (an
+    auxiliary variable's curvature is about its penalty: scaled to the weights' ``curvature``)
+    and the lower bounds of z (0 for the weights, none for the auxiliary variables)."""
+    xp = model.xp
+    epis = [t for t in model.terms if t.epi is not None]
+    if not epis:
+        return x, [], [], scale, xp.zeros(model.n_beamlets)
+    old = (warm or {}).get("epi") or {}
+    reuse = warm is not None and warm.get("n") == model.n_beamlets and old.get("n_aux") == model.n_aux \
+        and len(old.get("mu", ())) == len(epis)
+    blocks = _forms_at(model, x)
+    a, mu, rho_e, s_aux = xp.zeros(model.n_aux), [], [], xp.ones(model.n_aux)
+    for i, t in enumerate(epis):
+        a0, mu0, c0 = t.epi.start(model.forms(t, blocks, x), xp)
+        a[t.aux] = a0
+        mu.append(old["mu"][i] if reuse else mu0)
+        rho_e.append(old["rho"][i] if reuse else t.epi.penalty(rho0, c0, xp))
+        s_aux[t.aux] = xp.sqrt(curvature / (1.0 + 2.0 / rho0) / rho_e[-1])
+    lower = xp.concatenate([xp.zeros(model.n_beamlets), xp.full(model.n_aux, -np.inf)])
+    return xp.concatenate([x, a]), mu, rho_e, xp.concatenate([scale, s_aux]), lower
 
 
 def _diagonal_scaling(model: Model):
@@ -520,7 +581,8 @@ def _diagonal_scaling(model: Model):
     ratio = float(soft.mean()) / max(float(plain.mean()), 1e-300)
     diag = soft + 1e-2 * ratio * plain if float(soft.max()) > 0 else plain
     scale = 1.0 / xp.sqrt(xp.maximum(diag, 1e-24 * float(diag.max())))
-    return scale / float(scale.mean())
+    scale = scale / float(scale.mean())
+    return scale, float((diag * scale * scale).mean())
 
 
 def _meets(cert: dict, settings: Settings) -> bool:
@@ -551,9 +613,11 @@ def _initial_guess(model, x):
 CHECK_EVERY = 25
 
 
-def _inner_solve(f, x0, inner: str, max_iter: int, xp, scale, ftol: float, certified=None, memory: int = 20):
-    """Minimize f over x >= 0 from x0, in the scaled variables u = x / scale (diagonal
-    preconditioning by the soft curvature, :func:`_diagonal_scaling`).
+def _inner_solve(f, x0, inner: str, max_iter: int, xp, scale, ftol: float, certified=None, memory: int = 20,
+                 lower=None):
+    """Minimize f over x >= lower (default 0; -inf: a free variable) from x0, in the scaled
+    variables u = x / scale (diagonal preconditioning by the soft curvature,
+    :func:`_diagonal_scaling`).
     Every CHECK_EVERY iterations ``certified(x)`` may end the solve early: the certificate does
     not depend on how x was reached, so the multiplier round need not finish."""
     def fu(u):
@@ -561,6 +625,8 @@ def _inner_solve(f, x0, inner: str, max_iter: int, xp, scale, ftol: float, certi
         return val, g * scale
 
     u0 = x0 / scale
+    lower = xp.zeros_like(x0) if lower is None else lower
+    lo = lower / scale
     if inner == "lbfgsb":
         from scipy.optimize import minimize
 
@@ -569,30 +635,31 @@ def _inner_solve(f, x0, inner: str, max_iter: int, xp, scale, ftol: float, certi
         def callback(intermediate_result):
             count[0] += 1
             if certified is not None and count[0] % CHECK_EVERY == 0:
-                if certified(np.maximum(intermediate_result.x, 0.0) * scale):
+                if certified(np.maximum(intermediate_result.x, lo) * scale):
                     raise StopIteration
 
         res = minimize(fu, np.asarray(u0, dtype=float), jac=True, method="L-BFGS-B",
-                       bounds=[(0.0, None)] * len(u0), callback=callback,
+                       bounds=[(float(b), None) if np.isfinite(b) else (None, None) for b in lo],
+                       callback=callback,
                        options={"maxiter": max_iter, "maxcor": memory, "ftol": ftol, "gtol": 0.0})
-        return np.maximum(res.x, 0.0) * scale
+        return np.maximum(res.x, lo) * scale
     if inner == "spg":
         check = None if certified is None else (lambda u: certified(u * scale))
-        return _spg(fu, u0, max_iter, xp, check=check) * scale
+        return _spg(fu, u0, max_iter, xp, check=check, lower=lo) * scale
     raise SolverError(f"inner: expected 'lbfgsb', 'spg' or 'auto', got {inner!r}")
 
 
-def _spg(f, x, max_iter: int, xp, memory: int = 10, check=None):
-    """Spectral projected gradient (Birgin, Martinez & Raydan, SIAM J Optim 2000) on x >= 0 with
-    a non-monotone Armijo line search: array-API code, runs on NumPy or CuPy."""
-    x = xp.maximum(x, 0)
+def _spg(f, x, max_iter: int, xp, memory: int = 10, check=None, lower=0.0):
+    """Spectral projected gradient (Birgin, Martinez & Raydan, SIAM J Optim 2000) on
+    x >= lower with a non-monotone Armijo line search: array-API code, runs on NumPy or CuPy."""
+    x = xp.maximum(x, lower)
     fx, g = f(x)
     recent = [fx]
     step = 1.0 / max(float(xp.abs(g).max()), 1e-30)
     for it in range(1, max_iter + 1):
         if check is not None and it % CHECK_EVERY == 0 and check(x):
             break
-        d = xp.maximum(x - step * g, 0) - x
+        d = xp.maximum(x - step * g, lower) - x
         gd = float(g @ d)
         if gd > -1e-16 * max(abs(fx), 1.0):
             break
@@ -611,16 +678,20 @@ def _spg(f, x, max_iter: int, xp, memory: int = 10, check=None):
     return x
 
 
-def _update_and_certify(model: Model, x, lam, rho):
-    """New multipliers and the certificate at x (all voxels)."""
+def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=()):
+    """New multipliers (hard terms, epigraphs) and the certificate at z = (x, auxiliary
+    variables) (all voxels). A robust worst case enters the bound through its multiplier
+    mixture (:meth:`.epigraph.Epigraph.bound`): the gap adds its true value minus the mixture."""
     xp = model.xp
+    x, a = z[:model.n_beamlets], z[model.n_beamlets:]
     blocks = _forms_at(model, x)
     gy = [xp.zeros_like(b) for b in blocks]
     gx = xp.zeros_like(x)
     soft, lam_new, comp, worst = 0.0, [], 0.0, 0.0
-    checks = []
+    checks, mu_new, minorant, infeasible = [], [], 0.0, 0.0
     gy_hard = [xp.zeros_like(b) for b in blocks]
-    h = 0
+    gy_epi = [xp.zeros_like(b) for b in blocks] if model.n_aux else []
+    h = e = 0
     for t in model.terms:
         forms = model.forms(t, blocks, x)
         if t.hard:
@@ -636,20 +707,31 @@ def _update_and_certify(model: Model, x, lam, rho):
                            "voxels_checked": int(len(t.ctx.volumes)), "max_violation": viol})
             lam_new.append(new)
             h += 1
+        elif t.epi is not None:
+            r = t.epi.alm(forms, a[t.aux], mu[e], rho_e[e], xp)[3]
+            true, mixture, grads = t.epi.bound(forms, r, xp)
+            soft += true
+            minorant += true - mixture
+            for k, g in grads.items():
+                _add(gy_epi, gx, t.blocks[k], g)
+            mu_new.append(r)
+            infeasible = max(infeasible, t.epi.infeasibility(forms, a[t.aux], xp))
+            e += 1
         else:
             soft += _soft_part(t, forms, gy, gx)
     # the gradient of the Lagrangian in x, and of its two parts (soft costs, multipliers) for scale
+    # (robust worst cases apart: their gradient cancels the other soft terms' at the optimum)
     g_parts = [model.rmatvec(xp.concatenate(part)) if len(part) else xp.zeros_like(x)
-               for part in (gy, gy_hard)]
-    gx = gx + g_parts[0] + g_parts[1]
+               for part in (gy, gy_hard, gy_epi) if part is not gy_epi or len(part)]
+    gx = gx + sum(g_parts)
     # x >= 0: the Lagrangian bound needs g >= 0; its negative part, relative to the size of the
     # terms that cancel at the optimum, is the KKT residual
     g_scale = max(max(float(xp.abs(g).max()) for g in g_parts + [gx]), 1e-30) if x.size else 1.0
     kkt = float(xp.maximum(-gx, 0).max()) if x.size else 0.0
-    gap_abs = abs(float(gx @ x) - comp)
+    gap_abs = abs(float(gx @ x) - comp) + max(minorant, 0.0)
     scale = max(abs(soft), 1e-12)
-    return lam_new, {"objective": soft, "max_violation": worst, "rel_gap": gap_abs / scale,
-                     "kkt": kkt / g_scale, "hard_terms": checks}
+    return lam_new, mu_new, {"objective": soft, "max_violation": worst, "rel_gap": gap_abs / scale,
+                     "kkt": kkt / g_scale, "hard_terms": checks, "epigraph_infeasibility": infeasible}
 
 
 def _np(a):
