@@ -113,13 +113,14 @@ def test_deprecated_compute_returns_the_set_and_its_let_form(proton_box):
 PHOTON_REGRESSION = ((13214, 225), 139694, 8610.31129270661, 31.02871197886998, 0.04004515241831541,
                      2732.496398893326)
 # The proton values were re-pinned for issue 9 (beam-data table: energy spread and in-air sigma
-# per energy, now OpenTPS's generic beam model; nuclear halo, cut-off at 4 core sigmas
-# renormalised to the IDD, exact surface): the physics changed on purpose; the pins keep
+# per energy, now OpenTPS's generic beam model; nuclear halo, cut-off at 4 core sigmas or the
+# halo reach with the kernel beyond folded into the outer shell, exact surface): the physics
+# changed on purpose; the pins keep
 # guarding the refactoring against unintended changes.
-PROTON_DOSE_REGRESSION = ((3704, 390), 306400, 4680.618184755588, 13.649106248386701, 0.8522477888254798,
-                          335.54832809601874)
-PROTON_LET_REGRESSION = ((3704, 390), 306400, 11396.458461519665, 35.63093635257542, 0.8702593940543011,
-                         8071.125060158847)
+PROTON_DOSE_REGRESSION = ((3704, 390), 306400, 4679.370805061939, 13.638731699339587, 0.851851300431008,
+                          334.3727420855799)
+PROTON_LET_REGRESSION = ((3704, 390), 306400, 11394.073534086068, 35.61103649523193, 0.8698389760829741,
+                         8058.6608968067885)
 PROTON_VOXEL_INDEX_SUM = 14691852
 
 

@@ -8,28 +8,39 @@ through its grid position. The dose of spot j (energy E) at a voxel with water-e
 (WEPL along the voxel's own ray from the virtual source, :func:`~optimizer.beams.raytrace.
 radiological_depth` on the relative-stopping-power cube) is
 
-    D_ij = c IDD_E(w) [(1 - h) G(r; s) + h G(r; s_h)] / K,   G(r; s) = exp(-r^2 / (2 s^2)) / (2 pi s^2),
-    s^2 = s_air(E)^2 + s_MCS,E(w)^2,
+    D_ij = c IDD_E(w) [(1 - h) G(r; s) + h G(r; s_h)] (1 + f g(r)),
+    G(r; s) = exp(-r^2 / (2 s^2)) / (2 pi s^2),   s^2 = s_air(E)^2 + s_MCS,E(w)^2,
 
 with r the distance of the voxel from the spot's central ray in the plane through the voxel
 (iso-plane offset x t / SAD), IDD the Bortfeld depth dose per proton with the energy spread of
-the beam-data table (:mod:`optimizer.beams.proton_beamdata`; default: a generic cyclotron beam
-line) and c = :data:`~optimizer.beams.proton_physics.GY_MM2_PER_UNIT_WEIGHT` (one unit of weight =
-1e8 protons). The nuclear halo (weight h(w), sigma s_h(w): :mod:`optimizer.beams.proton_halo`;
-``halo=False`` drops it) is a second, wide Gaussian; core and halo share the IDD.
+the beam-data table (:mod:`optimizer.beams.proton_beamdata`; default: OpenTPS's generic IBA
+beam model, data/proton_generic.csv) and c =
+:data:`~optimizer.beams.proton_physics.GY_MM2_PER_UNIT_WEIGHT` (one unit of weight = 1e8
+protons). The nuclear halo (weight h(w), sigma s_h(w):
+:mod:`optimizer.beams.proton_halo`; ``halo=False`` drops it) is a second, wide Gaussian; core and
+halo share the IDD; f g(r) is the fold of the cut-off (below).
 
-**Sparse cut-off.** Each spot reaches ``cutoff_sigma`` (default 4) *core* sigmas s(w); the kernel
-is renormalised over that disc (K = the fraction of the two-Gaussian kernel inside it,
-:func:`~optimizer.beams.proton_halo.fraction_within`), so the laterally integrated dose of every
-spot still equals its IDD (a broad field's dose is exact) and the cut-off moves the dose
-fraction 1 - K inwards instead of dropping it. 1 - K is 3e-4 for the core alone at 4 sigmas
-(1.1 % at the former default of 3); with the halo it is the halo beyond the disc: 0 at the
-surface, ~4 % of the dose at mid-range of 150 MeV, ~10 % at 200 MeV and ~13 % at 230 MeV (table
-beam line; a few tenths of that near the peak), so
-small fields are overdosed by up to that fraction compared with the full halo, as in treatment
-planning systems without a halo model (``examples/beam_model_check_proton.py`` and
-``benchmarks/bench_proton_dose.py`` report it). A larger ``cutoff_sigma`` keeps more halo at
-the cost of (cutoff / 4)^2 times the nonzeros. **No explicit
+**Sparse cut-off and fold.** Each spot reaches R(w) = ``cutoff_sigma`` (default 4) *core*
+sigmas s(w), or the farther ``halo_cutoff_sigma`` (default 2, the halo radius) halo sigmas at
+depths where the halo beyond the core reach carries >= :data:`HALO_REACH_MIN_FRACTION` (4 %) of
+the IDD. Inside the shell radius a = 0.7 R (:data:`SHELL_FRACTION`) the kernel is exact (not
+renormalised); the kernel beyond R, 1 - K (K: :func:`~optimizer.beams.proton_halo.
+fraction_within`), is folded into the shell [a, R] as a hat
+(:func:`~optimizer.beams.proton_halo.folded_cutoff`), so the laterally integrated dose of every
+spot still equals its IDD (a broad field's dose is exact) and fields whose edge lies inside a
+keep their central dose, as the photon model's outer-shell calibration
+(:mod:`optimizer.beams.photon_sparse`). With the core reach alone the folded fraction is 3e-4
+for the core; with the halo it is the halo beyond 4 core sigmas: 0 at the surface, 4.5 % of the
+dose at mid-range of 150 MeV, 10.5 % at 200 MeV (table beam line), which then lands inside any
+field wider than ~3 cm: the matrix's field-size factor (4 x 4 vs 20 x 20 cm^2 at mid-range) was
+1.000 at 150 and 200 MeV instead of the model's 0.977 / 0.926 (a larger ``cutoff_sigma`` does
+not help much: the halo there is 4-7 core sigmas wide). With the halo reach the folded fraction
+at those points is 1.1 % / 1.7 % and the matrix's factor 0.982 / 0.926
+(``tests/test_proton_dose_model.py``), at 3.1 / 10.7 times the nonzeros of such a voxel and
+1.43 times those of the TG-119 C-shape plan (93-165 MeV; ``benchmarks/bench_proton_dose.py``).
+Where the halo reach does not apply (less than 4 % of the IDD beyond the core reach, e.g. 100
+MeV, the entrance and the peak) small fields are overdosed by less than that fraction.
+``halo_cutoff_sigma=0`` gives the core cut-off alone. **No explicit
 inverse-square factor**: the laterally integrated dose of a spot does not depend on the distance
 from the source (no protons are lost), and the 1/r^2 fall-off of a broad field follows from the
 divergence of the spot positions. WEPL is traced with ``exact_surface=True`` (a surface on the
@@ -95,6 +106,18 @@ LAYER_GAP_SIGMAS = 2.2
 SPOT_SPACING_SIGMAS = 1.2
 #: Default lateral reach of a spot, in core sigmas (see ProtonBeams, ``cutoff_sigma``).
 DEFAULT_CUTOFF_SIGMA = 4.0
+#: Default reach of the halo in halo sigmas (``halo_cutoff_sigma``): the halo radius of
+#: :mod:`optimizer.beams.proton_halo` (2 sigmas = a third of the range at its end, Gottschalk et
+#: al., PMB 2015;60:5627).
+HALO_RADIUS_SIGMAS = 2.0
+#: The halo reach applies only at depths where the halo beyond ``cutoff_sigma`` core sigmas
+#: carries at least this fraction of the IDD (elsewhere the core cut-off alone, whose fold then
+#: overdoses small fields by less than this). 4 %: the smallest whole percentage that keeps the
+#: TG-119 C-shape plan of benchmarks/bench_proton_dose.py within 1.5 x the nonzeros of the core
+#: cut-off alone (measured 2.36 / 1.99 / 1.66 / 1.43 x at 1 / 2 / 3 / 4 %).
+HALO_REACH_MIN_FRACTION = 0.04
+#: Width of the outer shell that receives the folded dose, as a fraction of the reach.
+SHELL_FRACTION = 0.3
 #: Depth-dose tables are sampled every this many mm of WEPL.
 _TABLE_STEP_MM = 0.1
 #: Depth beyond the range (in straggling sigmas) after which a spot deposits nothing.
@@ -137,15 +160,20 @@ class ProtonBeams(BeamModel):
     virtual_sad_mm : virtual source-axis distance, mm
     energies_MeV : optional fixed list of layer energies (70-230 MeV) used by every beam instead
         of the automatic layers (e.g. a single energy for commissioning-type checks)
-    cutoff_sigma : lateral reach of each spot, in core sigmas (> 0); the kernel is renormalised
-        inside it (module docstring)
+    cutoff_sigma : lateral reach of each spot, in core sigmas (> 0); the kernel beyond the reach
+        is folded into its outer shell (module docstring)
     rsp_table : optional HU -> RSP calibration, (N, 2); default
         :data:`optimizer.stopping_power.HU_TO_RSP_TABLE`
     couch_deg : patient-support angle(s), degrees; only 0 (coplanar) is supported
     beam_data : :class:`~optimizer.beams.proton_beamdata.ProtonBeamData` or a path to a
-        .csv/.json table (energy spread and in-air sigma per energy); default: the package's
-        generic cyclotron beam line
+        .csv/.json table (energy spread and in-air sigma per energy); default: OpenTPS's generic
+        IBA beam model (data/proton_generic.csv)
     halo : model the nuclear halo (default True)
+    halo_cutoff_sigma : lateral reach of the halo, in halo sigmas (>= 0; True / the default:
+        :data:`HALO_RADIUS_SIGMAS`, False or 0: the core cut-off alone); applies at depths where
+        the halo beyond ``cutoff_sigma`` core sigmas carries >= :data:`HALO_REACH_MIN_FRACTION`
+        of the IDD. Gives small fields their field-size factor at high energy, at a cost in
+        nonzeros (module docstring)
 
     Every argument is checked here (type, NaN, range; gantry angles equal modulo 360 deg are
     refused as duplicates) and :class:`~optimizer.errors.BeamError` names the one at fault.
@@ -174,6 +202,7 @@ class ProtonBeams(BeamModel):
         couch_deg: Iterable[float] | float = 0.0,
         beam_data: ProtonBeamData | str | None = None,
         halo: bool = True,
+        halo_cutoff_sigma: float | bool = True,
     ):
         super().__init__(gantry_deg, couch_deg)
         self.beam_data = as_beam_data(beam_data)
@@ -188,6 +217,11 @@ class ProtonBeams(BeamModel):
         self.virtual_sad_mm = _positive(virtual_sad_mm, "virtual_sad_mm")
         self.cutoff_sigma = check_number(cutoff_sigma, "cutoff_sigma", "a number of sigmas > 0",
                                          lambda v: v > 0)
+        if isinstance(halo_cutoff_sigma, (bool, np.bool_)):
+            halo_cutoff_sigma = HALO_RADIUS_SIGMAS if halo_cutoff_sigma else 0.0
+        self.halo_cutoff_sigma = check_number(halo_cutoff_sigma, "halo_cutoff_sigma",
+                                              "a number of halo sigmas >= 0 or True / False",
+                                              lambda v: v >= 0)
         if energies_MeV is not None:
             if isinstance(energies_MeV, (str, bytes)):
                 raise BeamError(f"energies_MeV: expected energies in MeV (numbers), got {energies_MeV!r}")
@@ -427,14 +461,34 @@ class ProtonBeams(BeamModel):
                 "spot_sigma_air_mm": [self.sigma_air_mm(e) for e in kept_e],
                 "energy_spread_pct": [self.spread_pct(e) for e in kept_e],
                 "halo": self.halo, "cutoff_sigma": self.cutoff_sigma,
+                "halo_cutoff_sigma": self.halo_cutoff_sigma,
                 "beam_data": self.beam_data.source, "energy": "protons"}
         return spots, info
 
+    def _reach_table(self, e: float, depth_mm) -> dict:
+        """:func:`~optimizer.beams.proton_halo.folded_cutoff` of energy ``e`` at ``depth_mm`` (WEPL,
+        mm) with this model's cut-offs, plus the core and halo sigmas and the halo weight."""
+        spread, air = self.spread_pct(e), self.sigma_air_mm(e)
+        core = np.asarray(pp.lateral_sigma_mm(e, depth_mm, air), dtype=float)
+        if self.halo:
+            wt = np.asarray(ph.halo_weight(e, depth_mm, spread), dtype=float)
+            halo = np.asarray(ph.halo_sigma_mm(e, depth_mm, air), dtype=float)
+        else:
+            wt, halo = np.zeros_like(core), core
+        out = ph.folded_cutoff(self.cutoff_sigma, self.halo_cutoff_sigma, wt, core, halo,
+                               HALO_REACH_MIN_FRACTION, SHELL_FRACTION)
+        return dict(out, core=core, halo=halo, weight=wt)
+
+    def _max_reach_mm(self, e: float) -> float:
+        """Largest lateral reach of energy ``e`` over its depths (physical mm at the voxel)."""
+        w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(e, self.spread_pct(e))
+        depth = np.linspace(0.0, w_cut, 200)
+        return float(self._reach_table(e, depth)["reach_mm"].max())
+
     def _near(self, spots, u, v, t) -> np.ndarray:
         """Points (iso-plane u, v; source distance t) within the lateral reach of a beam's spots."""
-        sig_max = max(float(pp.lateral_sigma_mm(e, pp.csda_range_mm(e), self.sigma_air_mm(e)))
-                      for e in np.unique(spots["energy_MeV"]))
-        reach = self.cutoff_sigma * sig_max * self.virtual_sad_mm / float(t.min())
+        reach_max = max(self._max_reach_mm(float(e)) for e in np.unique(spots["energy_MeV"]))
+        reach = reach_max * self.virtual_sad_mm / float(t.min())
         return ((u >= spots["u_mm"].min() - reach) & (u <= spots["u_mm"].max() + reach)
                 & (v >= spots["v_mm"].min() - reach) & (v <= spots["v_mm"].max() + reach))
 
@@ -448,7 +502,7 @@ class ProtonBeams(BeamModel):
         """See :meth:`estimate_memory`; ``placed``: (geometry, spots, info) of every beam."""
         grid, voxels = setup.grid, setup.voxels
         positions, scale = setup.estimate_sample()
-        sad, cut = self.virtual_sad_mm, self.cutoff_sigma
+        sad = self.virtual_sad_mm
         square = math.sqrt(math.pi) / 2  # half-side of the square with the area of the unit circle
         nnz, transient = 0.0, 0.0
         for geom, spots, info in placed:
@@ -472,14 +526,13 @@ class ProtonBeams(BeamModel):
                 occupied = np.zeros((nv + 1, nu + 1))
                 occupied[spots["row"][in_layer] + 1, spots["col"][in_layer] + 1] = 1.0
                 table = occupied.cumsum(axis=0).cumsum(axis=1)  # summed-area table
-                air = self.sigma_air_mm(e)
                 w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(
                     e, self.spread_pct(e))
                 shallow = w <= w_cut
-                r_iso = cut * pp.lateral_sigma_mm(e, w[shallow], air) * sad / t[shallow]
+                r_iso = self._reach_table(e, w[shallow])["reach_mm"] * sad / t[shallow]
                 nnz += scale * _box_count(table, (u[shallow] - iu0 * s) / s, (v[shallow] - iv0 * s) / s,
                                           square * r_iso / s)
-                reach_e = cut * float(pp.lateral_sigma_mm(e, w_cut, air)) * sad / float(t.min())
+                reach_e = self._max_reach_mm(e) * sad / float(t.min())
                 max_pairs = max(max_pairs, scale * _box_count(table, (u - iu0 * s) / s, (v - iv0 * s) / s,
                                                               np.full(len(u), square * reach_e / s)))
             # per beam: the ray fan, per near voxel its coordinates and depth, per layer its pairs
@@ -492,21 +545,18 @@ class ProtonBeams(BeamModel):
         return {"nnz": nnz, "matrix_mb": nnz * 8 * (2 if with_let else 1) / 2**20, "peak_mb": peak / 2**20}
 
     def _lateral_tables(self, e: float, depth_tab: np.ndarray, spread: float, air: float) -> dict:
-        """Depth tables of one energy layer: core and halo sigma (mm) and the amplitudes (Gy
-        mm^-2... per unit weight) of the core and halo Gaussians, renormalised to the kept part of
-        the kernel inside ``cutoff_sigma`` core sigmas so that each spot's laterally integrated
-        dose equals its IDD (module docstring)."""
+        """Depth tables of one energy layer: core and halo sigma (mm), the amplitudes (Gy mm^-2
+        per unit weight) of the core and halo Gaussians (exact, not renormalised), the reach and
+        the inner radius of the outer shell (mm) and the fold factor of the shell
+        (:func:`~optimizer.beams.proton_halo.folded_cutoff`: each spot's laterally integrated
+        dose equals its IDD; module docstring)."""
         idd = pp.pristine_peak(e, depth_tab, spread)[1] * pp.GY_MM2_PER_UNIT_WEIGHT
-        core = np.asarray(pp.lateral_sigma_mm(e, depth_tab, air))
-        if self.halo:
-            wt = ph.halo_weight(e, depth_tab, spread)
-            halo = ph.halo_sigma_mm(e, depth_tab, air)
-        else:
-            wt, halo = np.zeros_like(depth_tab), core
-        kept = ph.fraction_within(self.cutoff_sigma * core, wt, core, halo)
-        return {"core": core, "halo": halo,
-                "amp_core": idd * (1.0 - wt) / (2 * np.pi * core**2 * kept),
-                "amp_halo": idd * wt / (2 * np.pi * halo**2 * kept)}
+        r = self._reach_table(e, depth_tab)
+        core, halo, wt = r["core"], r["halo"], r["weight"]
+        return {"core": core, "halo": halo, "reach": r["reach_mm"], "shell": r["shell_mm"],
+                "fold": r["fold"],
+                "amp_core": idd * (1.0 - wt) / (2 * np.pi * core**2),
+                "amp_halo": idd * wt / (2 * np.pi * halo**2)}
 
     def _beam_dose(self, geom, rsp, patient, voxels, spots, with_let=True, wepl_error=(1.0, 0.0)):
         """Per-layer CSC blocks (rows: position in ``voxels``; columns: the layer's spots) of the
@@ -523,7 +573,6 @@ class ProtonBeams(BeamModel):
         pts, u, v, t, w = pts[keep], u[keep], v[keep], t[keep], w[keep]
         vox_tree = cKDTree(np.stack([u, v], axis=1))
         scale = t / self.virtual_sad_mm  # iso-plane -> physical distance at the voxel
-        cut = self.cutoff_sigma
         n_vox = len(voxels)
         dose_blocks, let_blocks = [], []
         for layer in range(int(spots["layer"].max()) + 1):
@@ -535,7 +584,7 @@ class ProtonBeams(BeamModel):
             w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * sig_r
             depth_tab = np.arange(0.0, w_cut + 2 * _TABLE_STEP_MM, _TABLE_STEP_MM)
             tabs = self._lateral_tables(e, depth_tab, spread, air)
-            reach_e = cut * float(tabs["core"].max()) * self.virtual_sad_mm / float(t.min())
+            reach_e = float(tabs["reach"].max()) * self.virtual_sad_mm / float(t.min())
             spot_xy = np.stack([spots["u_mm"][in_layer], spots["v_mm"][in_layer]], axis=1)
             pairs = cKDTree(spot_xy).sparse_distance_matrix(vox_tree, reach_e, output_type="ndarray")
             # per-voxel depth quantities of this layer, then gathered per pair
@@ -543,19 +592,20 @@ class ProtonBeams(BeamModel):
             vmap = np.cumsum(shallow) - 1
             ws = w[shallow]
             per_v = {name: np.interp(ws, depth_tab, tab) for name, tab in tabs.items()}
-            inv2s2_v = 0.5 / per_v["core"] ** 2
             let_v = np.interp(ws, depth_tab, pp.let_d(e, depth_tab, spread))
             js, vi, d_iso = pairs["i"], pairs["j"], pairs["v"]
             ok = shallow[vi]
             js, vi, d_iso = js[ok], vi[ok], d_iso[ok]
             k = vmap[vi]
             r2 = (d_iso * scale[vi]) ** 2
-            x = r2 * inv2s2_v[k]  # r^2 / (2 sigma_core^2)
-            ok = x <= 0.5 * cut * cut
-            js, vi, k, x, r2 = js[ok], vi[ok], k[ok], x[ok], r2[ok]
-            dose = per_v["amp_core"][k] * np.exp(-x)
+            ok = r2 <= per_v["reach"][k] ** 2
+            js, vi, k, r2 = js[ok], vi[ok], k[ok], r2[ok]
+            dose = per_v["amp_core"][k] * np.exp(-r2 * (0.5 / per_v["core"][k] ** 2))
             if self.halo:
                 dose += per_v["amp_halo"][k] * np.exp(-r2 * (0.5 / per_v["halo"][k] ** 2))
+            # the kernel beyond the reach, folded into the outer shell (ramp from shell to reach)
+            dose *= 1.0 + per_v["fold"][k] * ph.shell_shape(np.sqrt(r2), per_v["shell"][k],
+                                                           per_v["reach"][k])
             rows = pts[vi].astype(np.int32)
             js = js.astype(np.int32)
             # same (row, col) arrays -> the deterministic COO -> CSC conversion gives the same pattern

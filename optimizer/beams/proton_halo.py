@@ -44,6 +44,8 @@ field-size factors).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import proton_physics as pp
@@ -99,6 +101,51 @@ def fraction_within(radius_mm, weight, sigma_core_mm, sigma_halo_mm):
             + w * -np.expm1(-0.5 * r2 / np.asarray(sigma_halo_mm) ** 2))
 
 
+
+#: Gauss-Legendre nodes and weights on [0, 1] for the shell integral of :func:`folded_cutoff`.
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
+_GL_X, _GL_W = 0.5 * (_GL_X + 1.0), 0.5 * _GL_W
+
+
+def shell_shape(r_mm, shell_mm, reach_mm):
+    """Shape of the folded dose in the outer shell: the hat 4 (r - a)(R - r) / (R - a)^2 on
+    [a, R] (0 elsewhere; 1 midway; 0 at the reach, so the kept kernel stays continuous there),
+    dimensionless."""
+    r, a, big_r = (np.asarray(v, dtype=float) for v in (r_mm, shell_mm, reach_mm))
+    return np.clip(4.0 * (r - a) * (big_r - r) / (big_r - a) ** 2, 0.0, None)
+
+
+def folded_cutoff(cutoff_sigma: float, halo_cutoff_sigma: float, weight, sigma_core_mm, sigma_halo_mm,
+                  min_fraction: float = 0.01, shell_fraction: float = 0.3) -> dict:
+    """Lateral reach of the sparse kernel and the fold of the dose beyond it, per depth.
+
+    The reach R is ``cutoff_sigma`` core sigmas, or ``halo_cutoff_sigma`` halo sigmas where that
+    is farther and the halo beyond the core reach carries at least ``min_fraction`` of the IDD.
+    The kernel stays exact inside the shell radius a = (1 - ``shell_fraction``) R; its part beyond
+    R, 1 - :func:`fraction_within` (R), is folded into the outer shell [a, R]: the kernel is
+    multiplied by 1 + f g(r), g = :func:`shell_shape`, with f chosen so that the kernel
+    integrates to 1 again (the IDD is kept exactly; fields whose edge lies inside a keep their
+    central dose). The shell integral is a 24-point Gauss-Legendre quadrature.
+
+    Returns ``reach_mm`` (R), ``shell_mm`` (a), ``fold`` (f, dimensionless) and ``folded`` (the
+    fraction of the IDD moved into the shell), arrays like ``weight``.
+    """
+    w = np.asarray(weight, dtype=float)
+    sc, sh = np.asarray(sigma_core_mm, dtype=float), np.asarray(sigma_halo_mm, dtype=float)
+    r_core = cutoff_sigma * sc
+    beyond = 1.0 - fraction_within(r_core, w, sc, sh)
+    reach = np.where(beyond >= min_fraction, np.maximum(r_core, halo_cutoff_sigma * sh), r_core)
+    folded = 1.0 - fraction_within(reach, w, sc, sh)
+    shell = (1.0 - shell_fraction) * reach
+    r = shell[..., None] + (reach - shell)[..., None] * _GL_X  # quadrature nodes, mm
+    kern = ((1.0 - w)[..., None] * np.exp(-0.5 * (r / sc[..., None]) ** 2) / sc[..., None] ** 2
+            + w[..., None] * np.exp(-0.5 * (r / sh[..., None]) ** 2) / sh[..., None] ** 2)  # x 2 pi r / 2 pi
+    g = shell_shape(r, shell[..., None], reach[..., None])
+    mass = (reach - shell) * np.sum(_GL_W * kern * g * r, axis=-1)
+    fold = folded / np.maximum(mass, 1e-300)
+    return {"reach_mm": reach, "shell_mm": shell, "fold": fold, "folded": folded}
+
+
 def lateral_dose(energy_MeV: float, depth_mm, radius_mm, *,
                  sigma_air_mm: float = pp.DEFAULT_SPOT_SIGMA_AIR_MM,
                  energy_spread_pct: float = pp.DEFAULT_ENERGY_SPREAD_PCT, halo: bool = True):
@@ -121,3 +168,67 @@ def lateral_dose(energy_MeV: float, depth_mm, radius_mm, *,
     sh = halo_sigma_mm(e, z, sigma_air_mm)
     h = np.exp(-0.5 * r**2 / sh**2) / (2 * np.pi * sh**2)
     return idd * ((1.0 - w) * core + w * h)
+
+
+def matrix_field_size_factor(beams, energy_MeV: float, small_mm: float = 40.0, large_mm: float = 200.0,
+                             *, spot_spacing_mm: float = 2.5, voxel_mm: float = 5.0) -> dict:
+    """Field-size factor as a plan's influence matrix sees it: central-axis dose at half the CSDA
+    range of a square spot field of side ``small_mm`` over one of side ``large_mm`` (mm, both
+    multiples of ``spot_spacing_mm``), in a water phantom, one energy, gantry 0.
+
+    ``beams``: a :class:`~optimizer.beams.proton.ProtonBeams` whose settings (cut-offs, halo,
+    beam data) are used; its spot spacing, margin, energies and source distance are replaced
+    (spots every ``spot_spacing_mm``, isocentre at the dose point, SAD 1e6 mm so that the spot
+    grid is the fluence grid at that depth). The fields are uniform fluence: spots on the grid
+    with trapezoid weights (1/2 on the edges, 1/4 in the corners). Returns ``fsf`` (small /
+    large), the doses ``dose_small`` / ``dose_large`` (Gy per unit weight of the full-weight
+    spots), ``depth_mm`` (WEPL of the dose point), ``analytic_fsf`` and ``analytic_small`` /
+    ``analytic_large`` (the same spots summed with :func:`lateral_dose`, the full halo, Gy) and
+    ``nnz`` of the matrix (one dose point: the number of spots that reach it).
+    """
+    import copy
+
+    from .. import phantoms
+    from ..geometry import Structure
+
+    e = pp._scalar_energy(energy_MeV)
+    for name, side in (("small_mm", small_mm), ("large_mm", large_mm)):
+        n = side / spot_spacing_mm
+        if not (side > 0 and abs(n - round(n)) < 1e-9):
+            raise pp.BeamError(f"{name}: expected a positive multiple of spot_spacing_mm "
+                               f"({spot_spacing_mm:g} mm), got {side!r}")
+    r0 = pp.csda_range_mm(e)
+    dy = 2.0
+    n_lat = 2 * int(math.ceil((large_mm / 2 + voxel_mm) / voxel_mm)) + 1  # odd: a voxel on the axis
+    depth_len = 2 * dy * math.ceil((r0 + 30.0) / (2 * dy))
+    p = phantoms.water_box(size_mm=(n_lat * voxel_mm, depth_len, n_lat * voxel_mm),
+                           spacing_mm=(voxel_mm, dy, voxel_mm))
+    z, y, x = np.meshgrid(*p.grid.axes_mm(), indexing="ij")
+    ys = p.grid.axes_mm()[1]
+    surface = ys[0] - dy / 2
+    iy = int(np.argmin(np.abs(ys - surface - r0 / 2)))
+    depth = float(ys[iy] - surface)
+    near_peak = np.abs(y - surface - r0) <= dy
+    half = large_mm / 2
+    p.add_structure(Structure("field", near_peak & (np.abs(x) <= half) & (np.abs(z) <= half), "target"))
+    mask = np.zeros(p.grid.shape, bool)
+    mask[n_lat // 2, iy, n_lat // 2] = True
+    b = copy.copy(beams)
+    b.gantry_deg, b.couch_deg = [0.0], [0.0]
+    b.energies_MeV, b.margin_mm, b.spot_spacing_mm, b.virtual_sad_mm = [e], 0.0, spot_spacing_mm, 1e6
+    inf = b.influence(p, "field", isocenter_mm=(0.0, float(ys[iy]), 0.0), dose_mask=mask, with_let=False)
+    u, v = np.asarray(inf.beamlets["u_mm"]), np.asarray(inf.beamlets["v_mm"])
+    col = np.asarray(inf.matrix.sum(axis=0)).ravel()
+    kw = dict(sigma_air_mm=b.sigma_air_mm(e), energy_spread_pct=b.spread_pct(e), halo=b.halo)
+    out = {"energy_MeV": e, "depth_mm": depth, "nnz": int(inf.nnz)}
+    for key, side in (("small", small_mm), ("large", large_mm)):
+        h = side / 2 + 1e-6
+        edge_u = np.where(np.abs(np.abs(u) - side / 2) < 1e-6, 0.5, 1.0)
+        edge_v = np.where(np.abs(np.abs(v) - side / 2) < 1e-6, 0.5, 1.0)
+        wt = edge_u * edge_v * ((np.abs(u) <= h) & (np.abs(v) <= h))
+        out[f"dose_{key}"] = float(wt @ col)
+        lat = lateral_dose(e, depth, np.hypot(u, v), **kw) * pp.GY_MM2_PER_UNIT_WEIGHT
+        out[f"analytic_{key}"] = float(wt @ lat)
+    out["fsf"] = out["dose_small"] / out["dose_large"]
+    out["analytic_fsf"] = out["analytic_small"] / out["analytic_large"]
+    return out
