@@ -8,16 +8,19 @@ beam-data table ``proton_beamdata``) with its references and writes into ``--out
 * ``proton_idd.png``: integrated depth doses at 100, 150 and 200 MeV with the table's energy
   spread and with the former default 0.3 %, the PSTAR CSDA range marked (R80 must sit on it);
 * ``proton_lateral.png``: lateral dose profiles of one spot at 150 MeV (entrance, mid-range,
-  near the peak), log scale, core alone vs core + halo, the matrix cut-off marked;
+  near the peak), log scale, core alone vs core + halo, and the influence matrix's kernel (exact
+  inside its shell, the dose beyond its reach folded into the shell), the reach marked;
 * ``proton_fsf.png``: field-size factor (square field of side a vs 20 x 20 cm^2, central axis,
-  mid-range) for 100-200 MeV, with the full halo and as the influence matrix sees it (halo cut at
-  ``cutoff_sigma`` core sigmas and renormalised);
+  mid-range) for 100-200 MeV, with the full halo and as the influence matrix sees it (the
+  matrix's kernel with the halo reach, and with the core cut-off alone), and the factor of 4 x 4
+  spot fields on the plan's influence matrix itself (``proton_halo.matrix_field_size_factor``);
 * ``proton_idd_mc.png``: the model's pristine peaks, run with the Monte Carlo's initial spectrum,
   against matRad's generic Monte Carlo IDDs (100, 150, 200 MeV), normalised to the peak;
 * ``proton_metrics.json``: the numbers behind the panels and their residuals against the references
   (R80 - PSTAR range; fall-off and peak / entrance against the Monte Carlo peaks, tolerances 1.0 mm
   and 6 %; FSF against the Monte Carlo double-Gaussian kernel, tolerance 0.02, and the published
-  band; the dose fraction the matrix cut-off moves).
+  band; the matrix's factor against both, tolerances 0.02 and 0.01; the dose fraction the matrix
+  cut-off folds and the matrix's nonzeros per dose point).
 
 References: NIST PSTAR CSDA ranges; beam data: OpenTPS's default MCsquare beam model (source in
 optimizer/beams/data/proton_generic.csv); Monte Carlo pristine peaks and double-Gaussian lateral
@@ -45,7 +48,13 @@ from optimizer._files import atomic_write  # noqa: E402
 from optimizer.beams import proton_halo as ph  # noqa: E402
 from optimizer.beams import proton_physics as pp  # noqa: E402
 from optimizer.beams.photon_kernel import DATA_DIR  # noqa: E402
-from optimizer.beams.proton import DEFAULT_CUTOFF_SIGMA  # noqa: E402
+from optimizer.beams.proton import (  # noqa: E402
+    DEFAULT_CUTOFF_SIGMA,
+    HALO_RADIUS_SIGMAS,
+    HALO_REACH_MIN_FRACTION,
+    SHELL_FRACTION,
+    ProtonBeams,
+)
 from optimizer.beams.proton_beamdata import ProtonBeamData  # noqa: E402
 
 ENERGIES = (100.0, 150.0, 200.0)
@@ -56,25 +65,36 @@ MC_PEAK_ENTRANCE_TOL = 0.06
 #: Tolerance of the field-size factor against the Monte Carlo double-Gaussian kernel.
 MC_FSF_TOL = 0.02
 MC_FILE = os.path.join(DATA_DIR, "proton_mc_reference.json")
+#: Tolerance of the influence matrix's field-size factor against the analytic model.
+MATRIX_FSF_TOL = 0.01
 #: Published band of the halo field-size factor, 4 x 4 vs 20 x 20 cm^2 at mid-range (docstring).
 FSF_BAND = (0.85, 1.0)
 
 
-def _central_dose(side_mm, w, sc, sh, cut=None):
+def _fold(w, sc, sh, cut, halo_cut):
+    """The matrix's cut-off at one depth (proton_halo.folded_cutoff with ProtonBeams' constants)."""
+    return ph.folded_cutoff(cut, halo_cut, w, sc, sh, HALO_REACH_MIN_FRACTION, SHELL_FRACTION)
+
+
+def _matrix_kernel(r, w, sc, sh, fold):
+    """The influence matrix's lateral kernel (1/mm^2): exact inside the shell, the dose beyond the
+    reach folded into the shell, nothing beyond."""
+    k = ((1 - w) * np.exp(-0.5 * r**2 / sc**2) / (2 * np.pi * sc**2)
+         + w * np.exp(-0.5 * r**2 / sh**2) / (2 * np.pi * sh**2))
+    k = k * (1 + float(fold["fold"]) * ph.shell_shape(r, float(fold["shell_mm"]), float(fold["reach_mm"])))
+    return np.where(r <= float(fold["reach_mm"]), k, 0.0)
+
+
+def _central_dose(side_mm, w, sc, sh, fold=None):
     """Central-axis dose of a uniformly scanned square field of side ``side_mm`` per unit fluence
-    and IDD; ``cut``: kernel truncated at ``cut`` core sigmas and renormalised (radial quadrature
-    of the truncated kernel over the square)."""
-    if cut is None:
+    and IDD; ``fold``: the matrix's kernel (:func:`_fold`; midpoint quadrature over the square)."""
+    if fold is None:
         return ((1 - w) * erf(side_mm / (2 * math.sqrt(2) * sc)) ** 2
                 + w * erf(side_mm / (2 * math.sqrt(2) * sh)) ** 2)
     h = 0.25
     c = np.arange(-side_mm / 2 + h / 2, side_mm / 2, h)
     xx, yy = np.meshgrid(c, c)
-    r2 = xx**2 + yy**2
-    k = ((1 - w) * np.exp(-0.5 * r2 / sc**2) / (2 * np.pi * sc**2)
-         + w * np.exp(-0.5 * r2 / sh**2) / (2 * np.pi * sh**2))
-    k[r2 > (cut * sc) ** 2] = 0.0
-    return float(k.sum() * h * h / ph.fraction_within(cut * sc, w, sc, sh))
+    return float(_matrix_kernel(np.hypot(xx, yy), w, sc, sh, fold).sum() * h * h)
 
 
 def _peak_metrics(depth, idd):
@@ -137,13 +157,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--beam-data", default=None, help="a .csv/.json beam-data table (default: generic)")
     ap.add_argument("--cutoff-sigma", type=float, default=DEFAULT_CUTOFF_SIGMA)
+    ap.add_argument("--halo-cutoff-sigma", type=float, default=HALO_RADIUS_SIGMAS,
+                    help="halo reach of the matrix in halo sigmas (0: the core cut-off alone)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.beam_data and args.beam_data.lower().endswith(".txt"):  # an MCsquare / OpenTPS BDL
         table = ProtonBeamData.from_bdl(args.beam_data)
     else:
         table = ProtonBeamData.from_file(args.beam_data) if args.beam_data else ProtonBeamData.default()
-    metrics = {"beam_data": table.as_dict(), "cutoff_sigma": args.cutoff_sigma, "energies": {}}
+    metrics = {"beam_data": table.as_dict(), "cutoff_sigma": args.cutoff_sigma,
+               "halo_cutoff_sigma": args.halo_cutoff_sigma, "energies": {}}
 
     # -- pristine peaks ------------------------------------------------------------------------
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -185,20 +208,27 @@ def main(argv=None) -> dict:
         z = frac * rng
         full = ph.lateral_dose(e, z, r, sigma_air_mm=air, energy_spread_pct=spread)
         core = ph.lateral_dose(e, z, r, sigma_air_mm=air, energy_spread_pct=spread, halo=False)
-        ax.semilogy(r, full / full[0], "-", color=color, label=f"z = {z:.0f} mm, core + halo")
-        ax.semilogy(r, core / full[0], ":", color=color, label=f"z = {z:.0f} mm, core alone")
         sc = float(pp.lateral_sigma_mm(e, z, air))
-        ax.axvline(args.cutoff_sigma * sc, color=color, lw=0.6, ls="--")
         w = float(ph.halo_weight(e, z, spread))
         sh = float(ph.halo_sigma_mm(e, z, air))
-        moved = 1.0 - float(ph.fraction_within(args.cutoff_sigma * sc, w, sc, sh))
+        fold = _fold(w, sc, sh, args.cutoff_sigma, args.halo_cutoff_sigma)
+        idd = pp.pristine_peak(e, np.array([z]), spread)[1][0]  # the IDD lateral_dose carries
+        matrix = _matrix_kernel(r, w, sc, sh, fold) * idd
+        ax.semilogy(r, full / full[0], "-", color=color, label=f"z = {z:.0f} mm, core + halo")
+        ax.semilogy(r, core / full[0], ":", color=color, label=f"z = {z:.0f} mm, core alone")
+        ax.semilogy(r, np.where(matrix > 0, matrix / full[0], np.nan), "-.", color=color, lw=0.8,
+                    label=f"z = {z:.0f} mm, matrix kernel (folded)")
+        ax.axvline(float(fold["reach_mm"]), color=color, lw=0.6, ls="--")
         lateral[f"{z:.1f}"] = {"halo_weight": w, "core_sigma_mm": sc, "halo_sigma_mm": sh,
-                               "cut_mm": args.cutoff_sigma * sc, "fraction_moved_by_cut": moved}
+                               "reach_mm": float(fold["reach_mm"]), "shell_mm": float(fold["shell_mm"]),
+                               "fraction_folded": float(fold["folded"]),
+                               "fraction_folded_core_cut_alone": 1.0 - float(ph.fraction_within(
+                                   args.cutoff_sigma * sc, w, sc, sh))}
     ax.set_ylim(1e-6, 1.5)
     ax.set_xlabel("distance from the spot axis, mm")
     ax.set_ylabel("dose relative to the axis")
-    ax.set_title(f"{e:g} MeV spot: core and nuclear halo; dashed: matrix cut-off "
-                 f"({args.cutoff_sigma:g} core sigmas)", fontsize=9)
+    ax.set_title(f"{e:g} MeV spot: core and nuclear halo; dashed: matrix reach ({args.cutoff_sigma:g} core "
+                 f"or {args.halo_cutoff_sigma:g} halo sigmas)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, os.path.join(args.out, "proton_lateral.png"))
@@ -216,28 +246,51 @@ def main(argv=None) -> dict:
         w = float(ph.halo_weight(e, z, spread))
         sc = float(pp.lateral_sigma_mm(e, z, air))
         sh = float(ph.halo_sigma_mm(e, z, air))
+        fold = _fold(w, sc, sh, args.cutoff_sigma, args.halo_cutoff_sigma)
+        fold0 = _fold(w, sc, sh, args.cutoff_sigma, 0.0)
         ref_full = _central_dose(200.0, w, sc, sh)
-        ref_cut = _central_dose(200.0, w, sc, sh, args.cutoff_sigma)
         full = [_central_dose(a, w, sc, sh) / ref_full for a in sides]
-        cut = [_central_dose(a, w, sc, sh, args.cutoff_sigma) / ref_cut for a in sides]
+        cut = [_central_dose(a, w, sc, sh, fold) / _central_dose(200.0, w, sc, sh, fold) for a in sides]
+        cut0 = [_central_dose(a, w, sc, sh, fold0) / _central_dose(200.0, w, sc, sh, fold0) for a in sides]
         core = [_central_dose(a, 0.0, sc, sc) / _central_dose(200.0, 0.0, sc, sc) for a in sides]
+        # the plan's influence matrix itself: 4 x 4 and 20 x 20 cm^2 spot fields in water
+        mat = ph.matrix_field_size_factor(ProtonBeams([0], cutoff_sigma=args.cutoff_sigma, beam_data=table,
+                                                      halo_cutoff_sigma=args.halo_cutoff_sigma), e)
+        mat0 = ph.matrix_field_size_factor(ProtonBeams([0], cutoff_sigma=args.cutoff_sigma, beam_data=table,
+                                                       halo_cutoff_sigma=0.0), e)
         ax.plot(sides / 10, full, "-o", color=color, ms=3, label=f"{e:g} MeV, full halo")
-        ax.plot(sides / 10, cut, "--", color=color, label=f"{e:g} MeV, matrix (cut + renormalised)")
+        ax.plot(sides / 10, cut, "--", color=color, label=f"{e:g} MeV, matrix kernel (halo reach, folded)")
+        ax.plot(sides / 10, cut0, "-.", color=color, lw=0.8,
+                label=f"{e:g} MeV, matrix kernel, core cut-off alone")
         ax.plot(sides / 10, core, ":", color=color, lw=0.8, label=f"{e:g} MeV, core alone")
+        ax.plot([4.0], [mat["fsf"]], "x", color=color, ms=8, label=f"{e:g} MeV, influence matrix, 4 x 4")
+        ax.plot([4.0], [mat0["fsf"]], "+", color=color, ms=8,
+                label=f"{e:g} MeV, influence matrix, core cut-off alone")
         k4 = int(np.flatnonzero(sides == 40.0)[0])
-        fsf[f"{e:g}"] = {"side_cm": (sides / 10).tolist(), "fsf_full_halo": full, "fsf_matrix": cut,
-                         "fsf_core_only": core, "fsf_4x4_vs_20x20": full[k4],
-                         "fsf_4x4_in_published_band": FSF_BAND[0] <= full[k4] <= FSF_BAND[1],
-                         "fsf_4x4_matrix": cut[k4], "fsf_4x4_monte_carlo": fsf_mc[f"{e:g}"],
-                         "fsf_4x4_residual_vs_monte_carlo": full[k4] - fsf_mc[f"{e:g}"],
-                         "fsf_4x4_within_tolerance": abs(full[k4] - fsf_mc[f"{e:g}"]) <= MC_FSF_TOL}
+        key = f"{e:g}"
+        fsf[key] = {"side_cm": (sides / 10).tolist(), "fsf_full_halo": full, "fsf_matrix_kernel": cut,
+                    "fsf_matrix_kernel_core_cut_alone": cut0,
+                    "fsf_core_only": core, "fsf_4x4_vs_20x20": full[k4],
+                    "fsf_4x4_in_published_band": FSF_BAND[0] <= full[k4] <= FSF_BAND[1],
+                    "fsf_4x4_matrix": mat["fsf"], "fsf_4x4_matrix_core_cut_alone": mat0["fsf"],
+                    "fsf_4x4_matrix_analytic_same_spots": mat["analytic_fsf"],
+                    "matrix_nnz_per_dose_point": mat["nnz"],
+                    "matrix_nnz_per_dose_point_core_cut_alone": mat0["nnz"],
+                    "fsf_4x4_monte_carlo": fsf_mc[key],
+                    "fsf_4x4_residual_vs_monte_carlo": full[k4] - fsf_mc[key],
+                    "fsf_4x4_within_tolerance": abs(full[k4] - fsf_mc[key]) <= MC_FSF_TOL,
+                    "fsf_4x4_matrix_residual_vs_monte_carlo": mat["fsf"] - fsf_mc[key],
+                    "fsf_4x4_matrix_residual_vs_analytic": mat["fsf"] - mat["analytic_fsf"],
+                    "fsf_4x4_matrix_within_tolerance": bool(
+                        abs(mat["fsf"] - fsf_mc[key]) <= MC_FSF_TOL
+                        and abs(mat["fsf"] - mat["analytic_fsf"]) <= MATRIX_FSF_TOL)}
         ax.plot([4.0], [fsf_mc[f"{e:g}"]], "s", color=color, mfc="none", ms=7,
                 label=f"{e:g} MeV, Monte Carlo double Gaussian (matRad)")
     ax.axhspan(*FSF_BAND, color="0.9", zorder=0)
     ax.set_xlabel("square field side, cm")
     ax.set_ylabel("central-axis dose / dose in 20 x 20 cm$^2$")
     ax.set_title("Field-size factor at mid-range (grey: published band at 4 x 4)", fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=5, ncol=2)
     fig.tight_layout()
     _save(fig, os.path.join(args.out, "proton_fsf.png"))
     metrics["field_size_factor"] = fsf
