@@ -481,9 +481,13 @@ class ProtonBeams(BeamModel):
 
     def _max_reach_mm(self, e: float) -> float:
         """Largest lateral reach of energy ``e`` over its depths (physical mm at the voxel)."""
-        w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(e, self.spread_pct(e))
-        depth = np.linspace(0.0, w_cut, 200)
-        return float(self._reach_table(e, depth)["reach_mm"].max())
+        key = (e, self.cutoff_sigma, self.halo_cutoff_sigma, self.halo, self.spread_pct(e),
+               self.sigma_air_mm(e))
+        cache = self.__dict__.setdefault("_reach_cache", {})
+        if key not in cache:
+            w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(e, key[4])
+            cache[key] = float(self._reach_table(e, np.linspace(0.0, w_cut, 200))["reach_mm"].max())
+        return cache[key]
 
     def _near(self, spots, u, v, t) -> np.ndarray:
         """Points (iso-plane u, v; source distance t) within the lateral reach of a beam's spots."""
@@ -603,9 +607,11 @@ class ProtonBeams(BeamModel):
             dose = per_v["amp_core"][k] * np.exp(-r2 * (0.5 / per_v["core"][k] ** 2))
             if self.halo:
                 dose += per_v["amp_halo"][k] * np.exp(-r2 * (0.5 / per_v["halo"][k] ** 2))
-            # the kernel beyond the reach, folded into the outer shell (ramp from shell to reach)
-            dose *= 1.0 + per_v["fold"][k] * ph.shell_shape(np.sqrt(r2), per_v["shell"][k],
-                                                           per_v["reach"][k])
+            # the kernel beyond the reach, folded into the outer shell (hat from shell to reach)
+            out = np.flatnonzero(r2 > per_v["shell"][k] ** 2)
+            ko = k[out]
+            dose[out] *= 1.0 + per_v["fold"][ko] * ph.shell_shape(np.sqrt(r2[out]), per_v["shell"][ko],
+                                                                  per_v["reach"][ko])
             rows = pts[vi].astype(np.int32)
             js = js.astype(np.int32)
             # same (row, col) arrays -> the deterministic COO -> CSC conversion gives the same pattern
