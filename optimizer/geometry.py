@@ -282,14 +282,15 @@ class Patient:
             f"structure '{name}' not found; known structures: {', '.join(self.structure_names)}"
         )
 
-    def resample(self, spacing_mm) -> Patient:
+    def resample(self, spacing_mm, target_rule: str = "support") -> Patient:
         """This patient on a grid of voxel size ``spacing_mm`` (mm; one value or (dz, dy, dx)):
-        CT by trilinear interpolation, structures by the centre-point rule
-        (:mod:`optimizer.resample`). Plan on the result, then bring the dose back with
+        CT by trilinear interpolation, structures by the centre-point rule, targets by default
+        by the interpolation-support rule (``target_rule="centre"`` for the centre point; see
+        :mod:`optimizer.resample`). Plan on the result, then bring the dose back with
         :func:`optimizer.resample.resample_dose`."""
         from .resample import resample_patient
 
-        return resample_patient(self, spacing_mm)
+        return resample_patient(self, spacing_mm, target_rule)
 
     def body(self) -> Structure | None:
         """The body / external contour (a structure named as in :data:`BODY_NAMES`), or None;

@@ -8,8 +8,13 @@ Rules (stated here once, used everywhere):
 - CT numbers: trilinear interpolation of the fine CT at the coarse voxel centres (points outside
   the fine grid take the nearest edge value).
 - Structures: the **centre-point rule** - a coarse voxel belongs to a structure when its centre
-  lies in a fine voxel of the structure (nearest fine voxel). A structure with no coarse voxel
-  is left out with a warning naming it (a finer dose grid keeps it).
+  lies in a fine voxel of the structure (nearest fine voxel). Targets (role "target") by default
+  follow the **support rule** instead - a coarse voxel belongs to the target when it enters the
+  trilinear interpolation of any fine target voxel - so the dose brought back onto the fine grid
+  is, in every fine target voxel, a mix of optimized target voxels only: a dose floor met on
+  the coarse target holds on the fine one (the centre-point rule lost ~5 Gy of PTV D95 at the
+  edge of a 5 mm dose grid). ``target_rule="centre"`` keeps the centre-point rule. A structure
+  with no coarse voxel is left out with a warning naming it (a finer dose grid keeps it).
 - Dose back onto another grid: trilinear interpolation, 0 outside the source grid.
 """
 
@@ -47,9 +52,35 @@ def _fine_index(fine: Grid, coarse: Grid) -> tuple[np.ndarray, ...]:
     return np.meshgrid(*idx, indexing="ij")
 
 
-def resample_patient(patient: Patient, spacing_mm) -> Patient:
+TARGET_RULES = ("support", "centre")
+
+
+def _support_mask(mask: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
+    """Coarse voxels with a non-zero trilinear weight at some fine voxel of ``mask``."""
+    idx = np.nonzero(mask)
+    out = np.zeros(coarse.shape, bool)
+    corners = []
+    for axis, i in enumerate(idx):
+        pos = fine.origin_mm[axis] + i * fine.spacing_mm[axis]
+        c = (pos - coarse.origin_mm[axis]) / coarse.spacing_mm[axis]
+        lo = np.floor(c).astype(int)
+        frac = c - lo
+        n = coarse.shape[axis]
+        # the upper neighbour only where it carries weight; map_coordinates clamps at the edges
+        corners.append((np.clip(lo, 0, n - 1), np.clip(np.where(frac > 1e-9, lo + 1, lo), 0, n - 1)))
+    for a in corners[0]:
+        for b in corners[1]:
+            for c in corners[2]:
+                out[a, b, c] = True
+    return out
+
+
+def resample_patient(patient: Patient, spacing_mm, target_rule: str = "support") -> Patient:
     """The patient on a coarser (or finer) grid of voxel size ``spacing_mm`` (see the module
-    rules); the density table an importer set travels with it."""
+    rules: ``target_rule`` "support" or "centre" for role-"target" structures); the density
+    table an importer set travels with it."""
+    if target_rule not in TARGET_RULES:
+        raise GeometryError(f"target_rule: expected one of {TARGET_RULES}, got {target_rule!r}")
     grid = coarse_grid(patient.grid, spacing_mm)
     zi, yi, xi = _fine_index(patient.grid, grid)
     coords = np.stack([zi, yi, xi])
@@ -62,6 +93,8 @@ def resample_patient(patient: Patient, spacing_mm) -> Patient:
     structures = []
     for s in patient.structures:
         mask = s.mask[nearest] & inside
+        if s.role == "target" and target_rule == "support":
+            mask |= _support_mask(s.mask, patient.grid, grid)
         if not mask.any():
             warnings.warn(f"structure '{s.name}': no voxel of the {tuple(grid.spacing_mm)} mm grid has its "
                           f"centre inside it; left out (use a finer dose grid)", stacklevel=2)

@@ -24,7 +24,7 @@ def test_coarse_grid_covers_the_same_box(fine):
 
 
 def test_structures_and_ct_after_resampling(fine):
-    coarse = fine.resample(5.0)
+    coarse = fine.resample(5.0, target_rule="centre")
     for name, tol in (("PTV", 0.08), ("Core", 0.15), ("Body", 0.03)):
         v_f = fine.structure(name).n_voxels * fine.grid.voxel_volume_cc
         v_c = coarse.structure(name).n_voxels * coarse.grid.voxel_volume_cc
@@ -32,6 +32,28 @@ def test_structures_and_ct_after_resampling(fine):
     body = coarse.structure("Body").mask
     assert np.all(np.abs(coarse.ct_hu[body][2:-2]) < 1001)
     assert coarse.ct_hu[0, 0, 0] == pytest.approx(-1000.0)  # a corner in air
+
+
+def test_target_support_rule_carries_dose_floors_to_the_ct_grid(fine):
+    """A dose of 1 on the coarse target (0 elsewhere), interpolated back: every fine target voxel
+    gets exactly 1 under the support rule (only target voxels enter its interpolation), while the
+    centre-point rule lets edge voxels mix in untargeted ones."""
+    mask_f = fine.structure("PTV").mask
+    for rule, all_one in (("support", True), ("centre", False)):
+        coarse = fine.resample(5.0, target_rule=rule)
+        ptv = coarse.structure("PTV").mask
+        back = resample_dose(ptv.astype(float), coarse.grid, fine.grid)[mask_f]
+        assert bool(np.abs(back - 1.0).max() < 1e-12) is all_one, rule
+        assert back.min() < 0.8 or all_one
+    # the support rule contains the centre-point rule and adds at most a one-voxel rim
+    support = fine.resample(5.0).structure("PTV").mask
+    centre = fine.resample(5.0, target_rule="centre").structure("PTV").mask
+    assert np.all(support >= centre) and support.sum() < 2.5 * centre.sum()
+    # other roles keep the centre-point rule
+    assert np.array_equal(fine.resample(5.0).structure("Core").mask,
+                          fine.resample(5.0, target_rule="centre").structure("Core").mask)
+    with pytest.raises(GeometryError, match="target_rule"):
+        fine.resample(5.0, target_rule="half")
 
 
 def test_resample_dose_is_exact_for_a_linear_field(fine):
