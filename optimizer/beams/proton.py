@@ -37,7 +37,7 @@ field wider than ~3 cm: the matrix's field-size factor (4 x 4 vs 20 x 20 cm^2 at
 not help much: the halo there is 4-7 core sigmas wide). With the halo reach the folded fraction
 at those points is 1.1 % / 1.7 % and the matrix's factor 0.982 / 0.926
 (``tests/test_proton_dose_model.py``), at 3.1 / 10.7 times the nonzeros of such a voxel and
-1.43 times those of the TG-119 C-shape plan (93-165 MeV; ``benchmarks/bench_proton_dose.py``).
+1.41 times those of the TG-119 C-shape plan (93-165 MeV, 4 mm; ``benchmarks/bench_proton_dose.py``).
 Where the halo reach does not apply (less than 4 % of the IDD beyond the core reach, e.g. 100
 MeV, the entrance and the peak) small fields are overdosed by less than that fraction.
 ``halo_cutoff_sigma=0`` gives the core cut-off alone. **No explicit
@@ -114,7 +114,8 @@ HALO_RADIUS_SIGMAS = 2.0
 #: carries at least this fraction of the IDD (elsewhere the core cut-off alone, whose fold then
 #: overdoses small fields by less than this). 4 %: the smallest whole percentage that keeps the
 #: TG-119 C-shape plan of benchmarks/bench_proton_dose.py within 1.5 x the nonzeros of the core
-#: cut-off alone (measured 2.36 / 1.99 / 1.66 / 1.43 x at 1 / 2 / 3 / 4 %).
+#: cut-off alone (estimate_memory: 2.36 / 1.99 / 1.66 / 1.43 x at 1 / 2 / 3 / 4 %; the matrix at
+#: 4 %: 1.41 x).
 HALO_REACH_MIN_FRACTION = 0.04
 #: Width of the outer shell that receives the folded dose, as a fraction of the reach.
 SHELL_FRACTION = 0.3
