@@ -36,8 +36,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
 
     ct_patient = phantoms.tg119_cshape(spacing_mm=args.spacing_mm)
-    # the dose grid: the CT grid, or a coarser one (CT trilinear, structures by centre point,
-    # the target by interpolation support so its floors carry back to the CT grid)
+    # the dose grid: the CT grid, or a coarser one (CT trilinear, structures by centre point)
     patient = ct_patient if args.dose_grid_mm is None else ct_patient.resample(args.dose_grid_mm)
     # helper structures Ring (3-20 mm around the PTV) and Tissue (the rest of the body)
     phantoms.add_cshape_helper_structures(patient)

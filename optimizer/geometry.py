@@ -282,11 +282,12 @@ class Patient:
             f"structure '{name}' not found; known structures: {', '.join(self.structure_names)}"
         )
 
-    def resample(self, spacing_mm, target_rule: str = "support") -> Patient:
+    def resample(self, spacing_mm, target_rule: str = "centre") -> Patient:
         """This patient on a grid of voxel size ``spacing_mm`` (mm; one value or (dz, dy, dx)):
-        CT by trilinear interpolation, structures by the centre-point rule, targets by default
-        by the interpolation-support rule (``target_rule="centre"`` for the centre point; see
-        :mod:`optimizer.resample`). Plan on the result, then bring the dose back with
+        CT by trilinear interpolation, structures by the centre-point rule; with
+        ``target_rule="support"`` targets take every coarse voxel that enters the interpolation
+        of a CT target voxel (floors carry back to the CT grid; see :mod:`optimizer.resample`).
+        Plan on the result, then bring the dose back with
         :func:`optimizer.resample.resample_dose`."""
         from .resample import resample_patient
 

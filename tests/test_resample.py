@@ -46,12 +46,12 @@ def test_target_support_rule_carries_dose_floors_to_the_ct_grid(fine):
         assert bool(np.abs(back - 1.0).max() < 1e-12) is all_one, rule
         assert back.min() < 0.8 or all_one
     # the support rule contains the centre-point rule and adds at most a one-voxel rim
-    support = fine.resample(5.0).structure("PTV").mask
-    centre = fine.resample(5.0, target_rule="centre").structure("PTV").mask
+    support = fine.resample(5.0, target_rule="support").structure("PTV").mask
+    centre = fine.resample(5.0).structure("PTV").mask
     assert np.all(support >= centre) and support.sum() < 2.5 * centre.sum()
     # other roles keep the centre-point rule
-    assert np.array_equal(fine.resample(5.0).structure("Core").mask,
-                          fine.resample(5.0, target_rule="centre").structure("Core").mask)
+    assert np.array_equal(fine.resample(5.0, target_rule="support").structure("Core").mask,
+                          fine.resample(5.0).structure("Core").mask)
     with pytest.raises(GeometryError, match="target_rule"):
         fine.resample(5.0, target_rule="half")
 

@@ -185,8 +185,7 @@ class BeamModel(ABC):
         progress : show a ``tqdm`` progress bar over the beams (quiet by default)
         dose_grid : voxel size of the dose grid, mm (one value or (dz, dy, dx)); default the
             patient's grid. The dose is computed on ``patient.resample(dose_grid)`` (CT
-            trilinear, structures by the centre point, targets by interpolation support,
-            :mod:`optimizer.resample`); a ``dose_mask``
+            trilinear, structures by the centre point, :mod:`optimizer.resample`); a ``dose_mask``
             is then on that grid. ``PlanProblem(patient, influence)`` plans on the same resampled
             patient.
 
