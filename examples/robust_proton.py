@@ -98,7 +98,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--setup-mm", type=float, default=3.0, help="setup error along each axis, mm")
     ap.add_argument("--range-pct", type=float, default=3.5, help="relative range error, %%")
     ap.add_argument("--range-mm", type=float, default=1.0, help="absolute range error, mm")
-    ap.add_argument("--solver", default="CLARABEL", help="cvxpy solver or FIRST_ORDER")
+    ap.add_argument("--solver", default=None,
+                    help="cvxpy solver name or FIRST_ORDER; default: PlanProblem's choice (the first-order "
+                         "solver at this size, CLARABEL where it cannot take a term)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     timings = {}

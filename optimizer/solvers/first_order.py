@@ -9,12 +9,15 @@ row blocks multiplied in threads; no transpose copy), never ``K^T K`` and never 
 factorization. Terms enter through the numeric protocol:
 soft terms by value and gradient, hard terms by their projection (Rockafellar's augmented
 Lagrangian ``(rho/2) dist(y_j + lambda_j / rho, C_j)^2``, whose gradient is
-``rho (z - P(z))``; multipliers ``lambda_j <- rho (z - P(z))`` after each inner solve).
+``rho (z - P(z))``; multipliers ``lambda_j <- rho (z - P(z))`` after each inner solve). Soft
+robust worst cases (composite, voxelwise; not smooth) are lifted exactly by free auxiliary
+variables appended to the weights and smooth epigraph constraints (:mod:`.epigraph`).
 
 Certificate (all on the full voxel sets): the largest violation of every hard term (in its
 unit, Gy for dose limits), the relative KKT residual of the bound constraints, and a duality
 gap from the Lagrangian lower bound ``phi(x) - g^T x - sigma_C(lambda)`` (phi: objective plus
-lambda^T y, g its gradient; a valid bound when g >= 0, which the KKT residual measures).
+lambda^T y, g its gradient; a valid bound when g >= 0, which the KKT residual measures; a
+robust worst case enters it through its multiplier-weighted scenario mixture, a minorant).
 "Optimal" only when all three are within tolerance; otherwise :class:`SolverError` with the
 residuals reached.
 
@@ -508,10 +511,19 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         if cert["max_violation"] > settings.violation_tol and cert["max_violation"] > 0.25 * prev_viol:
             rho = [r * 10.0 for r in rho]
         prev_viol = cert["max_violation"]
-        # the same for the epigraphs of robust worst cases (relative constraint violation)
-        if cert["epigraph_infeasibility"] > 0.25 * prev_epi:
+        # the same for the epigraphs of robust worst cases (relative constraint violation; not
+        # below a tenth of the gap tolerance, where it no longer limits the certificate)
+        epi_viol = cert["epigraph_infeasibility"]
+        if epi_viol > 0.1 * settings.gap_tol and epi_viol > 0.25 * prev_epi:
             rho_e = [r * 10.0 for r in rho_e]
         prev_epi = cert["epigraph_infeasibility"]
+        # a composite epigraph's penalty follows its cost down: rho0 w / (worst cost now), so the
+        # slack w / rho below the worst case stays small against the cost (never lowered)
+        epis = [t for t in model.terms if t.epi is not None]
+        rho_e = [max(r, t.epi.penalty(settings.rho0, max(c, 1e-12), xp)) if t.epi.composite else r
+                 for t, r, c in zip(epis, rho_e, cert["epigraph_worst"])]
+        if epis:
+            scale = _aux_scale(model, scale, rho_e, curvature, settings.rho0)
     else:
         raise SolverError(
             f"first-order solver: no certified optimum after {settings.max_outer} outer iterations "
@@ -558,9 +570,17 @@ def _lift(model: Model, x, scale, curvature: float, rho0: float, warm: dict | No
         a[t.aux] = a0
         mu.append(old["mu"][i] if reuse else mu0)
         rho_e.append(old["rho"][i] if reuse else t.epi.penalty(rho0, c0, xp))
-        s_aux[t.aux] = xp.sqrt(curvature / (1.0 + 2.0 / rho0) / rho_e[-1])
     lower = xp.concatenate([xp.zeros(model.n_beamlets), xp.full(model.n_aux, -np.inf)])
-    return xp.concatenate([x, a]), mu, rho_e, xp.concatenate([scale, s_aux]), lower
+    z_scale = _aux_scale(model, xp.concatenate([scale, s_aux]), rho_e, curvature, rho0)
+    return xp.concatenate([x, a]), mu, rho_e, z_scale, lower
+
+
+def _aux_scale(model: Model, z_scale, rho_e, curvature: float, rho0: float):
+    """The auxiliary variables' part of the scaling: curvature about rho (1 + 2 / rho0)."""
+    n = model.n_beamlets
+    for t, r in zip([t for t in model.terms if t.epi is not None], rho_e):
+        z_scale[n + t.aux.start:n + t.aux.stop] = model.xp.sqrt(curvature / (1.0 + 2.0 / rho0) / r)
+    return z_scale
 
 
 def _diagonal_scaling(model: Model):
@@ -688,7 +708,7 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=()):
     gy = [xp.zeros_like(b) for b in blocks]
     gx = xp.zeros_like(x)
     soft, lam_new, comp, worst = 0.0, [], 0.0, 0.0
-    checks, mu_new, minorant, infeasible = [], [], 0.0, 0.0
+    checks, mu_new, minorant, infeasible, worst_costs = [], [], 0.0, 0.0, []
     gy_hard = [xp.zeros_like(b) for b in blocks]
     gy_epi = [xp.zeros_like(b) for b in blocks] if model.n_aux else []
     h = e = 0
@@ -711,6 +731,7 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=()):
             r = t.epi.alm(forms, a[t.aux], mu[e], rho_e[e], xp)[3]
             true, mixture, grads = t.epi.bound(forms, r, xp)
             soft += true
+            worst_costs.append(true / max(t.epi.weight, 1e-300))
             minorant += true - mixture
             for k, g in grads.items():
                 _add(gy_epi, gx, t.blocks[k], g)
@@ -731,7 +752,8 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=()):
     gap_abs = abs(float(gx @ x) - comp) + max(minorant, 0.0)
     scale = max(abs(soft), 1e-12)
     return lam_new, mu_new, {"objective": soft, "max_violation": worst, "rel_gap": gap_abs / scale,
-                     "kkt": kkt / g_scale, "hard_terms": checks, "epigraph_infeasibility": infeasible}
+                     "kkt": kkt / g_scale, "hard_terms": checks, "epigraph_infeasibility": infeasible,
+                     "epigraph_worst": worst_costs}
 
 
 def _np(a):
