@@ -6,7 +6,10 @@ along with the beamlet weights in the inner L-BFGS-B / SPG solve (free, where th
 >= 0), and smooth inequality constraints handled by the augmented Lagrangian:
 
 - composite, ``w max_s c_s(y_s)`` with c_s the wrapped (smooth) cost in scenario s: one scalar
-  ``t``, objective ``w t``, constraints ``c_s(y_s) - t <= 0`` (the epigraph of the maximum);
+  ``t``, objective ``w t``, constraints ``c_s(y_s) - t <= 0`` (the epigraph of the maximum).
+  t is minimised out exactly in every evaluation (the augmented Lagrangian is piecewise
+  quadratic in t: sum_s max(0, mu_s + rho (c_s - t)) = w, by sorting), so it is no variable of
+  the inner solve, the multipliers always sum to w, and the result stays C1 in the doses;
 - voxelwise, ``w c(min_s d_s)`` (lower limits; ``max_s`` for upper limits): one variable per
   voxel ``u``, objective ``w c(u)``, constraints ``u - d_s <= 0`` (``d_s - u <= 0``). Exact
   because c is non-increasing (non-decreasing) in u, so ``u = min_s d_s`` at the optimum.
@@ -67,7 +70,7 @@ class Epigraph:
         return float(self.term.weight.value)
 
     def n_aux(self, n_voxels: int) -> int:
-        return 1 if self.composite else n_voxels
+        return 0 if self.composite else n_voxels
 
     def _costs(self, doses, xp):
         inner = self.term.term
@@ -80,7 +83,7 @@ class Epigraph:
         doses = [forms[k] for k in self.names]
         if self.composite:
             costs = self._costs(doses, xp)
-            return xp.asarray([max(costs)], dtype=float), xp.zeros(len(doses)), max(max(costs), 1e-12)
+            return xp.zeros(0), xp.zeros(len(doses)), max(max(costs), 1e-12)
         stack = xp.stack(doses)
         u = stack.min(axis=0) if self.sign > 0 else stack.max(axis=0)
         return u.astype(float), xp.zeros(stack.shape), None
@@ -99,26 +102,39 @@ class Epigraph:
         doses = [forms[k] for k in self.names]
         inner = self.term.term
         if self.composite:
-            t = float(a[0])
             costs = xp.asarray(self._costs(doses, xp), dtype=float)
+            t = self._best_t(costs, mu, rho)
             r = xp.maximum(mu + rho * (costs - t), 0.0)
             value = w * t + float(r @ r - mu @ mu) / (2 * rho)
             grads = {k: float(rs) * inner.gradient({"dose": d}, self.ctx)["dose"] if float(rs) > 0
                      else None for k, d, rs in zip(self.names, doses, r)}
-            return value, grads, xp.asarray([w - float(r.sum())]), r
+            return value, grads, xp.zeros(0), r
         s = self.sign
         r = xp.maximum(mu + rho * (s * (a[None, :] - xp.stack(doses))), 0.0)
         value = w * inner.cost_value({"dose": a}, self.ctx) + float(((r * r - mu * mu) / (2 * rho)).sum())
         grad_a = w * inner.gradient({"dose": a}, self.ctx)["dose"] + s * r.sum(axis=0)
         return value, {k: -s * r[i] for i, k in enumerate(self.names)}, grad_a, r
 
+    def _best_t(self, costs, mu, rho) -> float:
+        """argmin_t w t + sum_s max(0, mu_s + rho (c_s - t))^2 / (2 rho): the t where
+        sum_s rho max(0, b_s - t) = w with b_s = c_s + mu_s / rho (top-k breakpoints)."""
+        w = self.weight
+        b = np.sort(np.asarray([float(c) for c in costs]) + np.asarray([float(m) for m in mu]) / rho)[::-1]
+        if w <= 0:
+            return float(b[0])
+        top = np.cumsum(b)
+        for k in range(1, len(b) + 1):
+            t = (top[k - 1] - w / rho) / k
+            if k == len(b) or t >= b[k]:
+                return float(t)
+        return float(b[-1])
+
     def infeasibility(self, forms, a, xp) -> float:
         """Largest constraint violation, relative: composite ``(max_s c_s - t)+ / max_s c_s``,
         voxelwise ``max (sign (u - d_s))+ / max |d_s|`` (drives the penalty up when it stalls)."""
         doses = [forms[k] for k in self.names]
         if self.composite:
-            worst = max(float(c) for c in self._costs(doses, xp))
-            return max(worst - float(a[0]), 0.0) / max(worst, 1e-12)
+            return 0.0  # t is exact for the current multipliers (their sum is w)
         stack = xp.stack(doses)
         excess = float(xp.maximum(self.sign * (a[None, :] - stack), 0.0).max()) if stack.size else 0.0
         return excess / max(float(xp.abs(stack).max()) if stack.size else 0.0, 1e-12)

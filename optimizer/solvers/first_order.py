@@ -710,7 +710,7 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=()):
     soft, lam_new, comp, worst = 0.0, [], 0.0, 0.0
     checks, mu_new, minorant, infeasible, worst_costs = [], [], 0.0, 0.0, []
     gy_hard = [xp.zeros_like(b) for b in blocks]
-    gy_epi = [xp.zeros_like(b) for b in blocks] if model.n_aux else []
+    gy_epi = [xp.zeros_like(b) for b in blocks] if any(t.epi is not None for t in model.terms) else []
     h = e = 0
     for t in model.terms:
         forms = model.forms(t, blocks, x)
