@@ -10,8 +10,9 @@ factorization. Terms enter through the numeric protocol:
 soft terms by value and gradient, hard terms by their projection (Rockafellar's augmented
 Lagrangian ``(rho/2) dist(y_j + lambda_j / rho, C_j)^2``, whose gradient is
 ``rho (z - P(z))``; multipliers ``lambda_j <- rho (z - P(z))`` after each inner solve). Soft
-robust worst cases (composite, voxelwise; not smooth) are lifted exactly by free auxiliary
-variables appended to the weights and smooth epigraph constraints (:mod:`.epigraph`).
+robust worst cases (composite, voxelwise; not smooth) are lifted exactly by epigraph
+constraints (:mod:`.epigraph`): composite's scalar t is minimised out in every evaluation,
+voxelwise's per-voxel variables are free variables appended to the weights.
 
 Certificate (all on the full voxel sets): the largest violation of every hard term (in its
 unit, Gy for dose limits), the relative KKT residual of the bound constraints, and a duality
