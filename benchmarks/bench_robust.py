@@ -15,6 +15,11 @@ first-order solver every voxel, so their objectives differ by the body term's sa
 FIRST_ORDER rows add the relative duality gap of the certificate and the evaluations.
 
 Run:  python benchmarks/bench_robust.py [--spacing-mm 6] [--cases composite:FIRST_ORDER ...]
+
+Measured at 6 mm (2310 spots, 9 scenarios; 2 shared cores under load from other jobs, so times
+are rough): composite CLARABEL optimal, objective 3573.9, 218 s, peak 944 MB; composite
+FIRST_ORDER optimal (relative gap 5.6e-5, 2961 evaluations), objective 3559.3 (every body
+voxel), 203 s, peak 324 MB.
 """
 
 from __future__ import annotations
