@@ -23,11 +23,12 @@ and "settings"), dvh_bands.png (both plans: nominal DVH and the scenario band fo
 scenario_d95.png (CTV D95 and core D10 per scenario, both plans).
 
 Measured (6 mm grid, 2310 spots, 2 shared cores under load from other jobs, so times are rough).
-With ``--solver CLARABEL``: the nominal plan keeps CTV D95 50.1 Gy nominally but falls below
-47.5 Gy in 4 of 9 scenarios (y+3mm, z+-3mm, range+; worst 22.3 Gy in the undershoot); the robust
+With the default solver (CLARABEL at this size): the nominal plan keeps CTV D95 50.1 Gy
+nominally but falls below 47.5 Gy in 4 of 9 scenarios (y+3mm, z+-3mm, range+; worst 22.3 Gy
+in the undershoot); the robust
 plan keeps D95 >= 47.57 Gy in all 9, at the price of the core: worst-scenario D10 27.1 instead of
 16.5 Gy; nominal solve 30 s, robust solve 190 s, about 4 minutes in all.
-With the default solver path (now the first-order solver for both plans: the composite worst
+With ``--solver FIRST_ORDER`` (both plans; the composite worst
 cases go through epigraphs, ``optimizer/solvers/epigraph.py``; every body voxel instead of 1500
 sampled): robust solve 139 s (certified, objective 3559.3), robust D95 >= 47.56 Gy in all 9,
 worst core D10 27.1 Gy; but the soft-only nominal solve takes 319 s (CTV D95 below 47.5 Gy in 8
@@ -103,8 +104,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--range-pct", type=float, default=3.5, help="relative range error, %%")
     ap.add_argument("--range-mm", type=float, default=1.0, help="absolute range error, mm")
     ap.add_argument("--solver", default=None,
-                    help="cvxpy solver name or FIRST_ORDER; default: PlanProblem's choice (the first-order "
-                         "solver at this size, CLARABEL where it cannot take a term)")
+                    help="cvxpy solver name or FIRST_ORDER; default: PlanProblem's choice (CLARABEL at "
+                         "this size)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     timings = {}

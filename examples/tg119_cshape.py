@@ -26,7 +26,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--solver", default=None,
                     help="FIRST_ORDER (matrix-free, every voxel) or any installed cvxpy solver, e.g. "
                          "CLARABEL (the exact reference, on a 1500-voxel sample of the helper structures); "
-                         "default: FIRST_ORDER when the problem is large enough (PlanProblem.solve)")
+                         "default: CLARABEL, FIRST_ORDER for very large problems (PlanProblem.solve)")
     ap.add_argument("--smoothness", type=float, default=1e-3,
                     help="weight of the fluence smoothness term (0: off)")
     ap.add_argument("--dose-grid-mm", type=float, default=None,

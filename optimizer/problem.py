@@ -25,11 +25,14 @@ DEFAULT_SOLVERS = ("CLARABEL", "ECOS", "SCS")
 FIRST_ORDER = "FIRST_ORDER"
 #: With no solver named (and no solver options), problems whose influence matrices hold at
 #: least this many non-zeros and whose terms all offer the numeric protocol go to the
-#: first-order solver (on every voxel), the rest to CLARABEL. Measured (2 cores, C-shape, 9
-#: beams): FIRST_ORDER 14 s vs CLARABEL 31 s at 0.77 M non-zeros (12 mm grid), 9.7 vs 27.5 s at
-#: 1.2 M; on toy problems of a few thousand non-zeros CLARABEL's exact answer costs well under a
-#: second. A first-order solve that does not certify falls back to CLARABEL (recorded).
-AUTO_FIRST_ORDER_NNZ = 250_000
+#: first-order solver (on every voxel), the rest to CLARABEL. The first-order solver wins only on
+#: small coarse problems (C-shape 12 mm: 14 s vs 31 s) and loses on every plan of realistic size
+#: measured on 2 cores (2026-11-27): C-shape 4 mm photons 97 s vs 79 s (CLARABEL on its sample),
+#: CT-size photons 102 vs 35 s, protons 604 vs ~50 s (C-shape, 7 M) and 1311 vs 101 s (CT size),
+#: minibeams (30 columns, 18.6 M) 100+ vs 9 s. So it is the default only where CLARABEL's
+#: factorisation runs out of memory (a 38 M non-zero proton plan took 3.1 GB). A first-order
+#: solve that does not certify falls back to CLARABEL (recorded).
+AUTO_FIRST_ORDER_NNZ = 30_000_000
 
 
 @dataclass
