@@ -345,11 +345,12 @@ class ProtonBeams(BeamModel):
         dose_blocks, let_blocks = [], []
         table = {k: [] for k in ("beam", "layer", "energy_MeV", "range_mm", "u_mm", "v_mm", "row", "col")}
         beams = []
+        layer_tables: dict = {}  # depth tables per energy, shared by the beams of this call
         with self._progress(progress) as bar:
             for b, (geom, spots, info) in enumerate(placed):
                 started = time.perf_counter()
                 db, lb = self._beam_dose(geom, setup.density, setup.patient, voxels, spots, with_let,
-                                         wepl_error=setup.wepl_error)
+                                         wepl_error=setup.wepl_error, layer_tables=layer_tables)
                 dose_blocks.extend(db)
                 let_blocks.extend(lb)
                 n = len(spots["layer"])
@@ -563,10 +564,13 @@ class ProtonBeams(BeamModel):
                 "amp_core": idd * (1.0 - wt) / (2 * np.pi * core**2),
                 "amp_halo": idd * wt / (2 * np.pi * halo**2)}
 
-    def _beam_dose(self, geom, rsp, patient, voxels, spots, with_let=True, wepl_error=(1.0, 0.0)):
+    def _beam_dose(self, geom, rsp, patient, voxels, spots, with_let=True, wepl_error=(1.0, 0.0),
+                   layer_tables: dict | None = None):
         """Per-layer CSC blocks (rows: position in ``voxels``; columns: the layer's spots) of the
         dose and of the LET x dose of one beam, with identical sparsity. ``wepl_error``: (scale,
-        offset_mm) of a range-error scenario, applied to the WEPL of voxels inside (w > 0)."""
+        offset_mm) of a range-error scenario, applied to the WEPL of voxels inside (w > 0).
+        ``layer_tables``: a cache of the per-energy depth tables, shared across beams."""
+        layer_tables = {} if layer_tables is None else layer_tables
         grid = patient.grid
         positions = grid.positions_mm(voxels)
         u, v, t = geom.to_beam(positions)
@@ -585,22 +589,23 @@ class ProtonBeams(BeamModel):
             e = float(spots["energy_MeV"][in_layer[0]])
             n_spots = len(in_layer)
             spread, air = self.spread_pct(e), self.sigma_air_mm(e)
-            sig_r = pp.range_straggling_sigma_mm(e, spread)
-            w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * sig_r
-            depth_tab = np.arange(0.0, w_cut + 2 * _TABLE_STEP_MM, _TABLE_STEP_MM)
-            tabs = self._lateral_tables(e, depth_tab, spread, air)
-            reach_e = float(tabs["reach"].max()) * self.virtual_sad_mm / float(t.min())
+            key = (e, spread, air)
+            if key not in layer_tables:
+                sig_r = pp.range_straggling_sigma_mm(e, spread)
+                w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * sig_r
+                depth_tab = np.arange(0.0, w_cut + 2 * _TABLE_STEP_MM, _TABLE_STEP_MM)
+                layer_tables[key] = (w_cut, depth_tab, self._lateral_tables(e, depth_tab, spread, air),
+                                     pp.let_d(e, depth_tab, spread) if with_let else None)
+            w_cut, depth_tab, tabs, let_tab = layer_tables[key]
             spot_xy = np.stack([spots["u_mm"][in_layer], spots["v_mm"][in_layer]], axis=1)
-            pairs = cKDTree(spot_xy).sparse_distance_matrix(vox_tree, reach_e, output_type="ndarray")
             # per-voxel depth quantities of this layer, then gathered per pair
             shallow = w <= w_cut
             vmap = np.cumsum(shallow) - 1
             ws = w[shallow]
             per_v = {name: np.interp(ws, depth_tab, tab) for name, tab in tabs.items()}
-            let_v = np.interp(ws, depth_tab, pp.let_d(e, depth_tab, spread))
-            js, vi, d_iso = pairs["i"], pairs["j"], pairs["v"]
-            ok = shallow[vi]
-            js, vi, d_iso = js[ok], vi[ok], d_iso[ok]
+            let_v = np.interp(ws, depth_tab, let_tab) if with_let else None
+            js, vi, d_iso = _pairs_within_reach(cKDTree(spot_xy), u, v, shallow,
+                                                per_v["reach"] / scale[shallow], vox_tree)
             k = vmap[vi]
             r2 = (d_iso * scale[vi]) ** 2
             ok = r2 <= per_v["reach"][k] ** 2
@@ -621,6 +626,34 @@ class ProtonBeams(BeamModel):
                 let_blocks.append(sp.csc_matrix(((dose * let_v[k]).astype(np.float32), (rows, js)),
                                                 shape=(n_vox, n_spots)))
         return dose_blocks, let_blocks
+
+
+def _pairs_within_reach(spot_tree, u, v, shallow, reach_iso, vox_tree):
+    """(spot, voxel, iso-plane distance) pairs with the distance within each voxel's own reach
+    (``reach_iso``, mm in the isocentre plane, one per ``shallow`` voxel). The halo reach differs
+    by depth by up to ~3x, so voxels are searched in groups of similar reach (each group at its
+    own largest reach) instead of all at the deepest one; exact pairs are filtered later."""
+    idx = np.flatnonzero(shallow)
+    if idx.size == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0)
+    # groups whose largest reach is at most 1.25 x their smallest
+    edges = np.log(np.maximum(reach_iso, 1e-6)) / np.log(1.25)
+    group = np.floor(edges - edges.min()).astype(np.int64)
+    if group.max() == 0:
+        pairs = spot_tree.sparse_distance_matrix(vox_tree, float(reach_iso.max()), output_type="ndarray")
+        ok = shallow[pairs["j"]]
+        return pairs["i"][ok], pairs["j"][ok], pairs["v"][ok]
+    out_j, out_v, out_d = [], [], []
+    for g in np.unique(group):
+        members = idx[group == g]
+        tree = cKDTree(np.stack([u[members], v[members]], axis=1))
+        pairs = spot_tree.sparse_distance_matrix(tree, float(reach_iso[group == g].max()),
+                                                 output_type="ndarray")
+        out_j.append(pairs["i"])
+        out_v.append(members[pairs["j"]])
+        out_d.append(pairs["v"])
+    return np.concatenate(out_j), np.concatenate(out_v), np.concatenate(out_d)
 
 
 def _box_count(table: np.ndarray, x: np.ndarray, y: np.ndarray, half: np.ndarray) -> float:
