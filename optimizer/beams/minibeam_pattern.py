@@ -29,20 +29,14 @@ import numpy as np
 
 from ..errors import BeamError, GeometryError
 from ..geometry import Grid, Patient, Structure
-from .raytrace import BeamGeometry
+from .raytrace import BeamGeometry, check_number
 
 #: Fewest voxels per period across the modulation a grid must have to resolve peaks and valleys.
 MIN_VOXELS_PER_PERIOD = 4
 
 
 def _positive(value, name: str, expected: str = "a positive length in mm") -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise BeamError(f"{name}: expected {expected}, got {value!r}") from None
-    if not np.isfinite(v) or v <= 0:
-        raise BeamError(f"{name}: expected {expected}, got {value!r}")
-    return v
+    return check_number(value, name, expected, lambda v: v > 0)
 
 
 @dataclass(frozen=True)
