@@ -180,6 +180,11 @@ class Model:
     n_aux: int = 0  # auxiliary (free) variables of the robust worst cases, after the weights
 
     @cached_property
+    def epigraph_terms(self) -> list:
+        """The terms lifted by an epigraph (soft robust worst cases), in model order."""
+        return [t for t in self.terms if t.epi is not None]
+
+    @cached_property
     def offsets(self) -> list[int]:
         """Start of each block in the stacked forms (the blocks are fixed once built; read on
         every product)."""
@@ -525,7 +530,7 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         prev_epi = cert["epigraph_infeasibility"]
         # a composite epigraph's penalty follows its cost down: rho0 w / (worst cost now), so the
         # slack w / rho below the worst case stays small against the cost (never lowered)
-        epis = [t for t in model.terms if t.epi is not None]
+        epis = model.epigraph_terms
         rho_e = [max(r, t.epi.penalty(settings.rho0, max(c, 1e-12), xp)) if t.epi.composite else r
                  for t, r, c in zip(epis, rho_e, cert["epigraph_worst"])]
         if epis:
@@ -563,7 +568,7 @@ def _lift(model: Model, x, scale, curvature: float, rho0: float, warm: dict | No
     auxiliary variable's curvature is about its penalty: scaled to the weights' ``curvature``)
     and the lower bounds of z (0 for the weights, none for the auxiliary variables)."""
     xp = model.xp
-    epis = [t for t in model.terms if t.epi is not None]
+    epis = model.epigraph_terms
     if not epis:
         return x, [], [], scale, xp.zeros(model.n_beamlets)
     old = (warm or {}).get("epi") or {}
@@ -584,7 +589,7 @@ def _lift(model: Model, x, scale, curvature: float, rho0: float, warm: dict | No
 def _aux_scale(model: Model, z_scale, rho_e, curvature: float, rho0: float):
     """The auxiliary variables' part of the scaling: curvature about rho (1 + 2 / rho0)."""
     n = model.n_beamlets
-    for t, r in zip([t for t in model.terms if t.epi is not None], rho_e):
+    for t, r in zip(model.epigraph_terms, rho_e):
         z_scale[n + t.aux.start:n + t.aux.stop] = model.xp.sqrt(curvature / (1.0 + 2.0 / rho0) / r)
     return z_scale
 
@@ -716,7 +721,7 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=()):
     soft, lam_new, comp, worst = 0.0, [], 0.0, 0.0
     checks, mu_new, minorant, infeasible, worst_costs = [], [], 0.0, 0.0, []
     gy_hard = [xp.zeros_like(b) for b in blocks]
-    gy_epi = [xp.zeros_like(b) for b in blocks] if any(t.epi is not None for t in model.terms) else []
+    gy_epi = [xp.zeros_like(b) for b in blocks] if model.epigraph_terms else []
     h = e = 0
     for t in model.terms:
         forms = model.forms(t, blocks, x)
