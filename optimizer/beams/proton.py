@@ -467,18 +467,23 @@ class ProtonBeams(BeamModel):
                 "beam_data": self.beam_data.source, "energy": "protons"}
         return spots, info
 
-    def _reach_table(self, e: float, depth_mm) -> dict:
+    def _reach_table(self, e: float, depth_mm, reach_only: bool = False) -> dict:
         """:func:`~optimizer.beams.proton_halo.folded_cutoff` of energy ``e`` at ``depth_mm`` (WEPL,
-        mm) with this model's cut-offs, plus the core and halo sigmas and the halo weight."""
+        mm) with this model's cut-offs, plus the core and halo sigmas and the halo weight;
+        ``reach_only``: ``reach_mm`` and the sigmas alone (the same reach, without the fold)."""
         spread, air = self.spread_pct(e), self.sigma_air_mm(e)
         core = np.asarray(pp.lateral_sigma_mm(e, depth_mm, air), dtype=float)
         if self.halo:
             wt = np.asarray(ph.halo_weight(e, depth_mm, spread), dtype=float)
-            halo = np.asarray(ph.halo_sigma_mm(e, depth_mm, air), dtype=float)
+            halo = ph._halo_sigma(e, np.asarray(depth_mm, dtype=float), core)
         else:
             wt, halo = np.zeros_like(core), core
-        out = ph.folded_cutoff(self.cutoff_sigma, self.halo_cutoff_sigma, wt, core, halo,
-                               HALO_REACH_MIN_FRACTION, SHELL_FRACTION)
+        if reach_only:
+            out = {"reach_mm": ph.cutoff_reach(self.cutoff_sigma, self.halo_cutoff_sigma, wt, core, halo,
+                                               HALO_REACH_MIN_FRACTION)}
+        else:
+            out = ph.folded_cutoff(self.cutoff_sigma, self.halo_cutoff_sigma, wt, core, halo,
+                                   HALO_REACH_MIN_FRACTION, SHELL_FRACTION)
         return dict(out, core=core, halo=halo, weight=wt)
 
     def _max_reach_mm(self, e: float) -> float:
@@ -488,7 +493,8 @@ class ProtonBeams(BeamModel):
         cache = self.__dict__.setdefault("_reach_cache", {})
         if key not in cache:
             w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(e, key[4])
-            cache[key] = float(self._reach_table(e, np.linspace(0.0, w_cut, 200))["reach_mm"].max())
+            depths = np.linspace(0.0, w_cut, 200)
+            cache[key] = float(self._reach_table(e, depths, reach_only=True)["reach_mm"].max())
         return cache[key]
 
     def _near(self, spots, u, v, t) -> np.ndarray:
@@ -535,7 +541,7 @@ class ProtonBeams(BeamModel):
                 w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * pp.range_straggling_sigma_mm(
                     e, self.spread_pct(e))
                 shallow = w <= w_cut
-                r_iso = self._reach_table(e, w[shallow])["reach_mm"] * sad / t[shallow]
+                r_iso = self._reach_table(e, w[shallow], reach_only=True)["reach_mm"] * sad / t[shallow]
                 nnz += scale * _box_count(table, (u[shallow] - iu0 * s) / s, (v[shallow] - iv0 * s) / s,
                                           square * r_iso / s)
                 reach_e = self._max_reach_mm(e) * sad / float(t.min())
@@ -580,7 +586,6 @@ class ProtonBeams(BeamModel):
             w = np.where(w > 0, np.maximum(w * wepl_error[0] + wepl_error[1], 0.0), w)
         keep = w <= self._deepest_cut(spots)
         pts, u, v, t, w = pts[keep], u[keep], v[keep], t[keep], w[keep]
-        vox_tree = cKDTree(np.stack([u, v], axis=1))
         scale = t / self.virtual_sad_mm  # iso-plane -> physical distance at the voxel
         n_vox = len(voxels)
         dose_blocks, let_blocks = [], []
@@ -594,66 +599,125 @@ class ProtonBeams(BeamModel):
                 sig_r = pp.range_straggling_sigma_mm(e, spread)
                 w_cut = pp.csda_range_mm(e) + _DISTAL_CUT_SIGMAS * sig_r
                 depth_tab = np.arange(0.0, w_cut + 2 * _TABLE_STEP_MM, _TABLE_STEP_MM)
-                layer_tables[key] = (w_cut, depth_tab, self._lateral_tables(e, depth_tab, spread, air),
-                                     pp.let_d(e, depth_tab, spread) if with_let else None)
-            w_cut, depth_tab, tabs, let_tab = layer_tables[key]
-            spot_xy = np.stack([spots["u_mm"][in_layer], spots["v_mm"][in_layer]], axis=1)
+                tabs = self._lateral_tables(e, depth_tab, spread, air)
+                if with_let:
+                    tabs["let"] = pp.let_d(e, depth_tab, spread)
+                layer_tables[key] = (w_cut, _DepthTable(depth_tab, tabs))
+            w_cut, table = layer_tables[key]
             # per-voxel depth quantities of this layer, then gathered per pair
-            shallow = w <= w_cut
-            vmap = np.cumsum(shallow) - 1
-            ws = w[shallow]
-            per_v = {name: np.interp(ws, depth_tab, tab) for name, tab in tabs.items()}
-            let_v = np.interp(ws, depth_tab, let_tab) if with_let else None
-            js, vi, d_iso = _pairs_within_reach(cKDTree(spot_xy), u, v, shallow,
-                                                per_v["reach"] / scale[shallow], vox_tree)
-            k = vmap[vi]
+            shallow = np.flatnonzero(w <= w_cut)
+            per_v = table(w[shallow])
+            reach, shell = per_v["reach"], per_v["shell"]
+            js, k, d_iso = _pairs_within_reach(spots["u_mm"][in_layer], spots["v_mm"][in_layer],
+                                               u[shallow], v[shallow], reach / scale[shallow])
+            vi = shallow[k]
             r2 = (d_iso * scale[vi]) ** 2
-            ok = r2 <= per_v["reach"][k] ** 2
+            ok = r2 <= (reach**2)[k]
             js, vi, k, r2 = js[ok], vi[ok], k[ok], r2[ok]
-            dose = per_v["amp_core"][k] * np.exp(-r2 * (0.5 / per_v["core"][k] ** 2))
+            # per voxel first, then gathered per pair (the same numbers as per pair)
+            dose = per_v["amp_core"][k] * np.exp(-r2 * (0.5 / per_v["core"] ** 2)[k])
             if self.halo:
-                dose += per_v["amp_halo"][k] * np.exp(-r2 * (0.5 / per_v["halo"][k] ** 2))
+                dose += per_v["amp_halo"][k] * np.exp(-r2 * (0.5 / per_v["halo"] ** 2)[k])
             # the kernel beyond the reach, folded into the outer shell (hat from shell to reach)
-            out = np.flatnonzero(r2 > per_v["shell"][k] ** 2)
+            out = np.flatnonzero(r2 > (shell**2)[k])
             ko = k[out]
-            dose[out] *= 1.0 + per_v["fold"][ko] * ph.shell_shape(np.sqrt(r2[out]), per_v["shell"][ko],
-                                                                  per_v["reach"][ko])
-            rows = pts[vi].astype(np.int32)
-            js = js.astype(np.int32)
-            # same (row, col) arrays -> the deterministic COO -> CSC conversion gives the same pattern
-            dose_blocks.append(sp.csc_matrix((dose.astype(np.float32), (rows, js)), shape=(n_vox, n_spots)))
+            dose[out] *= 1.0 + per_v["fold"][ko] * ph.shell_shape(np.sqrt(r2[out]), shell[ko], reach[ko])
+            # CSC blocks straight from the pairs grouped by spot (no duplicates, rows unsorted within
+            # a column: _assemble's CSC -> CSR transpose sorts them); same pattern in both forms
+            order, indptr = _by_column(js, n_spots)
+            rows = pts[vi[order]].astype(np.int32)
+            dose = dose[order]
+            dose_blocks.append(sp.csc_matrix((dose.astype(np.float32), rows, indptr), shape=(n_vox, n_spots)))
             if with_let:
-                let_blocks.append(sp.csc_matrix(((dose * let_v[k]).astype(np.float32), (rows, js)),
-                                                shape=(n_vox, n_spots)))
+                let_blocks.append(sp.csc_matrix(((dose * per_v["let"][k[order]]).astype(np.float32), rows,
+                                                 indptr), shape=(n_vox, n_spots)))
         return dose_blocks, let_blocks
 
 
-def _pairs_within_reach(spot_tree, u, v, shallow, reach_iso, vox_tree):
-    """(spot, voxel, iso-plane distance) pairs with the distance within each voxel's own reach
-    (``reach_iso``, mm in the isocentre plane, one per ``shallow`` voxel). The halo reach differs
-    by depth by up to ~3x, so voxels are searched in groups of similar reach (each group at its
-    own largest reach) instead of all at the deepest one; exact pairs are filtered later."""
-    idx = np.flatnonzero(shallow)
-    if idx.size == 0:
-        empty = np.zeros(0, np.int64)
+class _DepthTable:
+    """Linear interpolation of several depth tables at once: ``table(x)`` is
+    ``{name: np.interp(x, depth, tabs[name])}`` (the same formula, slope x (x - x_j) + y_j with the
+    slopes precomputed as np.interp does, and the same interval j: x_j <= x < x_(j+1), so the same
+    numbers), the interval found once for all tables (arithmetically on an evenly spaced table,
+    then checked against the nodes). Depths below the first node take its value, as np.interp."""
+
+    def __init__(self, depth: np.ndarray, tabs: dict[str, np.ndarray]):
+        self.depth = np.asarray(depth, dtype=float)
+        self.y = {n: np.asarray(t, dtype=float) for n, t in tabs.items()}
+        gaps = np.diff(self.depth)
+        self.slope = {n: (y[1:] - y[:-1]) / gaps for n, y in self.y.items()}
+        self.step = float(gaps[0]) if np.allclose(gaps, gaps[0], rtol=1e-9, atol=0.0) else None
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        d, last = self.depth, len(self.depth) - 2
+        x = np.maximum(np.asarray(x, dtype=float), d[0])
+        if self.step is None:
+            j = np.clip(np.searchsorted(d, x, side="right") - 1, 0, last)
+        else:  # the guess is off by at most one interval at a node
+            j = np.clip(((x - d[0]) * (1.0 / self.step)).astype(np.intp), 0, last)
+            j -= (d[j] > x) & (j > 0)
+            j += (d[j + 1] <= x) & (j < last)
+        dx = x - d[j]
+        return {n: self.slope[n][j] * dx + y[j] for n, y in self.y.items()}
+
+
+def _pairs_within_reach(spot_u, spot_v, u, v, reach_iso):
+    """(spot, voxel, iso-plane distance) for every spot within ``reach_iso`` of each voxel (all
+    in mm in the isocentre plane; ``u``, ``v``, ``reach_iso``: one per voxel; spot and voxel as
+    indices into their arrays). The spots are sorted into rows of equal v (a spot grid has few);
+    for each voxel, the rows within its reach and, in each row, the spots on the chord of its
+    circle are found by binary search. The search radius is the reach x (1 + 1e-9), so every
+    pair within the reach is found (callers filter exactly); the distance is the same number as
+    scipy's KD-tree gives, sqrt(du^2 + dv^2)."""
+    spot_u, spot_v = np.asarray(spot_u, dtype=float), np.asarray(spot_v, dtype=float)
+    empty = np.zeros(0, np.int64)
+    if len(u) == 0 or len(spot_u) == 0:
         return empty, empty, np.zeros(0)
-    # groups whose largest reach is at most 1.25 x their smallest
-    edges = np.log(np.maximum(reach_iso, 1e-6)) / np.log(1.25)
-    group = np.floor(edges - edges.min()).astype(np.int64)
-    if group.max() == 0:
-        pairs = spot_tree.sparse_distance_matrix(vox_tree, float(reach_iso.max()), output_type="ndarray")
-        ok = shallow[pairs["j"]]
-        return pairs["i"][ok], pairs["j"][ok], pairs["v"][ok]
-    out_j, out_v, out_d = [], [], []
-    for g in np.unique(group):
-        members = idx[group == g]
-        tree = cKDTree(np.stack([u[members], v[members]], axis=1))
-        pairs = spot_tree.sparse_distance_matrix(tree, float(reach_iso[group == g].max()),
-                                                 output_type="ndarray")
-        out_j.append(pairs["i"])
-        out_v.append(members[pairs["j"]])
-        out_d.append(pairs["v"])
-    return np.concatenate(out_j), np.concatenate(out_v), np.concatenate(out_d)
+    order = np.lexsort((spot_u, spot_v))  # by v, then u
+    su, sv = spot_u[order], spot_v[order]
+    row_v, row_first = np.unique(sv, return_index=True)
+    rad = np.asarray(reach_iso, dtype=float) * (1.0 + 1e-9)
+    # rows laid end to end on one axis: key = row x span + u - min u, each query clipped to its row
+    u_min = float(su.min())
+    extent = float(su.max()) - u_min
+    span = extent + 4.0
+    row_of = np.repeat(np.arange(len(row_v)), np.diff(np.append(row_first, len(su))))
+    key = row_of * span + (su - u_min)
+    first = np.searchsorted(row_v, v - rad, side="left")
+    n_rows = np.searchsorted(row_v, v + rad, side="right") - first
+    starts, counts, vox = [], [], []
+    for step in range(int(n_rows.max())):
+        sel = np.flatnonzero(n_rows > step)
+        r = first[sel] + step
+        dv = row_v[r] - v[sel]
+        chord = np.sqrt(np.maximum(rad[sel] ** 2 - dv * dv, 0.0)) + 1e-9 * rad[sel]
+        base = r * span
+        du = u[sel] - u_min
+        lo = np.searchsorted(key, base + np.clip(du - chord, -1.0, extent + 1.0), side="left")
+        n = np.searchsorted(key, base + np.clip(du + chord, -1.0, extent + 1.0), side="right") - lo
+        hit = n > 0
+        starts.append(lo[hit])
+        counts.append(n[hit])
+        vox.append(sel[hit])
+    counts = np.concatenate(counts)
+    total = int(counts.sum())
+    if total == 0:
+        return empty, empty, np.zeros(0)
+    vi = np.repeat(np.concatenate(vox), counts)
+    rank = np.arange(total) - np.repeat(np.cumsum(counts) - counts - np.concatenate(starts), counts)
+    js = order[rank]
+    d = np.sqrt((spot_u[js] - u[vi]) ** 2 + (spot_v[js] - v[vi]) ** 2)
+    return js, vi, d
+
+
+def _by_column(cols: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Permutation that groups entries by column (``cols`` in [0, ``n_cols``)) and the CSC column
+    pointer (int32): a linear-time radix sort for fewer than 2^16 columns."""
+    key = cols.astype(np.uint16) if n_cols < 2**16 else cols
+    order = np.argsort(key, kind="stable")
+    indptr = np.zeros(n_cols + 1, dtype=np.int32)
+    np.cumsum(np.bincount(cols, minlength=n_cols), out=indptr[1:])
+    return order, indptr
 
 
 def _box_count(table: np.ndarray, x: np.ndarray, y: np.ndarray, half: np.ndarray) -> float:

@@ -86,10 +86,14 @@ def halo_sigma_mm(energy_MeV: float, depth_mm, sigma_air_mm: float = pp.DEFAULT_
     :data:`HALO_GROWTH` x depth (held at the range beyond it) in quadrature."""
     e = pp._scalar_energy(energy_MeV)
     z = np.asarray(depth_mm, dtype=float)
-    core = np.asarray(pp.lateral_sigma_mm(e, z, sigma_air_mm))
-    grow = HALO_GROWTH * np.clip(z, 0.0, pp.csda_range_mm(e))
-    s = np.sqrt(core**2 + grow**2)
+    s = _halo_sigma(e, z, np.asarray(pp.lateral_sigma_mm(e, z, sigma_air_mm)))
     return float(s) if s.ndim == 0 else s
+
+
+def _halo_sigma(energy: float, depth_mm: np.ndarray, core_mm: np.ndarray) -> np.ndarray:
+    """:func:`halo_sigma_mm` from an already computed core sigma (validated inputs, mm)."""
+    grow = HALO_GROWTH * np.clip(depth_mm, 0.0, pp.csda_range_mm(energy))
+    return np.sqrt(core_mm**2 + grow**2)
 
 
 def fraction_within(radius_mm, weight, sigma_core_mm, sigma_halo_mm):
@@ -115,6 +119,19 @@ def shell_shape(r_mm, shell_mm, reach_mm):
     return np.clip(4.0 * (r - a) * (big_r - r) / (big_r - a) ** 2, 0.0, None)
 
 
+def cutoff_reach(cutoff_sigma: float, halo_cutoff_sigma: float, weight, sigma_core_mm, sigma_halo_mm,
+                 min_fraction: float = 0.01):
+    """The reach R (mm) of :func:`folded_cutoff` alone, without the fold's quadrature (the memory
+    estimate and the pair search need only R): ``cutoff_sigma`` core sigmas, or
+    ``halo_cutoff_sigma`` halo sigmas where that is farther and the halo beyond the core reach
+    carries at least ``min_fraction`` of the IDD."""
+    w = np.asarray(weight, dtype=float)
+    sc, sh = np.asarray(sigma_core_mm, dtype=float), np.asarray(sigma_halo_mm, dtype=float)
+    r_core = cutoff_sigma * sc
+    beyond = 1.0 - fraction_within(r_core, w, sc, sh)
+    return np.where(beyond >= min_fraction, np.maximum(r_core, halo_cutoff_sigma * sh), r_core)
+
+
 def folded_cutoff(cutoff_sigma: float, halo_cutoff_sigma: float, weight, sigma_core_mm, sigma_halo_mm,
                   min_fraction: float = 0.01, shell_fraction: float = 0.3) -> dict:
     """Lateral reach of the sparse kernel and the fold of the dose beyond it, per depth.
@@ -132,9 +149,7 @@ def folded_cutoff(cutoff_sigma: float, halo_cutoff_sigma: float, weight, sigma_c
     """
     w = np.asarray(weight, dtype=float)
     sc, sh = np.asarray(sigma_core_mm, dtype=float), np.asarray(sigma_halo_mm, dtype=float)
-    r_core = cutoff_sigma * sc
-    beyond = 1.0 - fraction_within(r_core, w, sc, sh)
-    reach = np.where(beyond >= min_fraction, np.maximum(r_core, halo_cutoff_sigma * sh), r_core)
+    reach = cutoff_reach(cutoff_sigma, halo_cutoff_sigma, w, sc, sh, min_fraction)
     folded = 1.0 - fraction_within(reach, w, sc, sh)
     shell = (1.0 - shell_fraction) * reach
     r = shell[..., None] + (reach - shell)[..., None] * _GL_X  # quadrature nodes, mm

@@ -135,6 +135,9 @@ MAX_STOPPING_POWER_KEV_UM = 83.0
 _ZETA_ASYMPTOTIC = 20.0
 _ZETA_ZERO = -12.0
 _ZETA_LET_FLOOR = -5.0
+#: Node spacing (a power of 2: exact nodes) and number of intervals of the _smeared_power table.
+_ZETA_TABLE_STEP = 1.0 / 64.0
+_ZETA_TABLE_N = int(round((_ZETA_ASYMPTOTIC - _ZETA_ZERO) / _ZETA_TABLE_STEP))
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,25 +237,70 @@ def range_straggling_sigma_mm(energy_MeV, energy_spread_pct: float = DEFAULT_ENE
 # --------------------------------------------------------------------------------------------
 
 
-def _smeared_power(nu: float, zeta: np.ndarray) -> np.ndarray:
-    """E[(zeta + Z)_+^nu] for a standard normal Z, nu > -1, vectorized over zeta.
+def _smeared_power_direct(nu: float, zeta: np.ndarray) -> np.ndarray:
+    """E[(zeta + Z)_+^nu] for a standard normal Z, nu > -1, vectorized over zeta: the formula.
 
     = Gamma(nu+1)/sqrt(2 pi) exp(-zeta^2/4) D_(-nu-1)(-zeta); asymptotic series for large zeta,
-    0 far below the range.
+    0 far below the range. About 2 us per value (``scipy.special.pbdv``); :func:`_smeared_power`
+    interpolates a table of it.
     """
     zeta = np.asarray(zeta, dtype=float)
     out = np.zeros_like(zeta)
     big = zeta > _ZETA_ASYMPTOTIC
     mid = ~big & (zeta >= _ZETA_ZERO)
     if np.any(big):
-        z = zeta[big]
-        a2 = nu * (nu - 1) / 2.0
-        a4 = nu * (nu - 1) * (nu - 2) * (nu - 3) / 8.0
-        out[big] = z**nu * (1.0 + a2 / z**2 + a4 / z**4)
+        out[big] = _smeared_asymptotic(nu, zeta[big])
     if np.any(mid):
         z = zeta[mid]
         d, _ = pbdv(-nu - 1.0, -z)
         out[mid] = gamma_fn(nu + 1.0) / np.sqrt(2.0 * np.pi) * np.exp(-z * z / 4.0) * d
+    return out
+
+
+def _smeared_asymptotic(nu: float, z: np.ndarray) -> np.ndarray:
+    a2 = nu * (nu - 1) / 2.0
+    a4 = nu * (nu - 1) * (nu - 2) * (nu - 3) / 8.0
+    return z**nu * (1.0 + a2 / z**2 + a4 / z**4)
+
+
+@lru_cache(maxsize=16)
+def _smeared_table(nu: float) -> np.ndarray:
+    """Cubic Hermite coefficients of log f(zeta), f = :func:`_smeared_power_direct` (nu, .), on
+    the nodes _ZETA_ZERO + i h, i = 0.._ZETA_TABLE_N (h = :data:`_ZETA_TABLE_STEP`): rows (g_i,
+    h g'_i, c2_i, c3_i) of g(t) = g_i + h g'_i t + c2_i t^2 + c3_i t^3 on [node i, node i + 1],
+    t in [0, 1]. The slopes are exact: f'(zeta) = f_(nu+1)(zeta) - zeta f_nu(zeta) (differentiate
+    the Gaussian density under the integral)."""
+    z = _ZETA_ZERO + np.arange(_ZETA_TABLE_N + 1) * _ZETA_TABLE_STEP
+    f = _smeared_power_direct(nu, z)
+    g = np.log(f)
+    d = (_smeared_power_direct(nu + 1.0, z) - z * f) / f * _ZETA_TABLE_STEP
+    c2 = 3.0 * (g[1:] - g[:-1]) - 2.0 * d[:-1] - d[1:]
+    c3 = 2.0 * (g[:-1] - g[1:]) + d[:-1] + d[1:]
+    return np.stack([g[:-1], d[:-1], c2, c3], axis=1)
+
+
+def _smeared_power(nu: float, zeta: np.ndarray) -> np.ndarray:
+    """E[(zeta + Z)_+^nu] for a standard normal Z, nu > -1, vectorized over zeta (dimensionless).
+
+    :func:`_smeared_power_direct` (the parabolic cylinder formula) interpolated: on -12 <= zeta
+    <= 20 a cubic Hermite interpolation of its logarithm with exact slopes on a 1/64 grid (table
+    built once per nu, ~10 ms), relative difference from the formula < 1e-7 (< 1e-8 for nu >
+    -0.5), which is the accuracy of ``scipy.special.pbdv`` itself (it jumps by up to 7e-8 where
+    its algorithm switches, |zeta| = 5.8; tests/test_proton_dose_speed_equivalence.py); the
+    asymptotic series above and 0 below as in the formula. About 40 ns per value instead of 2 us.
+    """
+    zeta = np.asarray(zeta, dtype=float)
+    out = np.zeros_like(zeta)
+    big = zeta > _ZETA_ASYMPTOTIC
+    if np.any(big):
+        out[big] = _smeared_asymptotic(nu, zeta[big])
+    mid = ~big & (zeta >= _ZETA_ZERO)
+    if np.any(mid):
+        x = (zeta[mid] - _ZETA_ZERO) * (1.0 / _ZETA_TABLE_STEP)
+        i = np.minimum(x.astype(np.intp), _ZETA_TABLE_N - 1)
+        t = x - i
+        c = _smeared_table(float(nu))[i]
+        out[mid] = np.exp(c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3])))
     return out
 
 
