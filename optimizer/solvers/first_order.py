@@ -42,6 +42,7 @@ from objectives.errors import TermError
 
 from ..errors import SolverError
 from .epigraph import Epigraph, is_worst_case, unsupported_reason
+from .working_set import WorkingSet
 
 #: Matrix precision of the products. "float64" (default) multiplies a double-precision copy of
 #: the influence rows: near the optimum the inner line searches compare objective values that
@@ -69,6 +70,7 @@ class Settings:
     # (6 mm, equal time), 1865 / 2109 (4 mm example): no size wins everywhere
     memory: int = 20
     rho0: float = 10.0  # initial penalty, relative to the soft terms' curvature
+    working_set: bool = True  # multiply only the rows that can act in an inner solve (CPU)
     verbose: bool = False
 
     def __post_init__(self):
@@ -178,6 +180,7 @@ class Model:
     build_s: float = 0.0
     pool: object = None
     n_aux: int = 0  # auxiliary (free) variables of the robust worst cases, after the weights
+    working: object = None  # the rows the objective multiplies (:class:`.working_set.WorkingSet`)
 
     @cached_property
     def epigraph_terms(self) -> list:
@@ -198,16 +201,20 @@ class Model:
     def nnz(self) -> int:
         return int(sum(op.nnz for op in self.operators))
 
-    def matvec(self, x):
-        """K x, every block, stacked (float64)."""
+    def matvec(self, x, full: bool = True):
+        """K x, every block, stacked (float64). ``full=False``: only the rows of the working set
+        (:mod:`.working_set`) are multiplied, the others keep their value from when it was made."""
         xp = self.xp
-        ys = [op.matvec(x, self.pool) for op in self.operators]
+        ws = None if full else self.working
+        ys = [ws.matvec(i, x, self.pool) if ws is not None and ws.restricted(i) else op.matvec(x, self.pool)
+              for i, op in enumerate(self.operators)]
         ys = [xp.concatenate([y, xp.zeros(1)]) for y in ys]
         parts = [ys[o][rows] for o, rows in self.block_rows]
         return xp.concatenate(parts) if parts else xp.zeros(0)
 
-    def rmatvec(self, r):
-        """K^T r for a stacked r (float64)."""
+    def rmatvec(self, r, full: bool = True):
+        """K^T r for a stacked r (float64); ``full=False``: the working set's rows only (r is
+        zero on the others when the working set is valid)."""
         xp = self.xp
         acc = [xp.zeros(op.n_rows + 1) for op in self.operators]
         for (o, rows), (a, b) in zip(self.block_rows, zip(self.offsets[:-1], self.offsets[1:])):
@@ -216,8 +223,10 @@ class Model:
             else:
                 xp.add.at(acc[o], rows, r[a:b])
         g = xp.zeros(self.n_beamlets)
-        for op, a in zip(self.operators, acc):
-            g += op.rmatvec(a[:-1], self.pool)
+        ws = None if full else self.working
+        for i, (op, a) in enumerate(zip(self.operators, acc)):
+            g += ws.rmatvec(i, a[:-1], self.pool) if ws is not None and ws.restricted(i) \
+                else op.rmatvec(a[:-1], self.pool)
         return g
 
     def column_norms(self, block_weights=None):
@@ -399,7 +408,15 @@ class _Objective:
         m, xp = self.m, self.m.xp
         self.evals += 1
         x, a = z[:m.n_beamlets], z[m.n_beamlets:]
-        blocks = _forms_at(m, x)
+        total, gy, gx, ga = self.at_forms(_forms_at(m, x, full=False), x, a)
+        if len(gy):
+            gx = gx + m.rmatvec(xp.concatenate(gy), full=False)
+        return total, (xp.concatenate([gx, ga]) if m.n_aux else gx)
+
+    def at_forms(self, blocks, x, a):
+        """Value and gradients (per form block, in x, in the auxiliary variables) given the
+        forms ``blocks`` (no product)."""
+        m, xp = self.m, self.m.xp
         gy = [xp.zeros_like(b) for b in blocks]
         gx = xp.zeros_like(x)
         ga = xp.zeros(m.n_aux)
@@ -425,14 +442,13 @@ class _Objective:
                 e += 1
             else:
                 total += _soft_part(t, forms, gy, gx)
-        if len(gy):
-            gx = gx + m.rmatvec(xp.concatenate(gy))
-        return total, (xp.concatenate([gx, ga]) if m.n_aux else gx)
+        return total, gy, gx, ga
 
 
-def _forms_at(model: Model, x) -> list:
-    """The stacked forms K x, split into their blocks (views, double precision)."""
-    return model.split(model.matvec(model.xp.asarray(x, dtype=np.float64)))
+def _forms_at(model: Model, x, full: bool = True) -> list:
+    """The stacked forms K x, split into their blocks (views, double precision); ``full=False``
+    multiplies the working set's rows only."""
+    return model.split(model.matvec(model.xp.asarray(x, dtype=np.float64), full=full))
 
 
 def _shifted_projection(t: _Term, forms: dict, lam: dict, rho: float) -> tuple[dict, dict]:
@@ -496,17 +512,41 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
     cert = None
     scale, curvature = _diagonal_scaling(model) if model.n_rows else (xp.ones(n), 1.0)
     z, mu, rho_e, scale, lower = _lift(model, x, scale, curvature, settings.rho0, warm)
+    # restricted row copies pay on the CPU, where the products are the cost (not on a GPU)
+    use_working_set = settings.working_set and xp is np and model.n_rows > 0
+    model_threads = settings.threads or min(2, os.cpu_count() or 1)
+    shares = []
     for outer in range(1, settings.max_outer + 1):
         f = _Objective(model, lam, rho, mu, rho_e)
         # inexact inner solves while the hard terms are far from feasible, tight once they hold
         near = cert is not None and cert["max_violation"] <= settings.violation_tol
         ftol = 1e-13 if near else 1e-8
-        def certified(zk, lam=lam, rho=rho, mu=mu, rho_e=rho_e):
-            """Stop the inner solve as soon as its iterate certifies (checked every few steps)."""
-            _, _, cert_k = _update_and_certify(model, zk, lam, rho, mu, rho_e)
-            return _meets(cert_k, settings)
+        seen, grow = [], [False]
 
-        z = _inner_solve(f, z, inner, settings.max_inner, xp, scale, ftol, certified, settings.memory, lower)
+        def certified(zk, lam=lam, rho=rho, mu=mu, rho_e=rho_e, seen=seen, f=f, grow=grow):
+            """Stop the inner solve as soon as its iterate certifies (checked every few steps),
+            once the hard violation has stalled above tolerance (only a multiplier update moves
+            it), or when a row outside the working set has become active."""
+            blocks = _forms_at(model, zk[:model.n_beamlets])
+            _, _, cert_k = _update_and_certify(model, zk, lam, rho, mu, rho_e, blocks)
+            seen.append((cert_k["max_violation"], cert_k["objective"]))
+            if _meets(cert_k, settings) or _stalled(seen, cert_k, settings):
+                return True
+            grow[0] = model.working is not None and model.working.invalid(model, f, blocks, zk)
+            return grow[0]
+
+        for rebuild in range(MAX_REBUILDS + 1):
+            model.working = None
+            if use_working_set and rebuild < MAX_REBUILDS:
+                model.working = WorkingSet.build(model, f, z, model_threads)
+                shares.append(model.working.share)
+            grow[0] = False
+            z = _inner_solve(f, z, inner, settings.max_inner, xp, scale, ftol, certified, settings.memory,
+                             lower)
+            if model.working is None or not (grow[0] or model.working.invalid(
+                    model, f, _forms_at(model, z[:model.n_beamlets]), z)):
+                break
+        model.working = None
         evals += f.evals
         lam_new, mu, cert = _update_and_certify(model, z, lam, rho, mu, rho_e)
         history.append({"outer": outer, "evals": f.evals, **{k: cert[k] for k in
@@ -557,6 +597,8 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         "nnz": model.nnz,
         "matrix_dtype": settings.matrix_dtype,
         "aux_variables": model.n_aux,
+        # non-zeros multiplied per evaluation / all non-zeros, per working set built
+        "working_set_share": [round(v, 3) for v in shares],
     }
     return x_np, info, {"x": x, "lam": lam, "rho": rho, "n": n,
                         "epi": {"mu": mu, "rho": rho_e, "n_aux": model.n_aux}}
@@ -616,6 +658,29 @@ def _diagonal_scaling(model: Model):
     return scale, float((diag * scale * scale).mean())
 
 
+#: inexact augmented Lagrangian: an inner round ends when the hard violation, above tolerance,
+#: changed by less than this fraction over the last two checks (C-shape 6 mm: 1827 -> see README)
+STALL_FRACTION = 0.02
+
+
+def _stalled(seen: list, cert: dict, settings: Settings) -> bool:
+    """True when the inner solve no longer reduces what keeps the certificate out, which only
+    the multiplier update of the next outer round can: the hard violation, while above
+    tolerance, changed by less than STALL_FRACTION over the last three checks; or, with the
+    violation within tolerance and the gap not, the inner problem is solved (KKT residual within
+    tolerance, objective steady to a tenth of the gap tolerance) while the gap, which swings
+    with the inner iterate, is still out."""
+    if len(seen) < 3:
+        return False
+    if cert["max_violation"] > settings.violation_tol:
+        recent = [v[0] for v in seen[-3:]]
+        return max(recent) - min(recent) <= STALL_FRACTION * max(recent)
+    if cert["rel_gap"] <= settings.gap_tol or cert["kkt"] > settings.kkt_tol:
+        return False
+    recent = [v[1] for v in seen[-3:]]
+    return max(recent) - min(recent) <= 0.1 * settings.gap_tol * max(abs(recent[-1]), 1e-12)
+
+
 def _meets(cert: dict, settings: Settings) -> bool:
     return (cert["max_violation"] <= settings.violation_tol and cert["rel_gap"] <= settings.gap_tol
             and cert["kkt"] <= settings.kkt_tol)
@@ -639,6 +704,9 @@ def _initial_guess(model, x):
     target = float(np.median(limits)) if limits else 1.0
     return x1 * (target / mean if mean > 0 else 1.0)
 
+
+#: working-set rebuilds allowed in one outer round before it goes on with all rows
+MAX_REBUILDS = 8
 
 #: inner iterations between two certificate checks (each costs about one evaluation)
 CHECK_EVERY = 25
@@ -709,13 +777,13 @@ def _spg(f, x, max_iter: int, xp, memory: int = 10, check=None, lower=0.0):
     return x
 
 
-def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=()):
+def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None):
     """New multipliers (hard terms, epigraphs) and the certificate at z = (x, auxiliary
     variables) (all voxels). A robust worst case enters the bound through its multiplier
     mixture (:meth:`.epigraph.Epigraph.bound`): the gap adds its true value minus the mixture."""
     xp = model.xp
     x, a = z[:model.n_beamlets], z[model.n_beamlets:]
-    blocks = _forms_at(model, x)
+    blocks = _forms_at(model, x) if blocks is None else blocks
     gy = [xp.zeros_like(b) for b in blocks]
     gx = xp.zeros_like(x)
     soft, lam_new, comp, worst = 0.0, [], 0.0, 0.0

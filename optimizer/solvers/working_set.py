@@ -1,0 +1,99 @@
+"""Working set of the first-order solver: the rows of the influence operators that can move
+the objective of one inner solve.
+
+Most voxels of a plan sit where no term acts on them: a body structure below its overdose
+threshold, a ring far from its limit. Their rows of ``K`` add nothing to the value or the
+gradient, yet cost as much as any other row in every product. The inner solve multiplies only
+the rows whose gradient is non-zero at the current forms or at the forms scaled by
+``1 +- PROBE``; the other rows keep their value from the point where the set was made, which
+changes the objective only by a constant while they stay inactive.
+
+Nothing here touches the certificate: it is always computed with the full products. At every
+certificate check the solver asks :meth:`WorkingSet.invalid` whether a frozen row has become
+active; if so the inner solve ends, the set is rebuilt at the new point and the round goes on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: relative change of the forms a frozen row must survive without its terms acting on it
+PROBE = 0.15
+#: restrict an operator only when its active rows hold at most this share of its non-zeros
+#: (below, the copy of those rows pays back within a few products)
+MAX_SHARE = 0.8
+
+
+class WorkingSet:
+    """Per operator of a :class:`~.first_order.Model`: ``None`` (all rows multiplied) or the
+    active rows, their own operator and the full product at the point where the set was made."""
+
+    def __init__(self, parts: list, share: float):
+        self.parts = parts
+        self.share = share  # non-zeros multiplied / all non-zeros
+
+    @classmethod
+    def build(cls, model, objective, z, threads: int):
+        """The working set at ``z`` for the augmented Lagrangian ``objective`` (its multipliers
+        and penalties decide which hard-term rows act)."""
+        from .first_order import _Operator
+
+        x = z[:model.n_beamlets]
+        ys = [op.matvec(x, model.pool) for op in model.operators]
+        padded = [model.xp.concatenate([y, model.xp.zeros(1)]) for y in ys]
+        active = _active_rows(model, objective, [padded[o][rows] for o, rows in model.block_rows], z)
+        parts, used = [], 0
+        for op, y, mask in zip(model.operators, ys, active):
+            rows = np.flatnonzero(mask[:-1])
+            nnz = _nnz(op, rows)
+            if nnz > MAX_SHARE * op.nnz:
+                parts.append(None)
+                used += op.nnz
+                continue
+            parts.append((rows, _Operator(op.M[rows], op.factor, model.xp, threads), y))
+            used += nnz
+        return cls(parts, used / max(model.nnz, 1))
+
+    def matvec(self, i: int, x, pool):
+        part = self.parts[i]
+        rows, op, stale = part
+        y = stale.copy()
+        y[rows] = op.matvec(x, pool)
+        return y
+
+    def rmatvec(self, i: int, r, pool):
+        rows, op, _ = self.parts[i]
+        return op.rmatvec(r[rows], pool)
+
+    def restricted(self, i: int) -> bool:
+        return self.parts[i] is not None
+
+    def invalid(self, model, objective, blocks, z) -> bool:
+        """True when a row outside the set acts at the full forms ``blocks`` (at ``z``)."""
+        frozen = [None if p is None else np.ones(op.n_rows + 1, dtype=bool)
+                  for p, op in zip(self.parts, model.operators)]
+        for f, p in zip(frozen, self.parts):
+            if f is not None:
+                f[p[0]] = False
+                f[-1] = False
+        _, gy, _, _ = objective.at_forms(blocks, z[:model.n_beamlets], z[model.n_beamlets:])
+        for (o, rows), g in zip(model.block_rows, gy):
+            if frozen[o] is not None and np.any(frozen[o][rows[g != 0]]):
+                return True
+        return False
+
+
+def _nnz(op, rows) -> int:
+    return int((op.M.indptr[rows + 1] - op.M.indptr[rows]).sum())
+
+
+def _active_rows(model, objective, base, z) -> list:
+    """Per operator, a mask over its rows (plus the 'no beamlet' row) of those whose gradient is
+    non-zero at the form blocks ``base``, or at them scaled by 1 - PROBE or 1 + PROBE."""
+    x, a = z[:model.n_beamlets], z[model.n_beamlets:]
+    active = [np.zeros(op.n_rows + 1, dtype=bool) for op in model.operators]
+    for factor in (1.0 - PROBE, 1.0, 1.0 + PROBE):
+        _, gy, _, _ = objective.at_forms([b * factor for b in base], x, a)
+        for (o, rows), g in zip(model.block_rows, gy):
+            active[o][rows[g != 0]] = True
+    return active
