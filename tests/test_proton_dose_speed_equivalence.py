@@ -110,6 +110,8 @@ def test_pair_search_finds_exactly_the_brute_force_pairs(regular):
         cKDTree(np.stack([u, v], 1)), float(reach.max()), output_type="dok_matrix")
     assert all(kd[j, i] == di for j, i, di in zip(js[within][:500], vi[within][:500], d[within][:500]))
     assert pr._pairs_within_reach(su, sv, u[:0], v[:0], reach[:0])[0].size == 0
+    far = pr._pairs_within_reach(su, sv, u + 1000.0, v + 1000.0, reach)  # no spot within reach
+    assert far[0].size == 0 and far[1].size == 0
 
 
 def test_csc_block_from_grouped_pairs_equals_coo_matrix():

@@ -119,6 +119,9 @@ HALO_RADIUS_SIGMAS = 2.0
 HALO_REACH_MIN_FRACTION = 0.04
 #: Width of the outer shell that receives the folded dose, as a fraction of the reach.
 SHELL_FRACTION = 0.3
+#: Voxels per chunk of the spot-voxel pair computation (~1e5 pairs: the per-pair temporaries
+#: stay in the CPU cache and the transient memory of a layer is bounded).
+_CHUNK_VOXELS = 16384
 #: Depth-dose tables are sampled every this many mm of WEPL.
 _TABLE_STEP_MM = 0.1
 #: Depth beyond the range (in straggling sigmas) after which a spot deposits nothing.
@@ -130,7 +133,8 @@ _DISTAL_CUT_SIGMAS = 5.0
 BYTES_PER_NONZERO = 26
 BYTES_PER_NONZERO_WITH_LET = 46
 #: Per spot-voxel pair within a layer's maximum lateral reach, bytes, held while that layer is
-#: computed (KD-tree pair list and its filtered copies).
+#: computed (measured with the former KD-tree pair list and its filtered copies; an upper bound
+#: now that the pairs are computed in chunks of voxels and a layer keeps ~28 B per entry).
 BYTES_PER_LAYER_PAIR = 72
 #: Memory per dose-mask voxel held during the computation (positions, beam coordinates), bytes.
 BYTES_PER_VOXEL = 100
@@ -604,34 +608,51 @@ class ProtonBeams(BeamModel):
                     tabs["let"] = pp.let_d(e, depth_tab, spread)
                 layer_tables[key] = (w_cut, _DepthTable(depth_tab, tabs))
             w_cut, table = layer_tables[key]
-            # per-voxel depth quantities of this layer, then gathered per pair
+            # per-voxel depth quantities of this layer (and the per-voxel factors of the kernel:
+            # the same numbers as computed per pair), then the pairs in chunks of voxels
             shallow = np.flatnonzero(w <= w_cut)
             per_v = table(w[shallow])
-            reach, shell = per_v["reach"], per_v["shell"]
-            js, k, d_iso = _pairs_within_reach(spots["u_mm"][in_layer], spots["v_mm"][in_layer],
-                                               u[shallow], v[shallow], reach / scale[shallow])
-            vi = shallow[k]
-            r2 = (d_iso * scale[vi]) ** 2
-            ok = r2 <= (reach**2)[k]
-            js, vi, k, r2 = js[ok], vi[ok], k[ok], r2[ok]
-            # per voxel first, then gathered per pair (the same numbers as per pair)
-            dose = per_v["amp_core"][k] * np.exp(-r2 * (0.5 / per_v["core"] ** 2)[k])
-            if self.halo:
-                dose += per_v["amp_halo"][k] * np.exp(-r2 * (0.5 / per_v["halo"] ** 2)[k])
-            # the kernel beyond the reach, folded into the outer shell (hat from shell to reach)
-            out = np.flatnonzero(r2 > (shell**2)[k])
-            ko = k[out]
-            dose[out] *= 1.0 + per_v["fold"][ko] * ph.shell_shape(np.sqrt(r2[out]), shell[ko], reach[ko])
+            per_v.update(reach2=per_v["reach"] ** 2, shell2=per_v["shell"] ** 2,
+                         c_core=0.5 / per_v["core"] ** 2, c_halo=0.5 / per_v["halo"] ** 2,
+                         reach_iso=per_v["reach"] / scale[shallow])
+            su, sv = spots["u_mm"][in_layer], spots["v_mm"][in_layer]
+            parts = [self._layer_entries(su, sv, u, v, scale, shallow, per_v, slice(lo, lo + _CHUNK_VOXELS),
+                                         with_let) for lo in range(0, len(shallow), _CHUNK_VOXELS)]
+            if not parts:
+                parts = [(np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                          np.zeros(0, np.float32))]
+            js, vi, dose, let_dose = (np.concatenate([q[i] for q in parts]) for i in range(4))
             # CSC blocks straight from the pairs grouped by spot (no duplicates, rows unsorted within
             # a column: _assemble's CSC -> CSR transpose sorts them); same pattern in both forms
             order, indptr = _by_column(js, n_spots)
             rows = pts[vi[order]].astype(np.int32)
-            dose = dose[order]
-            dose_blocks.append(sp.csc_matrix((dose.astype(np.float32), rows, indptr), shape=(n_vox, n_spots)))
+            dose_blocks.append(sp.csc_matrix((dose[order], rows, indptr), shape=(n_vox, n_spots)))
             if with_let:
-                let_blocks.append(sp.csc_matrix(((dose * per_v["let"][k[order]]).astype(np.float32), rows,
-                                                 indptr), shape=(n_vox, n_spots)))
+                let_blocks.append(sp.csc_matrix((let_dose[order], rows, indptr), shape=(n_vox, n_spots)))
         return dose_blocks, let_blocks
+
+    def _layer_entries(self, su, sv, u, v, scale, shallow, per_v, chunk: slice, with_let: bool):
+        """Dose (and LET x dose) entries, float32, of one layer's spots (iso-plane ``su``, ``sv``)
+        on the voxels ``shallow[chunk]`` (``u``, ``v``, ``scale``: per beam voxel; ``per_v``: per
+        ``shallow`` voxel): (spot, beam voxel, dose, LET x dose or an empty array)."""
+        idx = shallow[chunk]
+        k0 = chunk.start
+        js, kc, d_iso = _pairs_within_reach(su, sv, u[idx], v[idx], per_v["reach_iso"][chunk])
+        k, vi = kc + k0, idx[kc]
+        r2 = (d_iso * scale[vi]) ** 2
+        ok = r2 <= per_v["reach2"][k]
+        if not ok.all():
+            js, vi, k, r2 = js[ok], vi[ok], k[ok], r2[ok]
+        dose = per_v["amp_core"][k] * np.exp(-r2 * per_v["c_core"][k])
+        if self.halo:
+            dose += per_v["amp_halo"][k] * np.exp(-r2 * per_v["c_halo"][k])
+        # the kernel beyond the reach, folded into the outer shell (hat from shell to reach)
+        out = np.flatnonzero(r2 > per_v["shell2"][k])
+        ko = k[out]
+        dose[out] *= 1.0 + per_v["fold"][ko] * ph.shell_shape(np.sqrt(r2[out]), per_v["shell"][ko],
+                                                              per_v["reach"][ko])
+        let_dose = (dose * per_v["let"][k]).astype(np.float32) if with_let else np.zeros(0, np.float32)
+        return js.astype(np.int32), vi, dose.astype(np.float32), let_dose
 
 
 class _DepthTable:
@@ -699,7 +720,7 @@ def _pairs_within_reach(spot_u, spot_v, u, v, reach_iso):
         starts.append(lo[hit])
         counts.append(n[hit])
         vox.append(sel[hit])
-    counts = np.concatenate(counts)
+    counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
     total = int(counts.sum())
     if total == 0:
         return empty, empty, np.zeros(0)

@@ -31,7 +31,9 @@ Models and their sources
   exp(-zeta^2/4) D(-zeta) overflows for zeta > ~50 (far upstream of the peak), so for zeta > 20
   the asymptotic moment series zeta^nu [1 + nu(nu-1)/(2 zeta^2) + nu(nu-1)(nu-2)(nu-3)/(8 zeta^4)]
   is used (relative difference < 1e-7 at the switch); for zeta < -12 (12 sigma beyond the range)
-  the dose is 0.
+  the dose is 0. In between, the formula is evaluated once per exponent on a 1/64 grid and
+  interpolated (cubic Hermite of its logarithm with exact slopes; within 1e-7 of the formula,
+  the accuracy of scipy's pbdv itself), 50 times faster than calling pbdv per depth.
 * **Straggling.** sigma_mono = 0.012 R^0.935 cm (Bortfeld 1997, eq. 19; R in cm), the energy spread
   of the beam added in quadrature: sigma_R,E = (dR/dE) sigma_E = p R sigma_E / E.
 * **Normalisation.** The laterally integrated depth dose (IDD) is returned per primary proton in
