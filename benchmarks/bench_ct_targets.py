@@ -7,15 +7,15 @@
 Terms: ``phantoms.cshape_planning_terms`` (hard PTV D95 / D10 CVaR surrogates, soft homogeneity
 and sparing) plus the hard core term of ``examples/proton_cshape.py`` (core CVaR D10 <= 24 Gy):
 with five photon beams the soft core term alone left core D10 at 25.6 Gy (goal 25). Each row
-solves with the default solver (``problem.solve()``: the first-order solver on every voxel
-when it certifies) or CLARABEL (helper structures sampled, 1500 voxels,
-as in the examples), in its own process, so peak MB (ru_maxrss) is that case's own. Columns:
+solves with the first-order solver on every voxel, CLARABEL (helper structures sampled, 1500
+voxels, as in the examples) or the default (``problem.solve()``: below 30 M non-zeros that is
+CLARABEL on every voxel), in its own process, so peak MB (ru_maxrss) is that case's own. Columns:
 dose seconds, influence non-zeros, solve seconds (build + solve), end to end (dose + solve), the
 solver's status, its certificate (largest hard-term violation, Gy; relative gap), and the three
 easy TG-119 goals met on the dose grid and on the CT grid (dose interpolated back by
 ``plan.on_patient(problem.ct_patient)``).
 
-Run:  python benchmarks/bench_ct_targets.py [--cases photon proton] [--solvers default CLARABEL]
+Run:  python benchmarks/bench_ct_targets.py [--cases photon proton] [--solvers FIRST_ORDER CLARABEL default]
       python benchmarks/bench_ct_targets.py --profile photon   (cProfile of the default path)
 """
 
@@ -124,7 +124,8 @@ def profile(case: str, proton_layer_mm, top: int = 25) -> None:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=["photon", "proton"], choices=["photon", "proton"])
-    ap.add_argument("--solvers", nargs="+", default=["default", "CLARABEL"])
+    ap.add_argument("--solvers", nargs="+", default=["FIRST_ORDER", "CLARABEL"],
+                    help="FIRST_ORDER (every voxel), CLARABEL (helpers sampled) or default (problem.solve())")
     ap.add_argument("--proton-layer-mm", type=float, default=None,
                     help="energy-layer spacing in WEPL, mm (default: ProtonBeams' own)")
     ap.add_argument("--timeout-s", type=float, default=1800.0, help="per case")
