@@ -17,21 +17,22 @@ is ``wall_s`` over CLARABEL full's; ``status`` the solver's status, or ``refused
 ``hard_tolerance`` = 1e-3 Gy): such a row still shows the numbers the solver returned.
 
 Run:  python benchmarks/bench_solvers.py [--spacing-mm 8] [--beams 9] [--smoothness 1e-3]
-      [--timeout-s 900] [--cases CLARABEL OSQP ...]   (a case runs when its label starts with
-      one of the given prefixes; case labels: ``--list``)
+      [--timeout-s 900] [--cases CLARABEL FIRST_ORDER 'SCS*' ...]   (labels or shell-style
+      patterns; the labels: ``--list``)
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib.metadata
 import multiprocessing as mp
 import platform
 import resource
 import time
 
-#: (label, solver, max_voxels_per_structure (None: every voxel), solve options, plug-in module
-#: to import first (a solver cvxpy learns of on import), distribution whose version is shown).
+#: (label, solver, max_voxels_per_structure (None: every voxel), solve options, set-up run in the
+#: case's process first (a key of SETUPS, or None), distribution whose version is shown).
 CASES = [
     ("CLARABEL", "CLARABEL", None, {}, None, "clarabel"),
     ("FIRST_ORDER", "FIRST_ORDER", None, {}, None, None),
@@ -57,13 +58,33 @@ CASES = [
      None, "mpax"),
     ("MPAX r2HPDHG 1e-6", "MPAX", None, {"algorithm": "r2HPDHG", "eps_abs": 1e-6, "eps_rel": 1e-6},
      None, "mpax"),
+    ("MPAX raPDHG 1e-4 x64", "MPAX", None, {"algorithm": "raPDHG", "eps_abs": 1e-4, "eps_rel": 1e-4},
+     "jax_x64", "mpax"),
+    ("MPAX raPDHG 1e-6 x64", "MPAX", None, {"algorithm": "raPDHG", "eps_abs": 1e-6, "eps_rel": 1e-6},
+     "jax_x64", "mpax"),
     ("PDHCG cpu 1e-4", "PDHCG", None, {"device": "cpu", "opt_tol": 1e-4, "feas_tol": 1e-4},
-     "pdhcg.cvxpy_backend", "pdhcg"),
+     "pdhcg", "pdhcg"),
     ("PDHCG cpu 1e-6", "PDHCG", None, {"device": "cpu", "opt_tol": 1e-6, "feas_tol": 1e-6},
-     "pdhcg.cvxpy_backend", "pdhcg"),
+     "pdhcg", "pdhcg"),
 ]
 
-COLUMNS = [("solver", 18), ("voxels", 7), ("opt_vox", 7), ("beamlets", 8), ("nnz", 8), ("wall_s", 7),
+
+def _jax_x64():
+    """JAX computes in float32 unless told otherwise (MPAX does not switch it on)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def _pdhcg():
+    """PDHCG registers itself with cvxpy on import (``solver="PDHCG"``)."""
+    import pdhcg.cvxpy_backend  # noqa: F401
+
+
+SETUPS = {"jax_x64": _jax_x64, "pdhcg": _pdhcg}
+
+
+COLUMNS = [("solver", 20), ("voxels", 7), ("opt_vox", 7), ("beamlets", 8), ("nnz", 8), ("wall_s", 7),
            ("solver_s", 8), ("iters", 6), ("objective", 11), ("rel_obj", 8), ("max_viol_Gy", 11),
            ("peak_MB", 7), ("time/CL", 7), ("status", 0)]
 
@@ -108,13 +129,11 @@ def _refused(problem, err) -> dict:
 
 
 def _run(args):
-    spacing, beams, smoothness, solver, max_vox, options, plugin = args
-    import importlib
-
+    spacing, beams, smoothness, solver, max_vox, options, setup = args
     from optimizer.errors import SolverError
 
-    if plugin:
-        importlib.import_module(plugin)
+    if setup:
+        SETUPS[setup]()
     problem, dose_s = _build(spacing, beams, smoothness, max_vox)
     out = {"objective": float("nan"), "iterations": 0, "max_violation": float("nan"),
            "solver_s": float("nan")}
@@ -166,14 +185,15 @@ def main(argv=None):
     ap.add_argument("--beams", type=int, default=9)
     ap.add_argument("--smoothness", type=float, default=1e-3, help="fluence smoothness weight (0: off)")
     ap.add_argument("--timeout-s", type=float, default=900.0, help="per case, seconds")
-    ap.add_argument("--cases", nargs="+", default=None, help="label prefixes of the cases to run")
+    ap.add_argument("--cases", nargs="+", default=None,
+                    help="labels of the cases to run (shell-style patterns: 'SCS*')")
     ap.add_argument("--list", action="store_true", help="print the case labels and exit")
     args = ap.parse_args(argv)
     if args.list:
         for case in CASES:
             print(f"{case[0]:<20} {case[3]}")
         return
-    cases = [c for c in CASES if args.cases is None or any(c[0].startswith(p) for p in args.cases)]
+    cases = [c for c in CASES if args.cases is None or any(fnmatch.fnmatchcase(c[0], p) for p in args.cases)]
     print(f"machine: {platform.machine()}, {mp.cpu_count()} cores, Python {platform.python_version()} "
           f"(measured {time.strftime('%Y-%m-%d')}); C-shape {args.spacing_mm:g} mm, {args.beams} beams, "
           f"5 mm beamlets, smoothness {args.smoothness:g}")
@@ -182,24 +202,24 @@ def main(argv=None):
     print(_fmt([c for c, _ in COLUMNS]), flush=True)
     ctx = mp.get_context("spawn")
     ref = None  # (objective, wall_s) of CLARABEL on the full voxel set
-    for label, solver, max_vox, options, plugin, _dist in cases:
+    for label, solver, max_vox, options, setup, _dist in cases:
         if versions[solver] is None:
-            print(f"{label:>18} | not installed", flush=True)
+            print(f"{label:>20} | not installed", flush=True)
             continue
         with ctx.Pool(1) as pool:  # leaving the block terminates the worker (also on a timeout)
             job = pool.apply_async(_run, ((args.spacing_mm, args.beams, args.smoothness, solver, max_vox,
-                                           options, plugin),))
+                                           options, setup),))
             try:
                 r = job.get(timeout=args.timeout_s)
             except mp.TimeoutError:
-                print(f"{label:>18} | timed out after {args.timeout_s:g} s (wall, incl. dose and build)",
+                print(f"{label:>20} | timed out after {args.timeout_s:g} s (wall, incl. dose and build)",
                       flush=True)
                 continue
         if label == "CLARABEL" and r["status"] == "optimal":
             ref = (r["objective"], r["wall_s"])
         print(_fmt(_row(label, max_vox, r, ref)), flush=True)
         if r.get("reason"):
-            print(f"{'':>18}   ({r['reason']})", flush=True)
+            print(f"{'':>20}   ({r['reason']})", flush=True)
 
 
 if __name__ == "__main__":
