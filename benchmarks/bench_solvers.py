@@ -130,6 +130,8 @@ def _refused(problem, err) -> dict:
 
 def _run(args):
     spacing, beams, smoothness, solver, max_vox, options, setup = args
+    import numpy as np
+
     from optimizer.errors import SolverError
 
     if setup:
@@ -147,10 +149,13 @@ def _run(args):
         out.update(_refused(problem, err))
     except Exception as err:  # noqa: BLE001 - a benchmark row reports the failure
         out["status"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
+    wall = time.perf_counter() - t0
     inf = problem.influence
-    out.update(wall_s=time.perf_counter() - t0, dose_s=dose_s, nnz=inf.nnz, beamlets=inf.n_beamlets,
-               opt_voxels=problem.n_opt_voxels or sum(problem.patient.structure(n).n_voxels
-                                                      for n in ("PTV", "Core", "Ring", "Tissue")),
+    # the first-order path keeps no voxel sets on the problem: count the structures' union
+    union = np.unique(np.concatenate([problem.voxel_set(n, "all").voxel_index
+                                      for n in ("PTV", "Core", "Ring", "Tissue")]))
+    out.update(wall_s=wall, dose_s=dose_s, nnz=inf.nnz, beamlets=inf.n_beamlets,
+               opt_voxels=problem.n_opt_voxels or len(union),
                peak_MB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
     return out
 
