@@ -218,7 +218,8 @@ def _certificate(solver: str, options: dict) -> str:
 
 def _versions(solver: str) -> dict[str, str]:
     out = {"cvxpy": cp.__version__}
-    dist = {"CLARABEL": "clarabel", "OSQP": "osqp", "SCS": "scs", "ECOS": "ecos", "HIGHS": "highspy"}
+    dist = {"CLARABEL": "clarabel", "OSQP": "osqp", "SCS": "scs", "ECOS": "ecos", "HIGHS": "highspy",
+            "PIQP": "piqp", "MPAX": "mpax", "PDHCG": "pdhcg"}
     if solver in dist:
         try:
             out[dist[solver]] = importlib.metadata.version(dist[solver])
