@@ -48,7 +48,7 @@ def test_rows_kept_are_those_a_term_can_act_on(graded):
         rho = [1.0 for _ in hard]
         f = fo._Objective(model, lam, rho)
         x = np.full(inf.n_beamlets, 0.4)
-        ws = WorkingSet.build(model, f, x, threads=1)
+        ws = WorkingSet.build(model, f, x)
         # by hand: the OAR rows whose total dose reaches the threshold when scaled up by
         # 1 + PROBE, and every target row (the squared deviation acts everywhere)
         dose = problem.fractions * (A @ x)

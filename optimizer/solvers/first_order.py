@@ -181,6 +181,7 @@ class Model:
     pool: object = None
     n_aux: int = 0  # auxiliary (free) variables of the robust worst cases, after the weights
     working: object = None  # the rows the objective multiplies (:class:`.working_set.WorkingSet`)
+    threads: int = 1  # product threads of the operators (row blocks); the working set's copies too
 
     @cached_property
     def epigraph_terms(self) -> list:
@@ -204,10 +205,13 @@ class Model:
     def matvec(self, x, full: bool = True):
         """K x, every block, stacked (float64). ``full=False``: only the rows of the working set
         (:mod:`.working_set`) are multiplied, the others keep their value from when it was made."""
-        xp = self.xp
         ws = None if full else self.working
-        ys = [ws.matvec(i, x, self.pool) if ws is not None and ws.restricted(i) else op.matvec(x, self.pool)
-              for i, op in enumerate(self.operators)]
+        return self.stack([ws.matvec(i, x, self.pool) if ws is not None and ws.restricted(i)
+                           else op.matvec(x, self.pool) for i, op in enumerate(self.operators)])
+
+    def stack(self, ys):
+        """The stacked blocks of the operators' products ``ys`` (one per operator)."""
+        xp = self.xp
         ys = [xp.concatenate([y, xp.zeros(1)]) for y in ys]
         parts = [ys[o][rows] for o, rows in self.block_rows]
         return xp.concatenate(parts) if parts else xp.zeros(0)
@@ -340,7 +344,7 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "float64", thr
     threaded = xp is np and threads > 1 and any(op.parts for op in operators)
     pool = ThreadPoolExecutor(threads) if threaded else None
     return Model(operators, block_rows, terms, problem.influence.n_beamlets, xp,
-                 time.perf_counter() - t0, pool, n_aux)
+                 time.perf_counter() - t0, pool, n_aux, threads=threads)
 
 
 def _array_module(device: str):
@@ -514,7 +518,6 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
     z, mu, rho_e, scale, lower = _lift(model, x, scale, curvature, settings.rho0, warm)
     # restricted row copies pay on the CPU, where the products are the cost (not on a GPU)
     use_working_set = settings.working_set and xp is np and model.n_rows > 0
-    model_threads = settings.threads or min(2, os.cpu_count() or 1)
     shares = []
     for outer in range(1, settings.max_outer + 1):
         f = _Objective(model, lam, rho, mu, rho_e)
@@ -538,17 +541,17 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         for rebuild in range(MAX_REBUILDS + 1):
             model.working = None
             if use_working_set and rebuild < MAX_REBUILDS:
-                model.working = WorkingSet.build(model, f, z, model_threads)
+                model.working = WorkingSet.build(model, f, z)
                 shares.append(model.working.share)
             grow[0] = False
             z = _inner_solve(f, z, inner, settings.max_inner, xp, scale, ftol, certified, settings.memory,
                              lower)
-            if model.working is None or not (grow[0] or model.working.invalid(
-                    model, f, _forms_at(model, z[:model.n_beamlets]), z)):
+            blocks = _forms_at(model, z[:model.n_beamlets])  # full: for the check and the certificate
+            if model.working is None or not (grow[0] or model.working.invalid(model, f, blocks, z)):
                 break
         model.working = None
         evals += f.evals
-        lam_new, mu, cert = _update_and_certify(model, z, lam, rho, mu, rho_e)
+        lam_new, mu, cert = _update_and_certify(model, z, lam, rho, mu, rho_e, blocks)
         history.append({"outer": outer, "evals": f.evals, **{k: cert[k] for k in
                                                               ("max_violation", "rel_gap", "kkt")}})
         if settings.verbose:
@@ -659,7 +662,8 @@ def _diagonal_scaling(model: Model):
 
 
 #: inexact augmented Lagrangian: an inner round ends when the hard violation, above tolerance,
-#: changed by less than this fraction over the last two checks (C-shape 6 mm: 1827 -> see README)
+#: changed by less than this fraction over the last three checks (C-shape 6 mm: 1827 -> 1298
+#: evaluations)
 STALL_FRACTION = 0.02
 
 

@@ -28,35 +28,37 @@ class WorkingSet:
     """Per operator of a :class:`~.first_order.Model`: ``None`` (all rows multiplied) or the
     active rows, their own operator and the full product at the point where the set was made."""
 
-    def __init__(self, parts: list, share: float):
+    def __init__(self, parts: list, frozen: list, share: float):
         self.parts = parts
+        self.frozen = frozen  # per operator: None, or a mask of the rows left out (+ the pad row)
         self.share = share  # non-zeros multiplied / all non-zeros
 
     @classmethod
-    def build(cls, model, objective, z, threads: int):
+    def build(cls, model, objective, z):
         """The working set at ``z`` for the augmented Lagrangian ``objective`` (its multipliers
         and penalties decide which hard-term rows act)."""
         from .first_order import _Operator
 
         x = z[:model.n_beamlets]
         ys = [op.matvec(x, model.pool) for op in model.operators]
-        padded = [model.xp.concatenate([y, model.xp.zeros(1)]) for y in ys]
-        active = _active_rows(model, objective, [padded[o][rows] for o, rows in model.block_rows], z)
-        parts, used = [], 0
+        active = _active_rows(model, objective, model.split(model.stack(ys)), z)
+        parts, frozen, used = [], [], 0
         for op, y, mask in zip(model.operators, ys, active):
             rows = np.flatnonzero(mask[:-1])
             nnz = _nnz(op, rows)
             if nnz > MAX_SHARE * op.nnz:
                 parts.append(None)
+                frozen.append(None)
                 used += op.nnz
                 continue
-            parts.append((rows, _Operator(op.M[rows], op.factor, model.xp, threads), y))
+            parts.append((rows, _Operator(op.M[rows], op.factor, model.xp, model.threads), y))
+            frozen.append(~mask)
+            frozen[-1][-1] = False  # the pad row ('no beamlet reaches') reads 0 and never acts
             used += nnz
-        return cls(parts, used / max(model.nnz, 1))
+        return cls(parts, frozen, used / max(model.nnz, 1))
 
     def matvec(self, i: int, x, pool):
-        part = self.parts[i]
-        rows, op, stale = part
+        rows, op, stale = self.parts[i]
         y = stale.copy()
         y[rows] = op.matvec(x, pool)
         return y
@@ -70,12 +72,7 @@ class WorkingSet:
 
     def invalid(self, model, objective, blocks, z) -> bool:
         """True when a row outside the set acts at the full forms ``blocks`` (at ``z``)."""
-        frozen = [None if p is None else np.ones(op.n_rows + 1, dtype=bool)
-                  for p, op in zip(self.parts, model.operators)]
-        for f, p in zip(frozen, self.parts):
-            if f is not None:
-                f[p[0]] = False
-                f[-1] = False
+        frozen = self.frozen
         _, gy, _, _ = objective.at_forms(blocks, z[:model.n_beamlets], z[model.n_beamlets:])
         for (o, rows), g in zip(model.block_rows, gy):
             if frozen[o] is not None and np.any(frozen[o][rows[g != 0]]):
