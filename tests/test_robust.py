@@ -4,16 +4,15 @@ solves written here, the first-order path, evaluation and bad input."""
 import cvxpy as cp
 import numpy as np
 import pytest
-import scipy.sparse as sp
+from conftest import make_scenario_toy
 
 from objectives import MaxDose, SquaredOverdose, SquaredUnderdose
 from objectives.errors import TermError
 from objectives.robust import Robust, scenario_form
-from optimizer import Grid, InfluenceMatrix, Patient, PlanProblem, Structure, phantoms
+from optimizer import PlanProblem, Structure, phantoms
 from optimizer.beams.photon import PhotonBeams
 from optimizer.beams.proton import ProtonBeams
 from optimizer.errors import PlanError
-from optimizer.influence import InfluenceSet
 from optimizer.robust.scenarios import Scenario, nominal9, scenario_list, set21
 
 FX = 5
@@ -93,25 +92,7 @@ def test_standard_scenario_sets():
 def _tiny(n_scen=3, seed=1):
     """1 x 2 x 6 grid: target T (row 0), OAR O (row 1), 4 beamlets, random nominal and scenario
     matrices (each scenario: the nominal one perturbed by up to +-30 %)."""
-    grid = Grid((1, 2, 6), (3.0, 3.0, 3.0))
-    t = np.zeros(grid.shape, bool)
-    t[0, 0] = True
-    o = np.zeros(grid.shape, bool)
-    o[0, 1] = True
-    patient = Patient(grid, np.zeros(grid.shape), [Structure("T", t, "target"), Structure("O", o, "oar")])
-    rng = np.random.default_rng(seed)
-    A = np.vstack([rng.uniform(0.5, 1.5, (6, 4)), rng.uniform(0.0, 0.6, (6, 4))]).astype(np.float32)
-    table = {"beam": np.zeros(4, int), "row": np.zeros(4, int), "col": np.arange(4)}
-    rows = np.arange(12)
-
-    def inf(M):
-        return InfluenceMatrix(sp.csr_matrix(M), rows, grid, table, [])
-
-    mats = [A] + [(A * rng.uniform(0.7, 1.3, A.shape)).astype(np.float32) for _ in range(n_scen - 1)]
-    out = InfluenceSet(inf(A))
-    for k, M in enumerate(mats):
-        out.add_form(scenario_form(k), inf(M))
-    return patient, out, [M.astype(float) for M in mats]
+    return make_scenario_toy(1, 1, 6, 4, 0.6, (0.7, 1.3), n_scen, seed)
 
 
 def _solve(patient, inf, terms, solver="CLARABEL"):

@@ -6,13 +6,12 @@ with hard robust limits; warm starts after a weight change; the terms it cannot 
 import cvxpy as cp
 import numpy as np
 import pytest
-import scipy.sparse as sp
+from conftest import make_scenario_toy
 
 from objectives import MaxDose, SquaredDeviation, SquaredOverdose, SquaredUnderdose
-from objectives.robust import Robust, scenario_form
-from optimizer import Grid, InfluenceMatrix, Patient, PlanProblem, Structure
+from objectives.robust import Robust
+from optimizer import PlanProblem
 from optimizer.errors import SolverError
-from optimizer.influence import InfluenceSet
 from optimizer.solvers import first_order as fo
 
 FX = 5
@@ -23,25 +22,7 @@ RX, OAR_SOFT = 50.0, 10.0  # Gy, total course
 def _case(n_scen=4, seed=0):
     """T (20 voxels) and O (20 voxels), 8 beamlets; scenario s: the nominal matrix with every
     entry scaled by an independent factor in [0.75, 1.25] (an exaggerated range/setup error)."""
-    grid = Grid((1, 4, 10), (3.0, 3.0, 3.0))
-    t = np.zeros(grid.shape, bool)
-    t[0, :2] = True
-    o = np.zeros(grid.shape, bool)
-    o[0, 2:] = True
-    patient = Patient(grid, np.zeros(grid.shape), [Structure("T", t, "target"), Structure("O", o, "oar")])
-    rng = np.random.default_rng(seed)
-    A = np.vstack([rng.uniform(0.5, 1.5, (NT, NB)), rng.uniform(0.0, 0.7, (NO, NB))]).astype(np.float32)
-    table = {"beam": np.zeros(NB, int), "row": np.zeros(NB, int), "col": np.arange(NB)}
-    rows = np.arange(NT + NO)
-
-    def inf(M):
-        return InfluenceMatrix(sp.csr_matrix(M), rows, grid, table, [])
-
-    mats = [A] + [(A * rng.uniform(0.75, 1.25, A.shape)).astype(np.float32) for _ in range(n_scen - 1)]
-    out = InfluenceSet(inf(A))
-    for k, M in enumerate(mats):
-        out.add_form(scenario_form(k), inf(M))
-    return patient, out, [M.astype(float) for M in mats]
+    return make_scenario_toy(2, 2, 10, NB, 0.7, (0.75, 1.25), n_scen, seed)  # NT = NO = 2 x 10
 
 
 def _problem(patient, inf, terms):
