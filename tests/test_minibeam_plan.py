@@ -54,17 +54,26 @@ def test_pvdr_min_by_hand():
     assert PVDRMin("S", 2.0, PEAK, VALLEY).violation_values(q, CTX)[0] == pytest.approx(-2.0)
 
 
-def test_optimizer_meets_valley_limit_a_uniform_array_misses():
-    # OAR (entrance, depth 10-20 mm) in front of a target at 40-50 mm, 0.6 mm beams at 3 mm
-    g = Grid((1, 70, 80), (2.0, 1.0, 0.25), (0.0, -10.0, -9.875))
-    z, y, x = np.meshgrid(*g.axes_mm(), indexing="ij")
-    tgt = (y >= 40) & (y <= 50) & (np.abs(x) <= 4)
-    oar = (y >= 0) & (y <= 10) & (np.abs(x) <= 4)
+def _entrance_case(n_depth, n_lateral, target_from_mm, half_width_mm, field_mm):
+    """Fine slab (2 x 1 x 0.25 mm, y from -10 mm along the beam, x centred): an OAR at y = 0-10 mm
+    in front of a target at y = ``target_from_mm`` to + 10 mm, both ``half_width_mm`` either side;
+    0.6 mm focused proton minibeams at 3 mm. Returns the patient, the two masks, the influence."""
+    g = Grid((1, n_depth, n_lateral), (2.0, 1.0, 0.25), (0.0, -10.0, -0.125 * (n_lateral - 1)))
+    _, y, x = np.meshgrid(*g.axes_mm(), indexing="ij")
+    tgt = (y >= target_from_mm) & (y <= target_from_mm + 10.0) & (np.abs(x) <= half_width_mm)
+    oar = (y >= 0) & (y <= 10) & (np.abs(x) <= half_width_mm)
     p = Patient(g, np.zeros(g.shape, np.float32), [Structure("Body", np.ones(g.shape, bool)),
                                                    Structure("T", tgt, "target"),
                                                    Structure("OAR", oar, "oar")])
-    inf = ProtonMinibeams(0, MinibeamPattern(0.6, 3.0), layer_spacing_mm=3.0, field_mm=9,
+    inf = ProtonMinibeams(0, MinibeamPattern(0.6, 3.0), layer_spacing_mm=3.0, field_mm=field_mm,
                           length_mm=20).influence(p)
+    return p, tgt, oar, inf
+
+
+def test_optimizer_meets_valley_limit_a_uniform_array_misses():
+    # OAR (entrance, depth 10-20 mm) in front of a target at 40-50 mm, 0.6 mm beams at 3 mm
+    p, tgt, oar, inf = _entrance_case(70, 80, 40.0, 4.0, field_mm=9)
+    g = p.grid
     _, valley = peak_valley_masks(g, inf)
     # uniform weights scaled to a 10 Gy target mean
     d = np.zeros(g.n_voxels)
@@ -90,15 +99,8 @@ def test_bed_limit_on_valley_structure(tmp_path):
     from objectives.radiobiology import LQ
     from optimizer.evaluate.pvdr import add_peak_valley_structures
 
-    g = Grid((1, 60, 60), (2.0, 1.0, 0.25), (0.0, -10.0, -7.375))
-    z, y, x = np.meshgrid(*g.axes_mm(), indexing="ij")
-    tgt = (y >= 30) & (y <= 40) & (np.abs(x) <= 3)
-    oar = (y >= 0) & (y <= 10) & (np.abs(x) <= 3)
-    p = Patient(g, np.zeros(g.shape, np.float32), [Structure("Body", np.ones(g.shape, bool)),
-                                                   Structure("T", tgt, "target"),
-                                                   Structure("OAR", oar, "oar")])
-    inf = ProtonMinibeams(0, MinibeamPattern(0.6, 3.0), layer_spacing_mm=3.0, field_mm=6,
-                          length_mm=20).influence(p)
+    p, tgt, oar, inf = _entrance_case(60, 60, 30.0, 3.0, field_mm=6)
+    g = p.grid
     assert inf.beams[0]["delivery"] == "focused" and inf.modality == "minibeam"
     peak_name, valley_name = add_peak_valley_structures(p, "OAR", inf)
     _, valley = peak_valley_masks(g, inf)
