@@ -25,47 +25,46 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import importlib.metadata
 import multiprocessing as mp
 import platform
 import resource
 import time
 
 #: (label, solver, max_voxels_per_structure (None: every voxel), solve options, set-up run in the
-#: case's process first (a key of SETUPS, or None), distribution whose version is shown).
+#: case's process first (a key of SETUPS, or None)).
 CASES = [
-    ("CLARABEL", "CLARABEL", None, {}, None, "clarabel"),
-    ("FIRST_ORDER", "FIRST_ORDER", None, {}, None, None),
-    ("CLARABEL sampled", "CLARABEL", 1500, {}, None, "clarabel"),
+    ("CLARABEL", "CLARABEL", None, {}, None),
+    ("FIRST_ORDER", "FIRST_ORDER", None, {}, None),
+    ("CLARABEL sampled", "CLARABEL", 1500, {}, None),
     ("OSQP eps1e-4", "OSQP", None, {"eps_abs": 1e-4, "eps_rel": 1e-4, "max_iter": 200000,
-                                    "polishing": True}, None, "osqp"),
+                                    "polishing": True}, None),
     ("OSQP eps1e-5", "OSQP", None, {"eps_abs": 1e-5, "eps_rel": 1e-5, "max_iter": 200000,
-                                    "polishing": True}, None, "osqp"),
+                                    "polishing": True}, None),
     ("OSQP eps1e-6", "OSQP", None, {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iter": 400000,
-                                    "polishing": True}, None, "osqp"),
-    ("SCS direct 1e-4", "SCS", None, {"eps_abs": 1e-4, "eps_rel": 1e-4}, None, "scs"),
+                                    "polishing": True}, None),
+    ("SCS direct 1e-4", "SCS", None, {"eps_abs": 1e-4, "eps_rel": 1e-4}, None),
     ("SCS direct 1e-6", "SCS", None, {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iters": 200000},
-     None, "scs"),
+     None),
     ("SCS indirect 1e-4", "SCS", None, {"eps_abs": 1e-4, "eps_rel": 1e-4, "use_indirect": True},
-     None, "scs"),
+     None),
     ("SCS indirect 1e-6", "SCS", None, {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iters": 200000,
-                                        "use_indirect": True}, None, "scs"),
-    ("PIQP", "PIQP", None, {"compute_timings": True}, None, "piqp"),
-    ("HIGHS", "HIGHS", None, {}, None, "highspy"),
+                                        "use_indirect": True}, None),
+    ("PIQP", "PIQP", None, {"compute_timings": True}, None),
+    ("HIGHS", "HIGHS", None, {}, None),
     ("MPAX raPDHG 1e-4", "MPAX", None, {"algorithm": "raPDHG", "eps_abs": 1e-4, "eps_rel": 1e-4},
-     None, "mpax"),
+     None),
     ("MPAX raPDHG 1e-6", "MPAX", None, {"algorithm": "raPDHG", "eps_abs": 1e-6, "eps_rel": 1e-6},
-     None, "mpax"),
+     None),
     ("MPAX r2HPDHG 1e-6", "MPAX", None, {"algorithm": "r2HPDHG", "eps_abs": 1e-6, "eps_rel": 1e-6},
-     None, "mpax"),
+     None),
     ("MPAX raPDHG 1e-4 x64", "MPAX", None, {"algorithm": "raPDHG", "eps_abs": 1e-4, "eps_rel": 1e-4},
-     "jax_x64", "mpax"),
+     "jax_x64"),
     ("MPAX raPDHG 1e-6 x64", "MPAX", None, {"algorithm": "raPDHG", "eps_abs": 1e-6, "eps_rel": 1e-6},
-     "jax_x64", "mpax"),
+     "jax_x64"),
     ("PDHCG cpu 1e-4", "PDHCG", None, {"device": "cpu", "opt_tol": 1e-4, "feas_tol": 1e-4},
-     "pdhcg", "pdhcg"),
+     "pdhcg"),
     ("PDHCG cpu 1e-6", "PDHCG", None, {"device": "cpu", "opt_tol": 1e-6, "feas_tol": 1e-6},
-     "pdhcg", "pdhcg"),
+     "pdhcg"),
 ]
 
 
@@ -160,13 +159,13 @@ def _run(args):
     return out
 
 
-def _version(dist):
-    if dist is None:
+def _version(solver):
+    """The solver's version (the cvxpy back end's own record of it), or None: not installed."""
+    if solver == "FIRST_ORDER":
         return "bioplan"
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    from optimizer.solvers.cvxpy_backend import _versions
+
+    return next((v for k, v in _versions(solver).items() if k != "cvxpy"), None)
 
 
 def _fmt(row) -> str:
@@ -202,12 +201,12 @@ def main(argv=None):
     print(f"machine: {platform.machine()}, {mp.cpu_count()} cores, Python {platform.python_version()} "
           f"(measured {time.strftime('%Y-%m-%d')}); C-shape {args.spacing_mm:g} mm, {args.beams} beams, "
           f"5 mm beamlets, smoothness {args.smoothness:g}")
-    versions = {c[1]: _version(c[5]) for c in cases}
+    versions = {c[1]: _version(c[1]) for c in cases}
     print("versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items()))
     print(_fmt([c for c, _ in COLUMNS]), flush=True)
     ctx = mp.get_context("spawn")
     ref = None  # (objective, wall_s) of CLARABEL on the full voxel set
-    for label, solver, max_vox, options, setup, _dist in cases:
+    for label, solver, max_vox, options, setup in cases:
         if versions[solver] is None:
             print(f"{label:>20} | not installed", flush=True)
             continue
