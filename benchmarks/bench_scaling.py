@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -71,9 +72,8 @@ class Layout:
         self.radius = self.side * VOXEL_MM / 2
         self.m = max(1, int(round(2 * self.radius / BEAMLET_PITCH_MM)))
         self.pitch = 2 * self.radius / self.m
-        c = (np.arange(self.side) - (self.side - 1) / 2) * VOXEL_MM
-        z, y, x = np.meshgrid(c, c, c, indexing="ij")
-        self.body = (x ** 2 + y ** 2 <= self.radius ** 2)
+        x, y, _ = self.coords(np.arange(self.side ** 3))
+        self.body = (x ** 2 + y ** 2 <= self.radius ** 2).reshape((self.side,) * 3)
         self.voxel_index = np.flatnonzero(self.body.ravel())
         self.reach = self._calibrated_reach()
         self.sigma = self.reach / 3.0
@@ -217,10 +217,11 @@ def load_case(case_dir: str):
     local = np.arange(m * m)
     beams = [{"gantry_deg": 360.0 * b / BEAMS, "couch_deg": 0.0, "isocenter_mm": [0.0, 0.0, 0.0],
               "map_shape": [m, m]} for b in range(BEAMS)]
-    inf = InfluenceMatrix(A, np.load(os.path.join(case_dir, "voxel_index.npy")), synthetic_patient(lay).grid,
+    patient = synthetic_patient(lay)
+    inf = InfluenceMatrix(A, np.load(os.path.join(case_dir, "voxel_index.npy")), patient.grid,
                           {"beam": np.repeat(np.arange(BEAMS), m * m), "row": np.tile(local // m, BEAMS),
                            "col": np.tile(local % m, BEAMS)}, beams)
-    return synthetic_patient(lay), inf
+    return patient, inf
 
 
 def planning_terms():
@@ -260,9 +261,23 @@ def _solve(case_dir: str, options: dict) -> dict:
                    max_violation=s["max_violation"], rel_gap=s["rel_gap"], kkt=s["kkt"], inner=s["inner"],
                    matrix_dtype=s["matrix_dtype"], working_set_share=s.get("working_set_share"))
     except Exception as err:  # noqa: BLE001 - a benchmark row reports the failure
-        out.update(status=f"failed: {type(err).__name__}: {str(err)[:300]}", evals=0)
+        out.update(status=f"failed: {type(err).__name__}: {str(err)[:300]}", **_residuals(str(err)))
     out["solve_s"] = time.perf_counter() - t0
+    out.setdefault("solver_s", out["solve_s"])  # a failed solve: the wall time per evaluation
     return out
+
+
+def _residuals(message: str) -> dict:
+    """Evaluations and the certificate reached, read from the first-order solver's SolverError
+    message ("... (N evaluations): max hard violation V (...), relative gap G ..."); 0 / NaN
+    where the message does not say."""
+    found = {}
+    for key, pattern, cast in (("evals", r"\((\d+) evaluations\)", int),
+                               ("max_violation", r"max hard violation ([-+.\deEinfa]+)", float),
+                               ("rel_gap", r"relative gap ([-+.\deEinfa]+)", float)):
+        hit = re.search(pattern, message)
+        found[key] = cast(hit.group(1)) if hit else (0 if key == "evals" else float("nan"))
+    return found
 
 
 def _worker(kind: str, case_dir: str, params: dict) -> None:
@@ -367,6 +382,8 @@ def main(argv=None):
         sizes = [CLINICAL]
     else:
         sizes = list(args.sizes or SIZES)
+        if min(sizes) < 1000:
+            ap.error(f"--sizes: expected body voxel counts >= 1000, got {min(sizes)}")
         if args.clinical:
             sizes.append(CLINICAL)
     options = {k: v for k, v in (("matrix_dtype", args.matrix_dtype), ("inner", args.inner)) if v}

@@ -138,6 +138,18 @@ def test_case_files_removed_on_failure(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_size():
+def test_bad_size(capsys):
     with pytest.raises(ValueError, match="n_voxels"):
         bench.Layout(10)
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "500"])
+    assert "--sizes: expected body voxel counts >= 1000, got 500" in capsys.readouterr().err
+
+
+def test_failed_solve_row_keeps_the_residuals_reached():
+    msg = ("first-order solver: no certified optimum after 40 outer iterations (2988 evaluations): "
+           "max hard violation 0.00162 (tolerance 0.01), relative gap 4.34e-03 (tolerance 0.0001), "
+           "KKT residual 1.30e-03; try solver='CLARABEL'")
+    assert bench._residuals(msg) == {"evals": 2988, "max_violation": 0.00162, "rel_gap": 4.34e-3}
+    r = bench._residuals("out of memory")
+    assert r["evals"] == 0 and np.isnan(r["max_violation"]) and np.isnan(r["rel_gap"])
