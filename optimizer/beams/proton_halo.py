@@ -15,31 +15,56 @@ integrate to 1 each).
 * **Halo weight w(z)**: the dose carried by charged nuclear secondaries. Bortfeld's analytic
   depth dose (Med Phys 1997;24:2024, eq. 16) already splits the IDD into the stopping of the
   primaries that are left, r^(1/p - 1) + beta r^(1/p), and the energy that nonelastic nuclear
-  interactions hand to charged secondaries which stop nearby, gamma beta p r^(1/p) (beta = 0.012
-  /cm fluence loss, gamma = 0.6 of the released energy deposited, r the residual range). The halo
-  weight is that second term's share of the IDD, both Gaussian-smeared over the range spread:
+  interactions hand to charged secondaries, gamma beta p r^(1/p) (beta = 0.012 /cm fluence loss,
+  gamma = 0.6 of the released energy deposited, r the residual range). Its share of the IDD, both
+  Gaussian-smeared over the range spread, is the weight where the secondaries are in equilibrium:
 
-      w(z) = gamma beta p E[r^(1/p)] / E[r^(1/p - 1) + (beta + gamma beta p) r^(1/p)].
+      w_B(z) = gamma beta p E[r^(1/p)] / E[r^(1/p - 1) + (beta + gamma beta p) r^(1/p)]
 
-  It is 14 % at the entrance of a 150 MeV beam (20 % at 230 MeV), 8 % at mid-range and falls to
-  ~1 % in the Bragg peak, where the primaries' stopping dominates: the "several % to ~15 %" of
-  the dose that Pedroni et al. (PMB 2005;50:541) and Soukup et al. (PMB 2005;50:5089) assign to
-  the nuclear component (REFERENCES.md).
+  (14 % at the entrance of a 150 MeV beam, 20 % at 230 MeV, 8 % at mid-range, ~1 % in the Bragg
+  peak: the "several % to ~15 %" of Pedroni et al., PMB 2005;50:541, and Soukup et al., PMB
+  2005;50:5089; REFERENCES.md).
+* **Entrance build-up of the halo weight**: Bortfeld's term deposits the released energy where it
+  is released. The charged secondaries (mostly protons: elastic scattering on H, elastic,
+  inelastic and nonelastic interactions with O; Gottschalk et al., PMB 2015;60:5627) carry it
+  downstream, so near the surface the halo dose has not built up. With secondaries released at a
+  nearly constant rate over the first centimetres and each depositing its energy uniformly over
+  the next L mm, the deposited share rises linearly to Bortfeld's value at z = L:
+
+      w(z) = w_B(z) min(z / L, 1),   L = HALO_BUILDUP_MM = 38 mm,
+
+  and the core carries the rest (1 - w), so the IDD is unchanged. Independent Monte Carlo evidence
+  for the build-up: the wide Gaussian of matRad's MC-fitted generic proton machine
+  (matRad/basedata/protons_Generic.mat, github.com/e0404/matRad at commit 3d984091, as in
+  optimizer/beams/data/proton_mc_reference.json; our reading of its weight / sigma2 tables) holds
+  0.07-0.7 % of the dose at 1 mm depth at 100-230 MeV and rises over centimetres (its weight /
+  w_B: 0.03-0.06 at 5 mm, 0.10-0.16 at 15 mm, 0.24-0.33 at 29 mm). L is a fit, not a published
+  constant: rms of log(model / MC PVDR) over the 42 points of the six 125 MeV focused minibeam
+  arrays of Corvino et al. (TOPAS; data/minibeam_pvdr_reference.json), grid L = 20-60 mm x
+  minimum halo sigma 2-4 mm; flat optimum at L = 38-45 mm, the lower end taken, which is also
+  below half the range of every beam >= 100 MeV (mid-range keeps w_B). Held out: the 175 / 230 MeV
+  arrays and the 28 peak / valley depth-dose arrays of the same source
+  (tests/test_minibeam_reference.py).
 * **Halo width**: the secondaries leave at large angles, so the halo widens with the depth
-  travelled. Gottschalk et al. (PMB 2015;60:5627, "On the nuclear halo of a proton pencil beam
-  stopping in water") find the halo radius to be roughly one third of the range. We take the
-  radius as two halo sigmas and let the halo's own spread grow linearly with depth:
+  travelled. Gottschalk et al. (PMB 2015;60:5627) find the halo radius to be roughly one third of
+  the range. We take the radius as two halo sigmas and let the halo's own spread grow linearly
+  with depth, but never below a minimum:
 
-      s_halo(z)^2 = s_core(z)^2 + (k min(z, R0))^2,   k = 1/6 (HALO_GROWTH),
+      s_halo(z)^2 = s_core(z)^2 + max(k min(z, R0), s_min)^2,
+      k = 1/6 (HALO_GROWTH),   s_min = 3 mm (HALO_MIN_SIGMA_MM),
 
-  so at the end of the range 2 s_halo ~ R0 / 3. At the surface the halo is as narrow as the core
-  (the secondaries have not yet travelled), which plays the part of the halo's build-up.
+  so at the end of the range 2 s_halo ~ R0 / 3. The minimum: the secondaries that reach a shallow
+  depth were already thrown out at large angles, so the halo is not as narrow as the core there
+  (matRad's MC-fitted wide Gaussian has a sigma of 14-21 mm at 1 mm depth); 3 mm is fitted with
+  L above (same data and procedure). It acts only where k z < 3 mm, i.e. in the first 18 mm of
+  every beam.
 
 Limitations: one Gaussian halo (Gottschalk's "aura" of neutral secondaries, < 1e-3 of the dose
 and reaching metres, is not modelled; neither is the in-air halo of the nozzle, which is a beam
 line property); water only (in the patient the halo scales with WEPL like the core); k is our
-reading of Gottschalk's "one third of the range" (verify against your machine's measured
-field-size factors).
+reading of Gottschalk's "one third of the range"; L and s_min are fitted to minibeam PVDRs of one
+Monte Carlo study (slit length and valley mask not stated there; verify the entrance valley
+against your machine's measurements, and its field-size factors).
 """
 
 from __future__ import annotations
@@ -54,19 +79,34 @@ from . import proton_physics as pp
 #: at the end of the range (Gottschalk et al., PMB 2015;60:5627: "the halo radius is roughly one
 #: third of the beam range").
 HALO_GROWTH = 1.0 / 6.0
+#: Depth over which the halo weight builds up linearly to Bortfeld's local-deposition value, mm
+#: (water). A fit: rms of log(model / Monte Carlo PVDR) over the six 125 MeV focused minibeam arrays
+#: of Corvino et al. (TOPAS; data/minibeam_pvdr_reference.json), optimum flat at 38-45 mm, lower end
+#: taken (module docstring); the build-up itself is seen in matRad's MC-fitted generic machine.
+HALO_BUILDUP_MM = 38.0
+#: Smallest halo sigma beyond the core, mm (water): same fit as HALO_BUILDUP_MM (module docstring).
+HALO_MIN_SIGMA_MM = 3.0
 
 
-def halo_weight(energy_MeV: float, depth_mm, energy_spread_pct: float = pp.DEFAULT_ENERGY_SPREAD_PCT):
-    """Fraction of the IDD carried by the nuclear halo at water-equivalent ``depth_mm`` (module
-    docstring): Bortfeld's locally deposited nuclear-secondary term over the whole IDD, 0-1,
-    dimensionless; 0 where the IDD vanishes (far beyond the range)."""
+def halo_weight(energy_MeV: float, depth_mm, energy_spread_pct: float = pp.DEFAULT_ENERGY_SPREAD_PCT,
+                buildup: bool = True):
+    """Fraction of the IDD carried by the nuclear halo at water-equivalent ``depth_mm`` (mm; module
+    docstring), 0-1, dimensionless: Bortfeld's nuclear-secondary term over the whole IDD times the
+    entrance build-up :func:`halo_buildup` (``buildup=False``: Bortfeld's local-deposition share
+    alone); 0 where the IDD vanishes (far beyond the range)."""
     e = pp._scalar_energy(energy_MeV)
     sigma = pp.range_straggling_sigma_mm(e, energy_spread_pct)
-    w = _halo_weight(e, np.asarray(depth_mm, dtype=float), sigma)
+    w = _halo_weight(e, np.asarray(depth_mm, dtype=float), sigma, buildup)
     return float(w) if w.ndim == 0 else w
 
 
-def _halo_weight(energy: float, depth_mm: np.ndarray, sigma_mm: float) -> np.ndarray:
+def halo_buildup(depth_mm):
+    """Entrance build-up of the halo weight at water-equivalent ``depth_mm`` (mm):
+    min(z / HALO_BUILDUP_MM, 1), 0 at and above the surface, dimensionless (module docstring)."""
+    return np.clip(np.asarray(depth_mm, dtype=float) / HALO_BUILDUP_MM, 0.0, 1.0)
+
+
+def _halo_weight(energy: float, depth_mm: np.ndarray, sigma_mm: float, buildup: bool = True) -> np.ndarray:
     r0_cm = pp.csda_range_mm(energy) / 10.0
     p, beta, gam = pp.BK_P, pp.NUCLEAR_BETA_PER_CM, pp.NUCLEAR_GAMMA
     sigma_cm = sigma_mm / 10.0
@@ -78,12 +118,15 @@ def _halo_weight(energy: float, depth_mm: np.ndarray, sigma_mm: float) -> np.nda
     nucl = gam * beta * p * power
     with np.errstate(invalid="ignore", divide="ignore"):
         w = np.where(total > 0, nucl / np.where(total > 0, total, 1.0), 0.0)
+    if buildup:
+        w = w * halo_buildup(depth_mm)
     return np.clip(w, 0.0, 1.0)
 
 
 def halo_sigma_mm(energy_MeV: float, depth_mm, sigma_air_mm: float = pp.DEFAULT_SPOT_SIGMA_AIR_MM):
     """Lateral 1-sigma of the nuclear halo at water-equivalent depth, mm: the core sigma and
-    :data:`HALO_GROWTH` x depth (held at the range beyond it) in quadrature."""
+    :data:`HALO_GROWTH` x depth (held at the range beyond it; at least
+    :data:`HALO_MIN_SIGMA_MM`) in quadrature."""
     e = pp._scalar_energy(energy_MeV)
     z = np.asarray(depth_mm, dtype=float)
     s = _halo_sigma(e, z, np.asarray(pp.lateral_sigma_mm(e, z, sigma_air_mm)))
@@ -92,7 +135,7 @@ def halo_sigma_mm(energy_MeV: float, depth_mm, sigma_air_mm: float = pp.DEFAULT_
 
 def _halo_sigma(energy: float, depth_mm: np.ndarray, core_mm: np.ndarray) -> np.ndarray:
     """:func:`halo_sigma_mm` from an already computed core sigma (validated inputs, mm)."""
-    grow = HALO_GROWTH * np.clip(depth_mm, 0.0, pp.csda_range_mm(energy))
+    grow = np.maximum(HALO_GROWTH * np.clip(depth_mm, 0.0, pp.csda_range_mm(energy)), HALO_MIN_SIGMA_MM)
     return np.sqrt(core_mm**2 + grow**2)
 
 
