@@ -41,15 +41,18 @@ from threadpoolctl import threadpool_limits
 from objectives.errors import TermError
 
 from ..errors import SolverError
+from . import products
 from .epigraph import Epigraph, is_worst_case, unsupported_reason
 from .working_set import WorkingSet
 
-#: Matrix precision of the products. "float64" (default) multiplies a double-precision copy of
-#: the influence rows: near the optimum the inner line searches compare objective values that
-#: differ in the 8th digit, below float32 resolution. "float32" multiplies the float32
-#: influence matrices where they lie (no copy: 8 instead of 20 bytes per non-zero held, ~1.2x
-#: faster products) but certifies less often (measured: the 8 mm C-shape stalls at a relative
-#: gap of ~1e-4); a failure is a SolverError as always.
+#: Storage precision of the matrices the products read; the arithmetic is float64 either way.
+#: "float64" (default) multiplies a double-precision copy with SciPy (20 bytes per non-zero
+#: held). "float32" multiplies the float32 influence matrices where they lie (no copy: 8 bytes
+#: per non-zero) with the compiled kernels of :mod:`.products`, which accumulate in float64; it
+#: is for memory (clinical size), not speed (a product takes about as long as SciPy's float64
+#: one, measured). Float32 arithmetic is not offered: it stalled the line searches near the
+#: optimum (C-shape: relative gap stuck at 1e-4 to 1e-1). Without Numba, and on the GPU,
+#: "float32" falls back to the float64 copy.
 MATRIX_DTYPES = ("float32", "float64")
 
 
@@ -64,7 +67,7 @@ class Settings:
     max_inner: int = 3000  # inner evaluations per outer round (6 mm C-shape: ~3000 needed)
     inner: str = "auto"  # "lbfgsb" (CPU), "spg" (CPU or GPU), "auto": lbfgsb on CPU, spg on GPU
     device: str = "cpu"
-    matrix_dtype: str = "float64"  # precision of the products (see MATRIX_DTYPES)
+    matrix_dtype: str = "float64"  # storage of the matrices the products read (see MATRIX_DTYPES)
     threads: int = 0  # product threads on the CPU; 0: one per core
     # L-BFGS-B correction pairs; C-shape evaluations at 20 / 50: 294 / 195 (8 mm), 1964 / 1729
     # (6 mm, equal time), 1865 / 2109 (4 mm example): no size wins everywhere
@@ -120,7 +123,9 @@ class _Operator:
         self.M, self.factor, self.xp = M, float(factor), xp
         self.n_rows = M.shape[0]
         self.parts, self.edges = [], [0, self.n_rows]
-        if xp is np and threads > 1 and M.nnz > 1_000_000:
+        # float32 storage: the compiled float64-accumulating kernels (threaded themselves)
+        self.kernel = products.Float32Product(M, threads) if xp is np and M.dtype == np.float32 else None
+        if self.kernel is None and xp is np and threads > 1 and M.nnz > 1_000_000:
             bounds = np.searchsorted(M.indptr, np.linspace(0, M.nnz, threads + 1)[1:-1])
             self.edges = [0, *[int(b) for b in bounds], self.n_rows]
             self.parts = [_csr_rows_view(M, a, b) for a, b in zip(self.edges[:-1], self.edges[1:])]
@@ -130,6 +135,8 @@ class _Operator:
         return int(self.M.nnz)
 
     def matvec(self, x, pool):
+        if self.kernel is not None:
+            return self.factor * self.kernel.matvec(x, pool)
         xm = x.astype(self.M.dtype, copy=False)
         if pool is None or not self.parts:
             y = self.M @ xm
@@ -138,6 +145,8 @@ class _Operator:
         return self.factor * y.astype(np.float64, copy=False)
 
     def rmatvec(self, r, pool):
+        if self.kernel is not None:
+            return self.factor * self.kernel.rmatvec(r, pool)
         rm = r.astype(self.M.dtype, copy=False)
         if pool is None or not self.parts:
             g = self.M.T @ rm
@@ -320,6 +329,8 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "float64", thr
             n_aux += size
         else:
             terms.append(_Term(term, ctx, blocks, term.hard))
+    if matrix_dtype == "float32" and (xp is not np or not products.available()):
+        matrix_dtype = "float64"  # SciPy / CuPy would multiply in float32: the exact float64 copy instead
     dtype = np.dtype(matrix_dtype)
     operators = []
     for o, M in enumerate(mats):
@@ -341,7 +352,7 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "float64", thr
             M = csp.csr_matrix(M)
         operators.append(_Operator(M, float(problem.fractions), xp, threads))
     block_rows = [(o, xp.asarray(rows)) for o, rows in block_rows]
-    threaded = xp is np and threads > 1 and any(op.parts for op in operators)
+    threaded = xp is np and threads > 1 and any(op.parts or op.kernel is not None for op in operators)
     pool = ThreadPoolExecutor(threads) if threaded else None
     return Model(operators, block_rows, terms, problem.influence.n_beamlets, xp,
                  time.perf_counter() - t0, pool, n_aux, threads=threads)

@@ -1,0 +1,94 @@
+"""Sparse products of the first-order solver: a float32 CSR matrix, float64 arithmetic.
+
+The influence matrices are stored in float32 (8 bytes per non-zero with the int32 column
+index). SciPy multiplies a float32 matrix by a float64 vector only after converting the
+matrix's values to float64 (a copy per product: 2.3x the time of a float64 product, measured),
+and float32 arithmetic is too coarse for the solver's line searches and certificate (the
+C-shape stalls at a relative gap of 1e-4 to 1e-1). These kernels read the float32 values and
+accumulate every product in float64: the result is the float64 product of the stored matrix
+(to float64 rounding), the matrix is never copied, and a product reads 8 instead of 12 bytes
+per non-zero.
+
+``K x`` runs over row ranges in the solver's thread pool (the kernels release the GIL; no
+Numba threading layer); ``K^T r`` gives each range its own accumulator of one value per column
+(columns are beamlets: few), sums them, and skips the rows where r is 0 (voxels no term acts
+on). Compiled by Numba on first use (cached on disk where the package is writable).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba as _nb
+except ImportError:  # pragma: no cover - numba is a dependency; SciPy stays the fallback
+    _nb = None
+
+#: row ranges per thread in K^T r (more ranges than threads evens out unequal rows)
+RANGES_PER_THREAD = 4
+
+
+def available() -> bool:
+    """True when the compiled kernels can run (Numba imported)."""
+    return _nb is not None
+
+
+if _nb is not None:
+    @_nb.njit(cache=True, nogil=True)
+    def _matvec(indptr, indices, data, x, lo, hi, out):  # pragma: no cover - compiled
+        for i in range(lo, hi):
+            acc = 0.0
+            for k in range(indptr[i], indptr[i + 1]):
+                acc += np.float64(data[k]) * x[indices[k]]
+            out[i] = acc
+
+    @_nb.njit(cache=True, nogil=True)
+    def _rmatvec(indptr, indices, data, r, lo, hi, acc):  # pragma: no cover - compiled
+        acc[:] = 0.0
+        for i in range(lo, hi):
+            ri = r[i]
+            if ri != 0.0:
+                for k in range(indptr[i], indptr[i + 1]):
+                    acc[indices[k]] += np.float64(data[k]) * ri
+
+
+class Float32Product:
+    """``M @ x`` and ``M.T @ r`` in float64 for a float32 CSR matrix ``M`` (not copied), over
+    row ranges of about equal non-zeros run in a thread pool (the kernels release the GIL)."""
+
+    def __init__(self, M, threads: int):
+        if not available():
+            raise RuntimeError("numba is not installed: the float32 kernels need it (pip install numba)")
+        self.indptr, self.indices, self.data, self.shape = M.indptr, M.indices, M.data, M.shape
+        ranges = max(1, int(threads)) * RANGES_PER_THREAD if M.nnz > 1_000_000 else 1
+        cuts = np.searchsorted(M.indptr, np.linspace(0, M.nnz, ranges + 1)[1:-1])
+        bounds = np.unique(np.concatenate([[0], cuts, [M.shape[0]]])).astype(np.int64)
+        self.ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+        self._buf = None
+
+    def matvec(self, x, pool=None):
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        out = np.empty(self.shape[0])
+        args = (self.indptr, self.indices, self.data, x)
+        if pool is None or len(self.ranges) == 1:
+            for lo, hi in self.ranges:
+                _matvec(*args, lo, hi, out)
+        else:
+            for job in [pool.submit(_matvec, *args, lo, hi, out) for lo, hi in self.ranges]:
+                job.result()
+        return out
+
+    def rmatvec(self, r, pool=None):
+        r = np.ascontiguousarray(r, dtype=np.float64)
+        if self._buf is None:
+            self._buf = np.empty((len(self.ranges), self.shape[1]))
+        args = (self.indptr, self.indices, self.data, r)
+        if pool is None or len(self.ranges) == 1:
+            for (lo, hi), acc in zip(self.ranges, self._buf):
+                _rmatvec(*args, lo, hi, acc)
+        else:
+            jobs = [pool.submit(_rmatvec, *args, lo, hi, acc)
+                    for (lo, hi), acc in zip(self.ranges, self._buf)]
+            for job in jobs:
+                job.result()
+        return self._buf.sum(axis=0)
