@@ -33,8 +33,11 @@ def test_products_equal_float64_products_of_the_stored_matrix(threads, monkeypat
             x = rng.random(A.shape[1]) * 1e3
             r = rng.standard_normal(A.shape[0])
             r[rng.random(A.shape[0]) < 0.5] = 0.0  # rows no term acts on are skipped
+            rows = np.flatnonzero(rng.random(A.shape[0]) < 0.3)  # a working set of rows
             for use in (None, pool):
                 y, g = P.matvec(x, use), P.rmatvec(r, use)
+                np.testing.assert_allclose(P.matvec_rows(x, rows, use), (ref @ x)[rows], rtol=1e-12,
+                                           atol=1e-9 * np.abs(y).max())
                 assert y.dtype == g.dtype == np.float64
                 # float64 accumulation: agreement to float64 rounding, not float32 (1e-7)
                 np.testing.assert_allclose(y, ref @ x, rtol=1e-12, atol=1e-9 * np.abs(y).max())

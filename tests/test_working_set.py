@@ -83,10 +83,13 @@ def test_solves_with_and_without_the_working_set_agree(graded):
     ref = _problem(patient, inf).solve(solver="CLARABEL")
     on = _problem(patient, inf).solve(solver="FIRST_ORDER")
     off = _problem(patient, inf).solve(solver="FIRST_ORDER", working_set=False)
-    for plan in (on, off):
+    # float32 storage: the working set's rows are multiplied in place by the kernels
+    in_place = _problem(patient, inf).solve(solver="FIRST_ORDER", matrix_dtype="float32")
+    for plan in (on, off, in_place):
         s = plan.solver
         assert s["status"] == "optimal" and s["max_violation"] <= 0.01 and s["rel_gap"] <= 1e-4
         assert s["objective"] == pytest.approx(ref.solver["objective"], rel=1e-3)
         assert plan.structure_dose("O").max() <= 12.0 + 0.01
     assert on.solver["working_set_share"] and min(on.solver["working_set_share"]) < 1.0
     assert off.solver["working_set_share"] == []
+    assert min(in_place.solver["working_set_share"]) < 1.0

@@ -43,6 +43,15 @@ if _nb is not None:
             out[i] = acc
 
     @_nb.njit(cache=True, nogil=True)
+    def _matvec_rows(indptr, indices, data, x, rows, lo, hi, out):  # pragma: no cover - compiled
+        for j in range(lo, hi):
+            i = rows[j]
+            acc = 0.0
+            for k in range(indptr[i], indptr[i + 1]):
+                acc += np.float64(data[k]) * x[indices[k]]
+            out[j] = acc
+
+    @_nb.njit(cache=True, nogil=True)
     def _rmatvec(indptr, indices, data, r, lo, hi, acc):  # pragma: no cover - compiled
         acc[:] = 0.0
         for i in range(lo, hi):
@@ -76,6 +85,23 @@ class Float32Product:
         else:
             for job in [pool.submit(_matvec, *args, lo, hi, out) for lo, hi in self.ranges]:
                 job.result()
+        return out
+
+    def matvec_rows(self, x, rows, pool=None):
+        """(M @ x)[rows] without copying those rows (the solver's working set)."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        out = np.empty(len(rows))
+        args = (self.indptr, self.indices, self.data, x, rows)
+        parts = len(self.ranges)
+        if pool is None or parts == 1 or len(rows) < 2:
+            _matvec_rows(*args, 0, len(rows), out)
+            return out
+        nnz = np.cumsum(self.indptr[rows + 1] - self.indptr[rows])
+        cuts = np.searchsorted(nnz, np.linspace(0, nnz[-1], parts + 1)[1:-1])
+        bounds = np.unique(np.concatenate([[0], cuts, [len(rows)]])).tolist()
+        for job in [pool.submit(_matvec_rows, *args, lo, hi, out) for lo, hi in zip(bounds[:-1], bounds[1:])]:
+            job.result()
         return out
 
     def rmatvec(self, r, pool=None):

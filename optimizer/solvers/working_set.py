@@ -51,7 +51,11 @@ class WorkingSet:
                 frozen.append(None)
                 used += op.nnz
                 continue
-            parts.append((rows, _Operator(op.M[rows], op.factor, model.xp, model.threads), y))
+            # float32 kernels multiply the rows in place; otherwise a copy of them (pays back
+            # within a few products)
+            sub = _RowsInPlace(op, rows) if op.kernel is not None else \
+                _Operator(op.M[rows], op.factor, model.xp, model.threads)
+            parts.append((rows, sub, y))
             frozen.append(~mask)
             frozen[-1][-1] = False  # the pad row ('no beamlet reaches') reads 0 and never acts
             used += nnz
@@ -78,6 +82,22 @@ class WorkingSet:
             if frozen[o] is not None and np.any(frozen[o][rows[g != 0]]):
                 return True
         return False
+
+
+class _RowsInPlace:
+    """Rows ``rows`` of an operator with float32 kernels, multiplied where they lie (no copy:
+    the memory stays that of the influence matrix)."""
+
+    def __init__(self, op, rows):
+        self.op, self.rows = op, rows
+
+    def matvec(self, x, pool):
+        return self.op.factor * self.op.kernel.matvec_rows(x, self.rows, pool)
+
+    def rmatvec(self, r, pool):
+        full = np.zeros(self.op.n_rows)
+        full[self.rows] = r  # the kernel skips the zero rows
+        return self.op.factor * self.op.kernel.rmatvec(full, pool)
 
 
 def _nnz(op, rows) -> int:
