@@ -373,7 +373,7 @@ def main(argv=None):
                     help="body voxel counts to run instead of the defaults (>= 1000 each)")
     ap.add_argument("--matrix-dtype", default=None, choices=["float64", "float32"],
                     help="precision of the solver's products (default: the solver's)")
-    ap.add_argument("--inner", default=None, choices=["auto", "lbfgsb", "newton", "spg"],
+    ap.add_argument("--inner", default=None, choices=["auto", "lbfgsb", "spg"],
                     help="the solver's inner method (default: the solver's)")
     ap.add_argument("--timeout-s", type=float, default=1800.0, help="per process (build, solve)")
     ap.add_argument("--tmp-dir", default=None, help="where the matrices are written (default: the system's)")
