@@ -216,9 +216,11 @@ class InfluenceMatrix:
     # -- dose --------------------------------------------------------------------------------
     def dose_per_fraction(self, weights: np.ndarray) -> np.ndarray:
         """Dose per fraction on the full grid, Gy, ``[z, y, x]``."""
+        from .solvers.products import matvec64
+
         w = self._check_weights(weights)
         out = np.zeros(self.grid.n_voxels, dtype=np.float64)
-        out[self.voxel_index] = self.matrix @ w
+        out[self.voxel_index] = matvec64(self.matrix, w)  # float64, without a float64 matrix copy
         return out.reshape(self.grid.shape)
 
     def _check_weights(self, weights: np.ndarray) -> np.ndarray:

@@ -36,6 +36,8 @@ def test_products_equal_float64_products_of_the_stored_matrix(threads, monkeypat
             rows = np.flatnonzero(rng.random(A.shape[0]) < 0.3)  # a working set of rows
             for use in (None, pool):
                 y, g = P.matvec(x, use), P.rmatvec(r, use)
+                w = np.abs(r)
+                np.testing.assert_allclose(P.column_norms_sq(w, use), ref.multiply(ref).T @ w, rtol=1e-11)
                 np.testing.assert_allclose(P.matvec_rows(x, rows, use), (ref @ x)[rows], rtol=1e-12,
                                            atol=1e-9 * np.abs(y).max())
                 assert y.dtype == g.dtype == np.float64
@@ -64,3 +66,17 @@ def test_float32_storage_certifies_the_same_plan_as_float64():
     assert b["matrix_dtype"] == "float32"
     assert abs(a["objective"] - b["objective"]) <= 1e-3 * abs(a["objective"])
     assert b["max_violation"] <= 0.01 and b["rel_gap"] <= 1e-4
+
+
+def test_dose_from_weights_is_the_float64_product():
+    from optimizer.geometry import Grid
+    from optimizer.influence import InfluenceMatrix
+
+    M = _matrix(3, n_rows=60, n_cols=8)
+    grid = Grid((3, 4, 5), (2.0, 2.0, 2.0))
+    inf = InfluenceMatrix(M, np.arange(60), grid, {"beam": np.zeros(8, int), "row": np.zeros(8, int),
+                                                    "col": np.arange(8)}, [{"gantry_deg": 0.0}])
+    w = np.random.default_rng(2).random(8) * 100
+    dose = inf.dose_per_fraction(w).ravel()
+    np.testing.assert_allclose(dose, M.astype(np.float64) @ w, rtol=1e-13)
+    assert products.matvec64(M.tocsc(), w) == pytest.approx(M.astype(np.float64) @ w, rel=1e-12)

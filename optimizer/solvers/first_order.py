@@ -159,6 +159,8 @@ class _Operator:
     def column_norms_sq(self, row_weights):
         """sum_i row_weights_i (factor M_ij)^2 per column j, in row chunks (bounded memory)."""
         xp = self.xp
+        if self.kernel is not None:
+            return self.kernel.column_norms_sq(row_weights) * self.factor ** 2
         out = xp.zeros(self.M.shape[1])
         step = max(1, self.n_rows // 8)
         for a in range(0, self.n_rows, step):
