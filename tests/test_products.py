@@ -49,7 +49,7 @@ def test_products_equal_float64_products_of_the_stored_matrix(threads, monkeypat
     assert products.Float32Product(M, 1).data is M.data
 
 
-def test_float32_storage_certifies_the_same_plan_as_float64():
+def test_float32_storage_certifies_the_same_plan_as_float64(monkeypatch):
     from optimizer import PhotonBeams, PlanProblem, phantoms
 
     patient = phantoms.tg119_cshape(spacing_mm=12.0)
@@ -62,6 +62,12 @@ def test_float32_storage_certifies_the_same_plan_as_float64():
             problem += term
         plans[dtype] = problem.solve(solver="FIRST_ORDER", matrix_dtype=dtype)
     a, b = plans["float64"].solver, plans["float32"].solver
+    # "auto" (the default) stores float64 below FLOAT32_NNZ non-zeros and float32 from there on
+    import optimizer.solvers.first_order as fo
+
+    assert problem.solve(solver="FIRST_ORDER").solver["matrix_dtype"] == "float64"
+    monkeypatch.setattr(fo, "FLOAT32_NNZ", inf.nnz)
+    assert problem.solve(solver="FIRST_ORDER").solver["matrix_dtype"] == "float32"
     assert a["status"] == b["status"] == "optimal"
     assert b["matrix_dtype"] == "float32"
     assert abs(a["objective"] - b["objective"]) <= 1e-3 * abs(a["objective"])

@@ -46,15 +46,17 @@ from .epigraph import Epigraph, is_worst_case, unsupported_reason
 from .working_set import WorkingSet
 
 #: Storage precision of the matrices the products read; the arithmetic is float64 either way.
-#: "float64" (default) multiplies a double-precision copy with SciPy (20 bytes per non-zero
-#: held). "float32" multiplies the float32 influence matrices where they lie (no copy: 8 bytes
-#: per non-zero) with the compiled kernels of :mod:`.products`, which accumulate in float64; it
-#: is for memory (clinical size), not speed (a product takes about as long as SciPy's float64
-#: one, measured). Float32 arithmetic is not offered: it stalled the line searches near the
-#: optimum (C-shape: relative gap stuck at 1e-4 to 1e-1). Without Numba, and on the GPU,
-#: "float32" falls back to the float64 copy.
-MATRIX_DTYPES = ("float32", "float64")
-
+#: "float64" multiplies a double-precision copy with SciPy (20 bytes per non-zero held).
+#: "float32" multiplies the float32 influence matrices where they lie (no copy: 8 bytes per
+#: non-zero) with the compiled kernels of :mod:`.products`, which accumulate in float64; it is
+#: for memory, not speed (C-shape 4 mm: 24.8 vs 22.4 ms per evaluation). "auto" (default) picks
+#: float32 from FLOAT32_NNZ non-zeros on. Float32 arithmetic is not offered: it stalled the line
+#: searches near the optimum (C-shape: relative gap stuck at 1e-4 to 1e-1). Without Numba, and on
+#: the GPU, "float32" falls back to the float64 copy.
+MATRIX_DTYPES = ("auto", "float32", "float64")
+#: "auto" stores float32 from this many non-zeros on (the float64 copy would hold 2.4 GB at 200 M
+#: non-zeros, the issue's clinical size); below, float64 is a little faster
+FLOAT32_NNZ = 30_000_000
 
 @dataclass
 class Settings:
@@ -67,7 +69,7 @@ class Settings:
     max_inner: int = 3000  # inner evaluations per outer round (6 mm C-shape: ~3000 needed)
     inner: str = "auto"  # "lbfgsb" (CPU), "spg" (CPU or GPU), "auto": lbfgsb on CPU, spg on GPU
     device: str = "cpu"
-    matrix_dtype: str = "float64"  # storage of the matrices the products read (see MATRIX_DTYPES)
+    matrix_dtype: str = "auto"  # storage of the matrices the products read (see MATRIX_DTYPES)
     threads: int = 0  # product threads on the CPU; 0: one per core
     # L-BFGS-B correction pairs; C-shape evaluations at 20 / 50: 294 / 195 (8 mm), 1964 / 1729
     # (6 mm, equal time), 1865 / 2109 (4 mm example): no size wins everywhere
@@ -193,6 +195,7 @@ class Model:
     n_aux: int = 0  # auxiliary (free) variables of the robust worst cases, after the weights
     working: object = None  # the rows the objective multiplies (:class:`.working_set.WorkingSet`)
     threads: int = 1  # product threads of the operators (row blocks); the working set's copies too
+    matrix_dtype: str = "float64"  # storage the products read (MATRIX_DTYPES, "auto" resolved)
 
     @cached_property
     def epigraph_terms(self) -> list:
@@ -271,7 +274,7 @@ class Model:
             self.pool = None
 
 
-def build_model(problem, device: str = "cpu", matrix_dtype: str = "float64", threads: int = 0) -> Model:
+def build_model(problem, device: str = "cpu", matrix_dtype: str = "auto", threads: int = 0) -> Model:
     """The forms of every term over all voxels of its structure (no sampling). A base form of
     the influence set is one operator for all terms; its blocks pick rows of one product. The
     operator keeps only the rows some block reads, unless it can use the float32 influence
@@ -331,6 +334,8 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "float64", thr
             n_aux += size
         else:
             terms.append(_Term(term, ctx, blocks, term.hard))
+    if matrix_dtype == "auto":
+        matrix_dtype = "float32" if sum(int(M.nnz) for M in mats) >= FLOAT32_NNZ else "float64"
     if matrix_dtype == "float32" and (xp is not np or not products.available()):
         matrix_dtype = "float64"  # SciPy / CuPy would multiply in float32: the exact float64 copy instead
     dtype = np.dtype(matrix_dtype)
@@ -357,7 +362,7 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "float64", thr
     threaded = xp is np and threads > 1 and any(op.parts or op.kernel is not None for op in operators)
     pool = ThreadPoolExecutor(threads) if threaded else None
     return Model(operators, block_rows, terms, problem.influence.n_beamlets, xp,
-                 time.perf_counter() - t0, pool, n_aux, threads=threads)
+                 time.perf_counter() - t0, pool, n_aux, threads=threads, matrix_dtype=matrix_dtype)
 
 
 def _array_module(device: str):
@@ -611,7 +616,7 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         "device": settings.device,
         "opt_voxels": int(sum(len(t.ctx.volumes) for t in model.terms if t.term.structure is not None)),
         "nnz": model.nnz,
-        "matrix_dtype": settings.matrix_dtype,
+        "matrix_dtype": model.matrix_dtype,
         "aux_variables": model.n_aux,
         # non-zeros multiplied per evaluation / all non-zeros, per working set built
         "working_set_share": [round(v, 3) for v in shares],
