@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     patient = phantom()
     proton = ProtonMinibeams(0, MinibeamPattern(0.7, 3.0), field_mm=15, length_mm=8, layer_spacing_mm=3.0)
-    pplan, pinf, pres, pblock, pt = plan_one(patient, proton, "proton", valley_limit_Gy=1.3, pvdr_min=5.0)
+    pplan, pinf, pres, pblock, pt = plan_one(patient, proton, "proton", valley_limit_Gy=1.15, pvdr_min=5.0)
     photon = PhotonMinibeams(0, MinibeamPattern(0.5, 2.0), field_mm=15, length_mm=8,
                              collimator=SlitCollimator(thickness_mm=50.0))
     fplan, finf, fres, fblock, ft = plan_one(patient, photon, "photon", valley_limit_Gy=4.0)
