@@ -41,7 +41,7 @@ from threadpoolctl import threadpool_limits
 from objectives.errors import TermError
 
 from ..errors import SolverError
-from . import products
+from . import newton_lm, products
 from .epigraph import Epigraph, is_worst_case, unsupported_reason
 from .working_set import WorkingSet
 
@@ -67,7 +67,9 @@ class Settings:
     kkt_tol: float = 1e-4  # relative KKT residual of x >= 0
     max_outer: int = 40
     max_inner: int = 3000  # inner evaluations per outer round (6 mm C-shape: ~3000 needed)
-    inner: str = "auto"  # "lbfgsb" (CPU), "spg" (CPU or GPU), "auto": lbfgsb on CPU, spg on GPU
+    # "lbfgsb" (CPU), "newton" (CPU; damped Newton for spot problems, :mod:`.newton_lm`), "spg"
+    # (CPU or GPU); "auto": lbfgsb on the CPU, spg on the GPU
+    inner: str = "auto"
     device: str = "cpu"
     matrix_dtype: str = "auto"  # storage of the matrices the products read (see MATRIX_DTYPES)
     threads: int = 0  # product threads on the CPU; 0: one per core
@@ -97,8 +99,8 @@ class Settings:
             if not ok:
                 raise SolverError(f"{name}: expected an integer >= {low}, got {value!r}")
             setattr(self, name, int(float(value)))
-        if self.inner not in ("auto", "lbfgsb", "spg"):
-            raise SolverError(f"inner: expected 'auto', 'lbfgsb' or 'spg', got {self.inner!r}")
+        if self.inner not in ("auto", "lbfgsb", "newton", "spg"):
+            raise SolverError(f"inner: expected 'auto', 'lbfgsb', 'newton' or 'spg', got {self.inner!r}")
         if not isinstance(self.device, str):
             raise SolverError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")
         if self.matrix_dtype not in MATRIX_DTYPES:
@@ -528,8 +530,12 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
     inner = settings.inner
     if inner == "auto":
         inner = "lbfgsb" if xp is np else "spg"
-    if inner == "lbfgsb" and xp is not np:
-        raise SolverError("inner='lbfgsb' runs on the CPU only; use inner='spg' with device='cuda'")
+    if inner in ("lbfgsb", "newton") and xp is not np:
+        raise SolverError(f"inner={inner!r} runs on the CPU only; use inner='spg' with device='cuda'")
+    if inner == "newton" and model.n_aux:
+        raise SolverError("inner='newton' does not take robust worst-case terms (their epigraph "
+                          "variables); use inner='lbfgsb'")
+    newton_state = {}  # the Newton damping, carried from one outer round to the next
     history, evals, prev_viol, prev_epi = [], 0, np.inf, np.inf
     cert = None
     scale, curvature = _diagonal_scaling(model) if model.n_rows else (xp.ones(n), 1.0)
@@ -562,8 +568,15 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
                 model.working = WorkingSet.build(model, f, z)
                 shares.append(model.working.share)
             grow[0] = False
-            z = _inner_solve(f, z, inner, settings.max_inner, xp, scale, ftol, certified, settings.memory,
-                             lower)
+            if inner == "newton":
+                def presolve(x, evals, f=f, ftol=ftol, certified=certified, scale=scale):
+                    return _inner_solve(f, x, "lbfgsb", evals, xp, scale, ftol, certified, settings.memory,
+                                        lower)
+
+                z = newton_lm.inner_solve(f, z, settings.max_inner, ftol, certified, presolve, newton_state)
+            else:
+                z = _inner_solve(f, z, inner, settings.max_inner, xp, scale, ftol, certified, settings.memory,
+                                 lower)
             blocks = _forms_at(model, z[:model.n_beamlets])  # full: for the check and the certificate
             if model.working is None or not (grow[0] or model.working.invalid(model, f, blocks, z)):
                 break
