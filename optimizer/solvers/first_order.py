@@ -236,12 +236,7 @@ class Model:
         """K^T r for a stacked r (float64); ``full=False``: the working set's rows only (r is
         zero on the others when the working set is valid)."""
         xp = self.xp
-        acc = [xp.zeros(op.n_rows + 1) for op in self.operators]
-        for (o, rows), (a, b) in zip(self.block_rows, zip(self.offsets[:-1], self.offsets[1:])):
-            if xp is np:
-                acc[o] += np.bincount(rows, weights=r[a:b], minlength=len(acc[o]))
-            else:
-                xp.add.at(acc[o], rows, r[a:b])
+        acc = self.unstack(self.split(r))
         g = xp.zeros(self.n_beamlets)
         ws = None if full else self.working
         for i, (op, a) in enumerate(zip(self.operators, acc)):
@@ -253,15 +248,25 @@ class Model:
         """Norms of the columns of K, rows weighted: sqrt(sum_i w_i K_ij^2) with ``block_weights``
         one array per block (default all 1: the Euclidean norms)."""
         xp = self.xp
+        if block_weights is None:
+            block_weights = [xp.ones(len(rows)) for _, rows in self.block_rows]
         total = xp.zeros(self.n_beamlets)
-        for o, op in enumerate(self.operators):
-            counts = xp.zeros(op.n_rows + 1)
-            for b, (oo, rows) in enumerate(self.block_rows):
-                if oo == o:
-                    w = None if block_weights is None else xp.asarray(block_weights[b], dtype=float)
-                    counts += xp.bincount(rows, weights=w, minlength=op.n_rows + 1)
+        for op, counts in zip(self.operators, self.unstack(block_weights)):
             total += op.column_norms_sq(counts[:-1])
         return xp.sqrt(total)
+
+    def unstack(self, parts) -> list:
+        """The transpose of :meth:`stack`: per operator, the values ``parts`` (one array per
+        block) summed onto its rows (length n_rows + 1, the last the 'no beamlet' pad row)."""
+        xp = self.xp
+        acc = [xp.zeros(op.n_rows + 1) for op in self.operators]
+        for (o, rows), part in zip(self.block_rows, parts):
+            part = xp.asarray(part, dtype=float)
+            if xp is np:
+                acc[o] += np.bincount(rows, weights=part, minlength=len(acc[o]))
+            else:
+                xp.add.at(acc[o], rows, part)
+        return acc
 
     def split(self, y) -> list:
         off = self.offsets

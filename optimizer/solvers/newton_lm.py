@@ -67,11 +67,7 @@ def row_curvature(model, f, blocks, x, rng, shift: float = 0.0):
 def _weighted_rows(model, rows_curv):
     """sqrt(D) K per operator (CSC, only rows with D > 0): its Gram on columns C is K_C^T D K_C."""
     out = []
-    for o, op in enumerate(model.operators):
-        d = np.zeros(op.n_rows + 1)
-        for b, (oo, rows) in enumerate(model.block_rows):
-            if oo == o:
-                d += np.bincount(rows, weights=rows_curv[b], minlength=op.n_rows + 1)
+    for op, d in zip(model.operators, model.unstack(rows_curv)):
         rows = np.flatnonzero(d[:-1] > 0)
         if len(rows):
             out.append((sp.diags(np.sqrt(d[rows]) * op.factor) @ op.M[rows].astype(np.float64)).tocsc())
