@@ -107,21 +107,31 @@ class Float32Product:
                 job.result()
         return out
 
-    def matvec_rows(self, x, rows, pool=None):
-        """(M @ x)[rows] without copying those rows (the solver's working set)."""
+    def row_ranges(self, rows) -> list:
+        """Ranges of positions in ``rows`` with about equal non-zeros, one per range of the
+        matrix (made once per row subset: :meth:`matvec_rows` reuses them)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(self.ranges) == 1 or len(rows) < 2:
+            return [(0, len(rows))]
+        nnz = np.cumsum(self.indptr[rows + 1] - self.indptr[rows])
+        cuts = np.searchsorted(nnz, np.linspace(0, nnz[-1], len(self.ranges) + 1)[1:-1])
+        bounds = np.unique(np.concatenate([[0], cuts, [len(rows)]])).tolist()
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def matvec_rows(self, x, rows, pool=None, ranges=None):
+        """(M @ x)[rows] without copying those rows (the solver's working set); ``ranges``:
+        :meth:`row_ranges` of ``rows``, made here when not given."""
         x = np.ascontiguousarray(x, dtype=np.float64)
         rows = np.ascontiguousarray(rows, dtype=np.int64)
+        ranges = self.row_ranges(rows) if ranges is None else ranges
         out = np.empty(len(rows))
         args = (self.indptr, self.indices, self.data, x, rows)
-        parts = len(self.ranges)
-        if pool is None or parts == 1 or len(rows) < 2:
-            _matvec_rows(*args, 0, len(rows), out)
-            return out
-        nnz = np.cumsum(self.indptr[rows + 1] - self.indptr[rows])
-        cuts = np.searchsorted(nnz, np.linspace(0, nnz[-1], parts + 1)[1:-1])
-        bounds = np.unique(np.concatenate([[0], cuts, [len(rows)]])).tolist()
-        for job in [pool.submit(_matvec_rows, *args, lo, hi, out) for lo, hi in zip(bounds[:-1], bounds[1:])]:
-            job.result()
+        if pool is None or len(ranges) == 1:
+            for lo, hi in ranges:
+                _matvec_rows(*args, lo, hi, out)
+        else:
+            for job in [pool.submit(_matvec_rows, *args, lo, hi, out) for lo, hi in ranges]:
+                job.result()
         return out
 
     def rmatvec(self, r, pool=None):

@@ -90,9 +90,10 @@ class _RowsInPlace:
 
     def __init__(self, op, rows):
         self.op, self.rows = op, rows
+        self.ranges = op.kernel.row_ranges(rows)  # the thread split, once per set
 
     def matvec(self, x, pool):
-        return self.op.factor * self.op.kernel.matvec_rows(x, self.rows, pool)
+        return self.op.factor * self.op.kernel.matvec_rows(x, self.rows, pool, self.ranges)
 
     def rmatvec(self, r, pool):
         full = np.zeros(self.op.n_rows)
