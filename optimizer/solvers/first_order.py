@@ -555,11 +555,13 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         ftol = 1e-13 if near else 1e-8
         seen, grow = [], [False]
 
-        def certified(zk, lam=lam, rho=rho, mu=mu, rho_e=rho_e, seen=seen, f=f, grow=grow):
+        def certified(zk, blocks=None, lam=lam, rho=rho, mu=mu, rho_e=rho_e, seen=seen, f=f, grow=grow):
             """Stop the inner solve as soon as its iterate certifies (checked every few steps),
             once the hard violation has stalled above tolerance (only a multiplier update moves
-            it), or when a row outside the working set has become active."""
-            blocks = _forms_at(model, zk[:model.n_beamlets])
+            it), or when a row outside the working set has become active. ``blocks``: the full
+            forms at ``zk`` where the caller has them."""
+            if blocks is None:
+                blocks = _forms_at(model, zk[:model.n_beamlets])
             _, _, cert_k = _update_and_certify(model, zk, lam, rho, mu, rho_e, blocks)
             seen.append((cert_k["max_violation"], cert_k["objective"]))
             if _meets(cert_k, settings) or _stalled(seen, cert_k, settings):

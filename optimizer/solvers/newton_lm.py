@@ -112,12 +112,13 @@ def inner_solve(f, x0, max_evals: int, ftol: float, certified, presolve, state: 
     """Minimise ``f`` (an augmented Lagrangian of :mod:`.first_order`, no auxiliary variables)
     over x >= 0 from ``x0``; ``certified(x)`` after every step may end it; ``presolve(x, evals)``
     runs L-BFGS-B; ``state["mu"]`` keeps the damping between calls. Returns x."""
+    from .first_order import _forms_at  # (first_order imports this module)
+
     model = f.m
     rng = np.random.default_rng(0)
     start = f.evals
     x = np.maximum(np.asarray(x0, dtype=float), 0.0)
-    from .first_order import _forms_at
-
+    # the full forms at x: for the curvature probe and the certificate check (one product each x)
     blocks = _forms_at(model, x)
     f.evals += 1  # the full product of the forms counts as an evaluation
     reach = [np.maximum(a, b) for a, b in zip(row_curvature(model, f, blocks, x, rng, REACH_SHIFT)[0],
@@ -130,11 +131,11 @@ def inner_solve(f, x0, max_evals: int, ftol: float, certified, presolve, state: 
     if int(((x > 0) | (g < 0)).sum()) > MAX_CANDIDATES:
         x = np.maximum(presolve(x, min(PRESOLVE_EVALS, max_evals)), 0.0)
         fx, g = f(x)
+        blocks = _forms_at(model, x)
+        f.evals += 1
     mu = state.get("mu") or MU0
     small = 0
     while f.evals - start < max_evals:
-        blocks = _forms_at(model, x)
-        f.evals += 1
         C = np.flatnonzero((x > 0) | (g < 0))
         curv, curv_x = row_curvature(model, f, blocks, x, rng)
         H = np.zeros((len(C), len(C)))
@@ -162,7 +163,9 @@ def inner_solve(f, x0, max_evals: int, ftol: float, certified, presolve, state: 
             break
         rel = (fx - fn) / max(abs(fx), 1e-300)
         x, fx, g = xn, fn, gn
-        if certified is not None and certified(x):
+        blocks = _forms_at(model, x)
+        f.evals += 1
+        if certified is not None and certified(x, blocks):
             break
         small = small + 1 if rel <= ftol else 0
         if small >= 3:
