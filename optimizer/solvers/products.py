@@ -36,14 +36,6 @@ def available() -> bool:
 
 if _nb is not None:
     @_nb.njit(cache=True, nogil=True)
-    def _matvec(indptr, indices, data, x, lo, hi, out):  # pragma: no cover - compiled
-        for i in range(lo, hi):
-            acc = 0.0
-            for k in range(indptr[i], indptr[i + 1]):
-                acc += np.float64(data[k]) * x[indices[k]]
-            out[i] = acc
-
-    @_nb.njit(cache=True, nogil=True)
     def _matvec_rows(indptr, indices, data, x, rows, lo, hi, out):  # pragma: no cover - compiled
         for j in range(lo, hi):
             i = rows[j]
@@ -93,19 +85,13 @@ class Float32Product:
         cuts = np.searchsorted(M.indptr, np.linspace(0, M.nnz, ranges + 1)[1:-1])
         bounds = np.unique(np.concatenate([[0], cuts, [M.shape[0]]])).astype(np.int64)
         self.ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-        self._buf = None
+        self._buf = self._all = None
 
     def matvec(self, x, pool=None):
-        x = np.ascontiguousarray(x, dtype=np.float64)
-        out = np.empty(self.shape[0])
-        args = (self.indptr, self.indices, self.data, x)
-        if pool is None or len(self.ranges) == 1:
-            for lo, hi in self.ranges:
-                _matvec(*args, lo, hi, out)
-        else:
-            for job in [pool.submit(_matvec, *args, lo, hi, out) for lo, hi in self.ranges]:
-                job.result()
-        return out
+        """M @ x (every row: the row subset of all rows, split as the matrix's ranges)."""
+        if self._all is None:
+            self._all = np.arange(self.shape[0], dtype=np.int64)
+        return self.matvec_rows(x, self._all, pool, self.ranges)
 
     def row_ranges(self, rows) -> list:
         """Ranges of positions in ``rows`` with about equal non-zeros, one per range of the
