@@ -272,7 +272,7 @@ def _residuals(message: str) -> dict:
     message ("... (N evaluations): max hard violation V (...), relative gap G ..."); 0 / NaN
     where the message does not say."""
     found = {}
-    for key, pattern, cast in (("evals", r"\((\d+) evaluations\)", int),
+    for key, pattern, cast in (("evals", r"\((\d+) evaluations", int),
                                ("max_violation", r"max hard violation ([-+.\deEinfa]+)", float),
                                ("rel_gap", r"relative gap ([-+.\deEinfa]+)", float)):
         hit = re.search(pattern, message)

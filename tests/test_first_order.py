@@ -70,6 +70,13 @@ def test_bad_input_and_non_convergence_are_named(toy):
         _problem(patient, inf).solve(solver="FIRST_ORDER", tolerance=1)
     with pytest.raises(SolverError, match=r"no certified optimum after 1 outer.*violation"):
         _problem(patient, inf).solve(solver="FIRST_ORDER", max_outer=1, max_inner=2)
+    for bad in (0, -1.0, "soon", True, float("inf")):
+        with pytest.raises(SolverError, match=r"time_limit_s: expected a number of seconds > 0 or None"):
+            _problem(patient, inf).solve(solver="FIRST_ORDER", time_limit_s=bad)
+    # past its time budget the solve stops at the next check and reports the residuals reached
+    with pytest.raises(SolverError, match=r"time limit of 1e-09 s reached after 1 outer iterations \(\d+ "
+                                          r"evaluations.*max hard violation .*relative gap .*KKT residual"):
+        _problem(patient, inf).solve(solver="FIRST_ORDER", time_limit_s=1e-9)
     # a soft linear penalty has no gradient: the fast path says so and names the term
     problem = _problem(patient, inf)
     problem += MeanDose("O", 3.0, weight=1.0)

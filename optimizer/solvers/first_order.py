@@ -78,6 +78,9 @@ class Settings:
     memory: int = 20
     rho0: float = 10.0  # initial penalty, relative to the soft terms' curvature
     working_set: bool = True  # multiply only the rows that can act in an inner solve (CPU)
+    # wall-clock budget of one solve, s (None: none): past it the solve stops at the next check
+    # (every CHECK_EVERY inner iterations) and raises SolverError with the residuals reached
+    time_limit_s: float | None = None
     verbose: bool = False
 
     def __post_init__(self):
@@ -90,6 +93,15 @@ class Settings:
             if not (np.isfinite(value) and value > 0):
                 raise SolverError(f"{name}: expected a finite number > 0, got {value!r}")
             setattr(self, name, value)
+        if self.time_limit_s is not None:
+            try:
+                limit = float(self.time_limit_s)
+            except (TypeError, ValueError):
+                limit = float("nan")
+            if isinstance(self.time_limit_s, bool) or not (np.isfinite(limit) and limit > 0):
+                raise SolverError(f"time_limit_s: expected a number of seconds > 0 or None, got "
+                                  f"{self.time_limit_s!r}")
+            self.time_limit_s = limit
         for name, low in (("max_outer", 1), ("max_inner", 1), ("threads", 0), ("memory", 1)):
             value = getattr(self, name)
             try:
@@ -548,6 +560,10 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
     # restricted row copies pay on the CPU, where the products are the cost (not on a GPU)
     use_working_set = settings.working_set and xp is np and model.n_rows > 0
     shares = []
+
+    def out_of_time() -> bool:
+        return settings.time_limit_s is not None and time.perf_counter() - t_start > settings.time_limit_s
+
     for outer in range(1, settings.max_outer + 1):
         f = _Objective(model, lam, rho, mu, rho_e)
         # inexact inner solves while the hard terms are far from feasible, tight once they hold
@@ -560,6 +576,8 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
             once the hard violation has stalled above tolerance (only a multiplier update moves
             it), or when a row outside the working set has become active. ``blocks``: the full
             forms at ``zk`` where the caller has them."""
+            if out_of_time():
+                return True
             if blocks is None:
                 blocks = _forms_at(model, zk[:model.n_beamlets])
             _, _, cert_k = _update_and_certify(model, zk, lam, rho, mu, rho_e, blocks)
@@ -598,6 +616,12 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         lam = lam_new
         if _meets(cert, settings):
             break
+        if out_of_time():
+            raise SolverError(
+                f"first-order solver: time limit of {settings.time_limit_s:g} s reached after {outer} "
+                f"outer iterations ({evals} evaluations, {time.perf_counter() - t_start:.1f} s) without a "
+                f"certified optimum: {_residuals(cert, settings)}; raise time_limit_s or try "
+                f"solver='CLARABEL'")
         # raise the penalty while the hard terms are violated beyond tolerance and the violation
         # does not shrink fast enough (standard augmented-Lagrangian safeguard)
         if cert["max_violation"] > settings.violation_tol and cert["max_violation"] > 0.25 * prev_viol:
@@ -619,9 +643,7 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
     else:
         raise SolverError(
             f"first-order solver: no certified optimum after {settings.max_outer} outer iterations "
-            f"({evals} evaluations): max hard violation {cert['max_violation']:.3g} (tolerance "
-            f"{settings.violation_tol:g}), relative gap {cert['rel_gap']:.2e} (tolerance "
-            f"{settings.gap_tol:g}), KKT residual {cert['kkt']:.2e}; try solver='CLARABEL'")
+            f"({evals} evaluations): {_residuals(cert, settings)}; try solver='CLARABEL'")
     x = z[:n]
     x_np = np.asarray(x.get() if hasattr(x, "get") else x, dtype=float)
     info = {
@@ -721,6 +743,13 @@ def _stalled(seen: list, cert: dict, settings: Settings) -> bool:
         return False
     recent = [v[1] for v in seen[-3:]]
     return max(recent) - min(recent) <= 0.1 * settings.gap_tol * max(abs(recent[-1]), 1e-12)
+
+
+def _residuals(cert: dict, settings: Settings) -> str:
+    """The certificate's residuals against their tolerances, for error messages."""
+    return (f"max hard violation {cert['max_violation']:.3g} (tolerance {settings.violation_tol:g}), "
+            f"relative gap {cert['rel_gap']:.2e} (tolerance {settings.gap_tol:g}), KKT residual "
+            f"{cert['kkt']:.2e} (tolerance {settings.kkt_tol:g})")
 
 
 def _meets(cert: dict, settings: Settings) -> bool:
