@@ -1,0 +1,89 @@
+"""L-BFGS-B memory (correction pairs, ``solve(..., memory=m)``) of the first-order solver against
+evaluations and seconds, photons against protons.
+
+Why: the inner problems of spot plans are ill-conditioned (lateral overlap of the spots of one
+beam: condition number ~3e8 after Jacobi scaling on the 8 mm proton case), and a longer
+quasi-Newton memory sees more of that curvature, at a cost per iteration that grows with m
+(SciPy's L-BFGS-B forms m x m and n x m products in every iteration).
+
+Cases (every voxel optimized, TG-119 C-shape terms of the examples):
+
+- ``photon6``: 6 mm grid, 9 photon beams, 5 mm beamlets, a small fluence smoothness term;
+- ``proton8``: 8 mm grid, 2 proton beams (90 / 270 deg), 5 mm spots, hard core D10 <= 24 Gy;
+- ``ct-photon`` / ``ct-proton``: the CT-size cases of ``bench_ct_targets.py`` (minutes each;
+  ct-proton tens of minutes).
+
+Each row is one cold solve (``warm_start=False``); columns: evaluations (one K x and one K^T r
+each), solve seconds, milliseconds per evaluation, the certified objective and relative gap, or
+the solver's error.
+
+Run:  python benchmarks/bench_lbfgs_memory.py [--cases photon6 proton8] [--memory 20 50 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+CASES = ("photon6", "proton8", "ct-photon", "ct-proton")
+
+
+def _problem(case: str):
+    from objectives import DVHMax, FluenceSmoothness
+    from optimizer import PhotonBeams, PlanProblem, ProtonBeams, phantoms
+
+    if case.startswith("ct-"):
+        import bench_ct_targets
+
+        return bench_ct_targets._problem(case[3:], "FIRST_ORDER", None)[2]
+    patient = phantoms.tg119_cshape(spacing_mm=6.0 if case == "photon6" else 8.0)
+    phantoms.add_cshape_helper_structures(patient)
+    if case == "photon6":
+        inf = PhotonBeams(range(0, 360, 40), beamlet_mm=5.0).influence(patient, target="PTV")
+    else:
+        inf = ProtonBeams((90.0, 270.0), spot_spacing_mm=5.0, margin_mm=3.0).influence(patient, target="PTV")
+    problem = PlanProblem(patient, inf, fractions=phantoms.TG119_CSHAPE_FRACTIONS,
+                          max_voxels_per_structure=None)
+    for term in phantoms.cshape_planning_terms():
+        problem += term
+    problem += FluenceSmoothness(weight=1e-3) if case == "photon6" else DVHMax("Core", 24.0, volume_pct=10)
+    return problem
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=["photon6", "proton8"], choices=CASES)
+    ap.add_argument("--memory", nargs="+", type=int, default=[20, 50, 100])
+    args = ap.parse_args(argv)
+
+    from optimizer.errors import SolverError
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()} "
+          f"(measured {time.strftime('%Y-%m-%d %H:%M')})")
+    cols = ["case", "beamlets", "nnz", "memory", "evals", "solve_s", "ms/eval", "objective", "rel_gap"]
+    print(" | ".join(f"{c:>9}" for c in cols))
+    for case in args.cases:
+        problem = _problem(case)
+        inf = problem.influence
+        for m in args.memory:
+            t0 = time.perf_counter()
+            try:
+                s = problem.solve(solver="FIRST_ORDER", memory=m, warm_start=False).solver
+            except SolverError as err:
+                print(f"{case:>9} | {inf.n_beamlets:>9} | {inf.nnz / 1e6:>7.2f} M | {m:>9} | failed after "
+                      f"{time.perf_counter() - t0:.0f} s: {str(err)[:160]}", flush=True)
+                continue
+            print(f"{case:>9} | {inf.n_beamlets:>9} | {inf.nnz / 1e6:>7.2f} M | {m:>9} | "
+                  f"{s['iterations']:>9} | {s['solve_s']:>9.1f} | "
+                  f"{1e3 * s['solve_s'] / s['iterations']:>9.1f} | "
+                  f"{s['objective']:>9.5f} | {s['rel_gap']:>9.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
