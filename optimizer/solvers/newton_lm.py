@@ -24,10 +24,10 @@ in the forms y = K x):
   the next outer round.
 
 It is the one place the solver forms a product of K with itself: a dense block of at most
-MAX_CANDIDATES^2 (32 MB) per step. Measured (C-shape 8 mm, 2 proton beams, 4550 spots, 2 shared
-cores): 49,000 evaluations / 175-232 s with L-BFGS-B against ~400 evaluations / 21-22 s, the same
-certified objective within 1.1e-5; on photons (6 mm) it takes fewer evaluations (460 vs 1324)
-but twice the time (the dense algebra), so it is not the default.
+MAX_CANDIDATES^2 (32 MB) per step. Measured (C-shape 8 mm, 2 proton beams, 4550 spots, 2 cores):
+49,000 evaluations / 175-249 s with L-BFGS-B against 398 evaluations / 13.9-15.6 s, the same
+certified objective within 1.1e-5; on photons (6 mm) it takes fewer evaluations (516 vs 1324)
+but more time (14.9 vs 8.7 s: the dense algebra), so it is not the default.
 """
 
 from __future__ import annotations
