@@ -108,19 +108,24 @@ def box_qp(B, g, x, iterations: int = QP_ITERATIONS):
     return d, q_d
 
 
+def _full_forms(f, x) -> list:
+    """The full forms K x (every row, for the curvature probe and the certificate check), counted
+    as one evaluation of ``f``."""
+    from .first_order import _forms_at  # (first_order imports this module)
+
+    f.evals += 1
+    return _forms_at(f.m, x)
+
+
 def inner_solve(f, x0, max_evals: int, ftol: float, certified, presolve, state: dict):
     """Minimise ``f`` (an augmented Lagrangian of :mod:`.first_order`, no auxiliary variables)
     over x >= 0 from ``x0``; ``certified(x)`` after every step may end it; ``presolve(x, evals)``
     runs L-BFGS-B; ``state["mu"]`` keeps the damping between calls. Returns x."""
-    from .first_order import _forms_at  # (first_order imports this module)
-
     model = f.m
     rng = np.random.default_rng(0)
     start = f.evals
     x = np.maximum(np.asarray(x0, dtype=float), 0.0)
-    # the full forms at x: for the curvature probe and the certificate check (one product each x)
-    blocks = _forms_at(model, x)
-    f.evals += 1  # the full product of the forms counts as an evaluation
+    blocks = _full_forms(f, x)  # one full product per x: the probe and the certificate share it
     reach = [np.maximum(a, b) for a, b in zip(row_curvature(model, f, blocks, x, rng, REACH_SHIFT)[0],
                                               row_curvature(model, f, blocks, x, rng, -REACH_SHIFT)[0])]
     scale = np.zeros(model.n_beamlets)
@@ -131,8 +136,7 @@ def inner_solve(f, x0, max_evals: int, ftol: float, certified, presolve, state: 
     if int(((x > 0) | (g < 0)).sum()) > MAX_CANDIDATES:
         x = np.maximum(presolve(x, min(PRESOLVE_EVALS, max_evals)), 0.0)
         fx, g = f(x)
-        blocks = _forms_at(model, x)
-        f.evals += 1
+        blocks = _full_forms(f, x)
     mu = state.get("mu") or MU0
     small = 0
     while f.evals - start < max_evals:
@@ -163,8 +167,7 @@ def inner_solve(f, x0, max_evals: int, ftol: float, certified, presolve, state: 
             break
         rel = (fx - fn) / max(abs(fx), 1e-300)
         x, fx, g = xn, fn, gn
-        blocks = _forms_at(model, x)
-        f.evals += 1
+        blocks = _full_forms(f, x)
         if certified is not None and certified(x, blocks):
             break
         small = small + 1 if rel <= ftol else 0
