@@ -16,6 +16,7 @@ easy TG-119 goals met on the dose grid and on the CT grid (dose interpolated bac
 ``plan.on_patient(problem.ct_patient)``).
 
 Run:  python benchmarks/bench_ct_targets.py [--cases photon proton] [--solvers FIRST_ORDER CLARABEL default]
+                                            [--ct-grid-structures PTV Core]
       python benchmarks/bench_ct_targets.py --profile photon   (cProfile of the default path)
 """
 
@@ -49,8 +50,9 @@ def _beams(case: str, proton_layer_mm):
     return ProtonBeams((90.0, 270.0), spot_spacing_mm=5.0, layer_spacing_mm=proton_layer_mm, margin_mm=3.0)
 
 
-def _problem(case: str, solver: str, proton_layer_mm):
-    """CT patient, influence on the dose grid and the planning problem; returns timings too."""
+def _problem(case: str, solver: str, proton_layer_mm, ct_grid_structures=None):
+    """CT patient, influence on the dose grid and the planning problem (``ct_grid_structures``
+    optimized on the CT grid, PlanProblem's option); returns timings too."""
     from objectives import DVHMax
     from optimizer import PlanProblem, phantoms
 
@@ -60,7 +62,8 @@ def _problem(case: str, solver: str, proton_layer_mm):
     inf = _beams(case, proton_layer_mm).influence(ct, target="PTV", dose_grid=DOSE_GRID_MM)
     dose_s = time.perf_counter() - t0
     problem = PlanProblem(ct, inf, fractions=phantoms.TG119_CSHAPE_FRACTIONS,
-                          max_voxels_per_structure=SAMPLE_VOXELS if solver == "CLARABEL" else None)
+                          max_voxels_per_structure=SAMPLE_VOXELS if solver == "CLARABEL" else None,
+                          ct_grid_structures=ct_grid_structures)
     for term in phantoms.cshape_planning_terms():
         problem += term
     problem += DVHMax("Core", 24.0, volume_pct=10)
@@ -74,8 +77,8 @@ def _goals_met(plan) -> int:
 
 
 def _run(args):
-    case, solver, proton_layer_mm = args
-    ct, inf, problem, dose_s = _problem(case, solver, proton_layer_mm)
+    case, solver, proton_layer_mm, ct_grid_structures = args
+    ct, inf, problem, dose_s = _problem(case, solver, proton_layer_mm, ct_grid_structures)
     t0 = time.perf_counter()
     out = {"dose_s": dose_s, "nnz": inf.nnz, "beamlets": inf.n_beamlets, "ct_shape": list(ct.grid.shape),
            "dose_shape": list(inf.grid.shape)}
@@ -128,6 +131,8 @@ def main(argv=None):
                     help="FIRST_ORDER (every voxel), CLARABEL (helpers sampled) or default (problem.solve())")
     ap.add_argument("--proton-layer-mm", type=float, default=None,
                     help="energy-layer spacing in WEPL, mm (default: ProtonBeams' own)")
+    ap.add_argument("--ct-grid-structures", nargs="*", default=None,
+                    help="structures optimized on the CT grid (PlanProblem(..., ct_grid_structures=...))")
     ap.add_argument("--timeout-s", type=float, default=1800.0, help="per case")
     ap.add_argument("--profile", choices=["photon", "proton"], default=None,
                     help="profile the default path of this case instead of the table")
@@ -137,7 +142,7 @@ def main(argv=None):
         return
     print(f"machine: {platform.machine()}, {mp.cpu_count()} cores, Python {platform.python_version()} "
           f"(measured {time.strftime('%Y-%m-%d %H:%M')}); CT {CT_SPACING_MM} mm (dz, dy, dx), "
-          f"dose grid {DOSE_GRID_MM:g} mm")
+          f"dose grid {DOSE_GRID_MM:g} mm; on the CT grid: {args.ct_grid_structures or 'none'}")
     cols = ["case", "solver", "beamlets", "nnz", "opt_vox", "dose_s", "solve_s", "total_s", "target_s",
             "iters", "objective", "viol_Gy", "rel_gap", "goals_dose", "goals_CT", "peak_MB", "status"]
     print(" | ".join(f"{c:>10}" for c in cols))
@@ -145,7 +150,7 @@ def main(argv=None):
     for case in args.cases:
         for solver in args.solvers:
             with ctx.Pool(1) as pool:
-                job = pool.apply_async(_run, ((case, solver, args.proton_layer_mm),))
+                job = pool.apply_async(_run, ((case, solver, args.proton_layer_mm, args.ct_grid_structures),))
                 try:
                     r = job.get(timeout=args.timeout_s)
                 except mp.TimeoutError:

@@ -12,7 +12,7 @@ from objectives.errors import BioplanError
 from objectives.terms import Term, TermContext
 
 from .errors import PlanError, SolverError
-from .geometry import Patient
+from .geometry import Patient, _normalize
 from .influence import InfluenceMatrix, InfluenceSet
 
 #: Preferred solvers, in order, when none is named: interior-point methods that certify
@@ -48,10 +48,23 @@ class _VoxelSet:
     voxel_index: np.ndarray  # flat grid indices, ascending
     volumes: np.ndarray  # relative volumes, sum 1
     n_total: int  # voxels of the structure on the grid
+    # a structure optimized on the CT grid (``PlanProblem(..., ct_grid_structures=...)``):
+    # voxel_index are CT-grid voxels, their forms the trilinear interpolation ``interp``
+    # (rows: these voxels, columns: the dose-grid voxels ``support``, ascending) of the forms
+    # on the dose grid
+    support: np.ndarray | None = None
+    interp: object = None
 
     @property
     def sampled(self) -> bool:
         return len(self.voxel_index) < self.n_total
+
+    def rows(self, influence: InfluenceMatrix):
+        """Per-fraction rows of ``influence`` (a form on the dose grid) for these voxels: its
+        own rows, or on the CT grid the interpolation of the rows of the support voxels."""
+        if self.interp is None:
+            return influence.rows_of(self.voxel_index)
+        return (self.interp @ influence.rows_of(self.support)).tocsr()
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -90,6 +103,12 @@ class PlanProblem:
     hard_tolerance : largest violation of a hard term (in the term's unit: Gy for dose limits)
         on the full grid that still counts as met; a solve whose result exceeds it raises
         :class:`SolverError` instead of returning a plan
+    ct_grid_structures : names of structures to optimize on the CT grid when the influence is on
+        a coarser dose grid: their voxels are those of ``problem.ct_patient`` and their dose the
+        trilinear interpolation of the dose grid, exactly what ``plan.on_patient(ct_patient)``
+        reports, so their goals hold on the CT grid as optimized (the centre-point resampling
+        loses target coverage at the edge there). Costs rows: a CT voxel reads up to 8 dose-grid
+        voxels (the first-order solver multiplies the dose-grid rows once and interpolates).
 
     Add terms with ``problem += term`` (or :meth:`add`), then call :meth:`solve`.
     """
@@ -103,6 +122,7 @@ class PlanProblem:
         seed: int = 0,
         let_dose: InfluenceMatrix | None = None,
         hard_tolerance: float = 1e-3,
+        ct_grid_structures=None,
     ):
         if not isinstance(patient, Patient):
             raise PlanError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
@@ -129,6 +149,7 @@ class PlanProblem:
         if not np.isfinite(hard_tolerance) or hard_tolerance <= 0:
             raise PlanError(f"hard_tolerance: expected a finite number > 0, got {hard_tolerance!r}")
         self.patient = patient
+        self.ct_grid_structures = self._check_ct_grid_structures(ct_grid_structures)
         # one influence type: the set of named linear forms ("dose", "let_dose", ...)
         self.influence = InfluenceSet.of(influence, let_dose=let_dose)
         self.fractions = fractions
@@ -148,6 +169,35 @@ class PlanProblem:
         self._warm, self._warm_state = None, None  # first-order iterates for warm starts
         self.build_time_s = 0.0
 
+    def _check_ct_grid_structures(self, names) -> frozenset:
+        """Canonical (CT patient's) names of the structures optimized on the CT grid."""
+        if names is None:
+            return frozenset()
+        if isinstance(names, str):
+            names = [names]
+        try:
+            names = list(names)
+        except TypeError:
+            raise PlanError(f"ct_grid_structures: expected structure names (a list of str), got "
+                            f"{names!r}") from None
+        if names and self.ct_patient is None:
+            raise PlanError("ct_grid_structures: the influence is on the patient's own grid, so every "
+                            "structure is already optimized on it; compute the influence with "
+                            "influence(..., dose_grid=SPACING_MM) to plan on a coarser dose grid")
+        out = set()
+        for name in names:
+            if not isinstance(name, str):
+                raise PlanError(f"ct_grid_structures: expected structure names (str), got {name!r}")
+            try:
+                out.add(self.ct_patient.structure(name).name)
+            except BioplanError as exc:
+                raise PlanError(f"ct_grid_structures: {exc}") from None
+        return frozenset(out)
+
+    def _on_ct_grid(self, name: str) -> bool:
+        return self.ct_patient is not None and any(
+            _normalize(n) == _normalize(name) for n in self.ct_grid_structures)
+
     @property
     def fractions(self) -> int:
         """Number of fractions; assigning it rebuilds the problem at the next solve."""
@@ -162,7 +212,9 @@ class PlanProblem:
     def add(self, term: Term) -> PlanProblem:
         if not isinstance(term, Term):
             raise PlanError(f"term: expected an objectives.Term, got {type(term).__name__}")
-        if term.structure is not None:  # None: a term on the beamlet weights
+        if term.structure is not None and self._on_ct_grid(term.structure):
+            self.ct_patient.structure(term.structure)
+        elif term.structure is not None:  # None: a term on the beamlet weights
             self.patient.structure(term.structure)  # unknown names fail here, with the known list
         self.terms.append(term)
         self._problem = None
@@ -173,7 +225,8 @@ class PlanProblem:
 
     # -- voxel sets ----------------------------------------------------------------------------
     def _state(self) -> tuple:
-        return (self.patient.revision(), self.fractions, self.max_voxels_per_structure, self.seed)
+        return (self.patient.revision(), self.fractions, self.max_voxels_per_structure, self.seed,
+                None if self.ct_patient is None else self.ct_patient.revision())
 
     def _sync(self) -> None:
         """Drop everything derived from the geometry when it changed since the last build."""
@@ -193,9 +246,11 @@ class PlanProblem:
         """Optimization voxels of a structure: ``kind`` "sample" for soft terms (a sample of
         large helpers), "hard" for voxelwise hard terms (that sample plus the voxels constraint
         generation added), "all" for every voxel."""
-        key = self.patient.structure(name).name
-        structure = self.patient.structure(key)
-        all_idx = self.patient.flat_indices(key)
+        on_ct = self._on_ct_grid(name)
+        patient = self.ct_patient if on_ct else self.patient
+        key = patient.structure(name).name
+        structure = patient.structure(key)
+        all_idx = patient.flat_indices(key)
         n_total = len(all_idx)
         sampled = (structure.role == "other" and self.max_voxels_per_structure is not None
                    and n_total > self.max_voxels_per_structure and key not in self._unsampled)
@@ -209,16 +264,25 @@ class PlanProblem:
                 idx = np.sort(rng.choice(all_idx, self.max_voxels_per_structure, replace=False))
                 if kind == "hard" and key in self._generated:
                     idx = np.union1d(idx, self._generated[key])
-            self._sets[(key, kind)] = _VoxelSet(key, kind, idx, np.full(len(idx), 1.0 / len(idx)), n_total)
+            vs = _VoxelSet(key, kind, idx, np.full(len(idx), 1.0 / len(idx)), n_total)
+            if on_ct:
+                from .resample import interpolation_matrix
+
+                P = interpolation_matrix(self.patient.grid, self.ct_patient.grid, idx).tocsc()
+                vs.support = np.flatnonzero(np.diff(P.indptr))
+                vs.interp = P[:, vs.support].tocsr()
+            self._sets[(key, kind)] = vs
         return self._sets[(key, kind)]
 
     @property
     def n_opt_voxels(self) -> int:
-        """Distinct grid voxels that enter the optimization."""
-        sets = [s.voxel_index for s in self._term_sets if s is not None]
-        if not sets:
-            return 0
-        return len(np.unique(np.concatenate(sets)))
+        """Distinct grid voxels that enter the optimization (dose-grid and CT-grid voxels apart)."""
+        total = 0
+        for on_ct in (False, True):
+            sets = [s.voxel_index for s in self._term_sets
+                    if s is not None and (s.interp is not None) == on_ct]
+            total += len(np.unique(np.concatenate(sets))) if sets else 0
+        return total
 
     # -- assembly ------------------------------------------------------------------------------
     def build(self) -> cp.Problem:
@@ -312,7 +376,8 @@ class PlanProblem:
             n = self.influence.n_beamlets
             return TermContext("weights", np.full(n, 1.0 / n), np.arange(n), self.fractions,
                                self.patient.grid.shape, self.influence.beamlets)
-        return TermContext(vs.name, vs.volumes, vs.voxel_index, self.fractions, self.patient.grid.shape,
+        grid = (self.patient if vs.interp is None else self.ct_patient).grid
+        return TermContext(vs.name, vs.volumes, vs.voxel_index, self.fractions, grid.shape,
                            self.influence.beamlets)
 
     def _form_rows(self, term: Term, vs: _VoxelSet | None, ctx: TermContext) -> dict:
@@ -329,7 +394,7 @@ class PlanProblem:
             raise PlanError(f"{term.describe()}: needs the {', '.join(missing)} form(s); pass an "
                             f"InfluenceSet that carries them (ProtonBeams.influence(..., with_let=True) for "
                             f"LET terms, optimizer.robust.influence.scenario_influence for Robust terms)")
-        base = {f: available[f].rows_of(vs.voxel_index) for f in quantity.base_forms}
+        base = {f: vs.rows(available[f]) for f in quantity.base_forms}
         rows = quantity.linear_forms(base, ctx)
         # a derived form (e.g. the dirty dose at a threshold) belongs to its quantity
         return {(vs.name, vs.kind, f if f in available else f"{f}@{quantity.describe()}"): R

@@ -17,7 +17,9 @@ Rules (stated here once, used everywhere):
   CT-grid PTV D95 51.4 Gy but core D10 40 Gy (the rim reaches the core), where the centre
   point keeps the core goal and loses ~5 Gy of CT-grid PTV D95 at the edge. A structure with
   no coarse voxel is left out with a warning naming it (a finer dose grid keeps it).
-- Dose back onto another grid: trilinear interpolation, 0 outside the source grid.
+- Dose back onto another grid: trilinear interpolation, 0 outside the source grid
+  (:func:`resample_dose` for a whole grid; :func:`interpolation_matrix` gives the same values as a
+  sparse operator for chosen voxels, so a planning problem can optimize the interpolated dose).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 from scipy import ndimage
 
 from .errors import GeometryError
@@ -122,3 +125,50 @@ def resample_dose(dose: np.ndarray, from_grid: Grid, to_grid: Grid) -> np.ndarra
     for c, n in zip((zi, yi, xi), from_grid.shape):
         inside &= (c > -0.5) & (c < n - 0.5)
     return np.where(inside, out, 0.0)
+
+
+def interpolation_matrix(from_grid: Grid, to_grid: Grid, flat_index) -> sp.csr_matrix:
+    """The trilinear interpolation of :func:`resample_dose` as a sparse matrix P, for the voxels
+    ``flat_index`` (flat C-order indices of ``to_grid``): ``P @ dose.ravel()`` equals
+    ``resample_dose(dose, from_grid, to_grid).ravel()[flat_index]`` for every dose on
+    ``from_grid``. Rows: the voxels (at most 8 entries, weights summing to 1; an empty row outside
+    ``from_grid``), columns: ``from_grid``'s flat indices. Kept beside ``resample_dose`` (which
+    interpolates whole grids with ``ndimage.map_coordinates``) because a whole CT grid as a
+    matrix would hold 8 entries per CT voxel."""
+    flat_index = np.asarray(flat_index)
+    if flat_index.ndim != 1 or (flat_index.size and not np.issubdtype(flat_index.dtype, np.integer)):
+        raise GeometryError(f"flat_index: expected a 1-D array of integer voxel indices, got "
+                            f"{flat_index.dtype} of shape {flat_index.shape}")
+    n_to = int(np.prod(to_grid.shape))
+    if flat_index.size and (flat_index.min() < 0 or flat_index.max() >= n_to):
+        raise GeometryError(f"flat_index: indices must lie in [0, {n_to}) for to_grid of shape "
+                            f"{to_grid.shape}")
+    ijk = np.unravel_index(flat_index, to_grid.shape)
+    inside = np.ones(len(flat_index), bool)
+    lows, fracs = [], []
+    for axis, i in enumerate(ijk):
+        pos = to_grid.origin_mm[axis] + i * to_grid.spacing_mm[axis]
+        c = (pos - from_grid.origin_mm[axis]) / from_grid.spacing_mm[axis]
+        n = from_grid.shape[axis]
+        inside &= (c > -0.5) & (c < n - 0.5)
+        c = np.clip(c, 0.0, n - 1)  # mode "nearest": the edge value holds half a voxel beyond
+        lo = np.minimum(np.floor(c).astype(np.int64), max(n - 2, 0))
+        lows.append(lo)
+        fracs.append(c - lo)
+    rows, cols, vals = [], [], []
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                w = np.ones(len(flat_index))
+                idx = []
+                for axis, d in enumerate((dz, dy, dx)):
+                    w = w * (fracs[axis] if d else 1.0 - fracs[axis])
+                    idx.append(np.minimum(lows[axis] + d, from_grid.shape[axis] - 1))
+                keep = inside & (w > 0)
+                rows.append(np.flatnonzero(keep))
+                cols.append(np.ravel_multi_index(tuple(a[keep] for a in idx), from_grid.shape))
+                vals.append(w[keep])
+    P = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(len(flat_index), int(np.prod(from_grid.shape))))
+    P.sum_duplicates()
+    return P

@@ -97,7 +97,8 @@ def test_threaded_in_place_products_equal_the_plain_ones():
     assert len(op.parts) == 2 and all(np.shares_memory(p.data, M.data) for p in op.parts)
     rows_a = np.array([5, 0, 5999, 6000])  # 6000: a voxel without a row reads 0
     rows_b = np.arange(100, 4000)
-    model = fo.Model([op], [(0, rows_a), (0, rows_b)], [], 700, pool=fo.ThreadPoolExecutor(2))
+    model = fo.Model([op], [fo._Block(0, rows_a), fo._Block(0, rows_b)], [], 700,
+                     pool=fo.ThreadPoolExecutor(2))
     K = 2.5 * sp.vstack([M[[5, 0, 5999]], sp.csr_matrix((1, 700)), M[100:4000]]).tocsr()
     x, r = np.random.default_rng(0).random(700), np.random.default_rng(1).random(K.shape[0])
     np.testing.assert_allclose(model.matvec(x), K @ x, rtol=1e-5)
@@ -127,3 +128,25 @@ def test_default_solver_is_first_order_when_large_enough_with_a_recorded_fallbac
     assert plan.solver["name"] == "CLARABEL" and plan.solver["status"] == "optimal"
     assert plan.solver["fallback"] == {"from": "FIRST_ORDER",
                                        "reason": "first-order solver: no certified optimum (test)"}
+
+
+def test_infeasible_hard_terms_are_reported_early_not_after_max_outer(toy):
+    """A target floor above its own ceiling: CLARABEL proves it infeasible; the first-order solver
+    says the hard terms look infeasible (the violation stays while the penalty grows) within a
+    few outer iterations of the fourth penalty raise instead of running all 40."""
+    from optimizer import InfeasiblePlanError
+
+    patient, inf = toy
+
+    def infeasible():
+        problem = _problem(patient, inf)
+        problem += MaxDose("T", 15.0)  # below the D90 floor of 19 Gy
+        return problem
+
+    with pytest.raises(InfeasiblePlanError):
+        infeasible().solve(solver="CLARABEL")
+    pattern = r"look infeasible.*stayed at (\d|\.)+.*worst: .*penalty grew 1e\+0[4-9]"
+    with pytest.raises(SolverError, match=pattern) as err:
+        infeasible().solve(solver="FIRST_ORDER")
+    rounds = int(__import__("re").search(r"\((\d+) outer iterations", str(err.value)).group(1))
+    assert rounds < 15

@@ -193,14 +193,45 @@ def _csr_rows_view(M, a: int, b: int):
 
 
 @dataclass
+class _Block:
+    """One block of the stacked forms: the rows ``rows`` of operator ``o``'s product, or with
+    ``interp`` (a structure on the CT grid, ``PlanProblem(..., ct_grid_structures=...)``) their
+    trilinear interpolation ``interp @ y[rows]`` onto the structure's CT voxels. The operator's
+    rows are multiplied once; the interpolation (<= 8 entries per CT voxel) is applied after."""
+
+    o: int
+    rows: object
+    interp: object = None
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) if self.interp is None else int(self.interp.shape[0])
+
+    def take(self, y):
+        """The block's values from its operator's product ``y`` (with the pad row)."""
+        return y[self.rows] if self.interp is None else self.interp @ y[self.rows]
+
+    def onto_rows(self, part):
+        """The transpose of :meth:`take`: ``part`` (one value per block entry) onto ``rows``."""
+        return part if self.interp is None else self.interp.T @ part
+
+    def source_rows(self, mask):
+        """The operator rows that the block entries in ``mask`` read."""
+        if self.interp is None:
+            return self.rows[mask]
+        return self.rows[(self.interp.T @ mask.astype(float)) > 0]
+
+
+@dataclass
 class Model:
     """The linear forms of a problem, K x stacked block by block, and the terms reading them.
 
-    Each block is the rows ``rows`` of one operator's product (a position past the operator's
-    last row reads 0: a voxel no beamlet reaches)."""
+    Each block (:class:`_Block`) is the rows ``rows`` of one operator's product (a position past
+    the operator's last row reads 0: a voxel no beamlet reaches), interpolated onto CT-grid
+    voxels for structures optimized there."""
 
     operators: list
-    block_rows: list  # per block: (operator number, row positions)
+    block_rows: list  # per block: a _Block (operator number, row positions, interpolation)
     terms: list[_Term]
     n_beamlets: int
     xp: object = np
@@ -220,7 +251,7 @@ class Model:
     def offsets(self) -> list[int]:
         """Start of each block in the stacked forms (the blocks are fixed once built; read on
         every product)."""
-        return [int(v) for v in np.cumsum([0] + [len(r) for _, r in self.block_rows])]
+        return [int(v) for v in np.cumsum([0] + [b.size for b in self.block_rows])]
 
     @property
     def n_rows(self) -> int:
@@ -241,7 +272,7 @@ class Model:
         """The stacked blocks of the operators' products ``ys`` (one per operator)."""
         xp = self.xp
         ys = [xp.concatenate([y, xp.zeros(1)]) for y in ys]
-        parts = [ys[o][rows] for o, rows in self.block_rows]
+        parts = [b.take(ys[b.o]) for b in self.block_rows]
         return xp.concatenate(parts) if parts else xp.zeros(0)
 
     def rmatvec(self, r, full: bool = True):
@@ -261,7 +292,7 @@ class Model:
         one array per block (default all 1: the Euclidean norms)."""
         xp = self.xp
         if block_weights is None:
-            block_weights = [xp.ones(len(rows)) for _, rows in self.block_rows]
+            block_weights = [xp.ones(b.size) for b in self.block_rows]
         total = xp.zeros(self.n_beamlets)
         for op, counts in zip(self.operators, self.unstack(block_weights)):
             total += op.column_norms_sq(counts[:-1])
@@ -272,12 +303,12 @@ class Model:
         block) summed onto its rows (length n_rows + 1, the last the 'no beamlet' pad row)."""
         xp = self.xp
         acc = [xp.zeros(op.n_rows + 1) for op in self.operators]
-        for (o, rows), part in zip(self.block_rows, parts):
-            part = xp.asarray(part, dtype=float)
+        for b, part in zip(self.block_rows, parts):
+            part = b.onto_rows(xp.asarray(part, dtype=float))
             if xp is np:
-                acc[o] += np.bincount(rows, weights=part, minlength=len(acc[o]))
+                acc[b.o] += np.bincount(b.rows, weights=part, minlength=len(acc[b.o]))
             else:
-                xp.add.at(acc[o], rows, part)
+                xp.add.at(acc[b.o], b.rows, part)
         return acc
 
     def split(self, y) -> list:
@@ -324,16 +355,18 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "auto", thread
             blocks = {"weights": "weights"}
         elif vs is not None and type(q).linear_forms is Quantity.linear_forms and all(
                 f in available for f in q.base_forms):
+            # on the CT grid: the rows of the dose-grid voxels its interpolation reads
+            voxels = vs.voxel_index if vs.interp is None else vs.support
             for f in q.base_forms:
                 inf = available[f]
-                key = (vs.name, f)
+                key = (vs.name, vs.interp is not None, f)
                 if key not in block_of:
                     o = matrix(("form", f), inf.matrix)
-                    rows = np.searchsorted(inf.voxel_index, vs.voxel_index)
+                    rows = np.searchsorted(inf.voxel_index, voxels)
                     rows_c = np.minimum(rows, max(len(inf.voxel_index) - 1, 0))
-                    present = (len(inf.voxel_index) > 0) & (inf.voxel_index[rows_c] == vs.voxel_index)
+                    present = (len(inf.voxel_index) > 0) & (inf.voxel_index[rows_c] == voxels)
                     block_of[key] = len(block_rows)
-                    block_rows.append((o, np.where(present, rows_c, inf.matrix.shape[0])))
+                    block_rows.append(_Block(o, np.where(present, rows_c, inf.matrix.shape[0]), vs.interp))
                 blocks[f] = block_of[key]
         else:
             for key, R in problem._form_rows(term, vs, ctx).items():
@@ -344,7 +377,7 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "auto", thread
                 if key not in block_of:
                     o = matrix(("derived", key), sp.csr_matrix(R))
                     block_of[key] = len(block_rows)
-                    block_rows.append((o, np.arange(R.shape[0])))
+                    block_rows.append(_Block(o, np.arange(R.shape[0])))
                 blocks[name] = block_of[key]
         if is_worst_case(term):
             epi = Epigraph(term, ctx)
@@ -360,16 +393,17 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "auto", thread
     dtype = np.dtype(matrix_dtype)
     operators = []
     for o, M in enumerate(mats):
-        mine = [i for i, (oo, _) in enumerate(block_rows) if oo == o]
-        used = np.unique(np.concatenate([block_rows[i][1] for i in mine]))
+        mine = [i for i, b in enumerate(block_rows) if b.o == o]
+        used = np.unique(np.concatenate([block_rows[i].rows for i in mine]))
         used = used[used < M.shape[0]]
         used_nnz = int((M.indptr[used + 1] - M.indptr[used]).sum())
         if len(used) < M.shape[0] and (M.dtype != dtype or used_nnz < 0.6 * M.nnz):
             M = M[used]
             for i in mine:
-                rows = block_rows[i][1]
+                rows = block_rows[i].rows
                 pos = np.searchsorted(used, rows)
-                block_rows[i] = (o, np.where(rows < mats[o].shape[0], pos, len(used)))
+                block_rows[i] = _Block(o, np.where(rows < mats[o].shape[0], pos, len(used)),
+                                       block_rows[i].interp)
         if M.dtype != dtype:
             M = M.astype(dtype)
         if xp is not np:
@@ -377,11 +411,20 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "auto", thread
 
             M = csp.csr_matrix(M)
         operators.append(_Operator(M, float(problem.fractions), xp, threads))
-    block_rows = [(o, xp.asarray(rows)) for o, rows in block_rows]
+    block_rows = [_Block(b.o, xp.asarray(b.rows), _on_device(b.interp, xp)) for b in block_rows]
     threaded = xp is np and threads > 1 and any(op.parts or op.kernel is not None for op in operators)
     pool = ThreadPoolExecutor(threads) if threaded else None
     return Model(operators, block_rows, terms, problem.influence.n_beamlets, xp,
                  time.perf_counter() - t0, pool, n_aux, threads=threads, matrix_dtype=matrix_dtype)
+
+
+def _on_device(M, xp):
+    """A SciPy sparse matrix (or None) on the array module's device."""
+    if M is None or xp is np:
+        return M
+    import cupyx.scipy.sparse as csp
+
+    return csp.csr_matrix(M)
 
 
 def _array_module(device: str):
@@ -553,7 +596,7 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         raise SolverError("inner='newton' does not take robust worst-case terms (their epigraph "
                           "variables); use inner='lbfgsb'")
     newton_state = {}  # the Newton damping, carried from one outer round to the next
-    history, evals, prev_viol, prev_epi = [], 0, np.inf, np.inf
+    history, evals, prev_viol, prev_epi, raises = [], 0, np.inf, np.inf, 0
     cert = None
     scale, curvature = _diagonal_scaling(model) if model.n_rows else (xp.ones(n), 1.0)
     z, mu, rho_e, scale, lower = _lift(model, x, scale, curvature, settings.rho0, warm)
@@ -626,7 +669,16 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         # does not shrink fast enough (standard augmented-Lagrangian safeguard)
         if cert["max_violation"] > settings.violation_tol and cert["max_violation"] > 0.25 * prev_viol:
             rho = [r * 10.0 for r in rho]
+            raises += 1
         prev_viol = cert["max_violation"]
+        if _looks_infeasible(history, raises, settings):
+            worst = max(cert["hard_terms"], key=lambda c: c["max_violation"])
+            raise SolverError(
+                f"first-order solver: the hard terms look infeasible: the largest violation stayed at "
+                f"{cert['max_violation']:.3g} (tolerance {settings.violation_tol:g}; worst: {worst['term']}, "
+                f"{worst['max_violation']:.3g}) over the last {INFEASIBLE_ROUNDS} outer iterations while the "
+                f"penalty grew {10 ** raises:.0e}-fold ({outer} outer iterations, {evals} evaluations); "
+                f"relax the hard terms, or run problem.diagnose_infeasibility() to name those in conflict")
         # the same for the epigraphs of robust worst cases (relative constraint violation; not
         # below a tenth of the gap tolerance, where it no longer limits the certificate)
         epi_viol = cert["epigraph_infeasibility"]
@@ -704,7 +756,7 @@ def _diagonal_scaling(model: Model):
     sum_k w_k sum_i v_i K_ij^2 (squared penalties: the volume-weighted column norms), plus a
     small share of the plain column norms so beamlets that only hard terms see keep a scale."""
     xp = model.xp
-    weights = [xp.zeros(len(rows)) for _, rows in model.block_rows]
+    weights = [xp.zeros(b.size) for b in model.block_rows]
     for t in model.terms:
         if t.hard:
             continue
@@ -743,6 +795,23 @@ def _stalled(seen: list, cert: dict, settings: Settings) -> bool:
         return False
     recent = [v[1] for v in seen[-3:]]
     return max(recent) - min(recent) <= 0.1 * settings.gap_tol * max(abs(recent[-1]), 1e-12)
+
+
+#: a problem whose hard violation, above tolerance, changed by at most INFEASIBLE_CHANGE
+#: (relative) over INFEASIBLE_ROUNDS outer iterations after the penalty grew at least
+#: 10^INFEASIBLE_RAISES-fold is reported as looking infeasible (a feasible one's violation falls
+#: about as 1 / penalty; an infeasible C-shape CT case kept 2.26 Gy for 35 rounds up to 1e36)
+INFEASIBLE_RAISES = 4
+INFEASIBLE_ROUNDS = 3
+INFEASIBLE_CHANGE = 0.01
+
+
+def _looks_infeasible(history: list, raises: int, settings: Settings) -> bool:
+    if raises < INFEASIBLE_RAISES or len(history) < INFEASIBLE_ROUNDS:
+        return False
+    recent = [h["max_violation"] for h in history[-INFEASIBLE_ROUNDS:]]
+    steady = max(recent) - min(recent) <= INFEASIBLE_CHANGE * max(recent)
+    return min(recent) > settings.violation_tol and steady
 
 
 def _residuals(cert: dict, settings: Settings) -> str:

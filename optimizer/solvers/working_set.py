@@ -78,8 +78,8 @@ class WorkingSet:
         """True when a row outside the set acts at the full forms ``blocks`` (at ``z``)."""
         frozen = self.frozen
         _, gy, _, _ = objective.at_forms(blocks, z[:model.n_beamlets], z[model.n_beamlets:])
-        for (o, rows), g in zip(model.block_rows, gy):
-            if frozen[o] is not None and np.any(frozen[o][rows[g != 0]]):
+        for b, g in zip(model.block_rows, gy):
+            if frozen[b.o] is not None and np.any(frozen[b.o][b.source_rows(g != 0)]):
                 return True
         return False
 
@@ -112,6 +112,6 @@ def _active_rows(model, objective, base, z) -> list:
     active = [np.zeros(op.n_rows + 1, dtype=bool) for op in model.operators]
     for factor in (1.0 - PROBE, 1.0, 1.0 + PROBE):
         _, gy, _, _ = objective.at_forms([b * factor for b in base], x, a)
-        for (o, rows), g in zip(model.block_rows, gy):
-            active[o][rows[g != 0]] = True
+        for b, g in zip(model.block_rows, gy):
+            active[b.o][b.source_rows(g != 0)] = True
     return active
