@@ -624,7 +624,7 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
             if blocks is None:
                 blocks = _forms_at(model, zk[:model.n_beamlets])
             _, _, cert_k = _update_and_certify(model, zk, lam, rho, mu, rho_e, blocks)
-            seen.append((cert_k["max_violation"], cert_k["objective"]))
+            seen.append((cert_k["max_violation"], cert_k["objective"], abs(cert_k["complementarity"])))
             if _meets(cert_k, settings) or _stalled(seen, cert_k, settings):
                 return True
             grow[0] = model.working is not None and model.working.invalid(model, f, blocks, zk)
@@ -779,19 +779,32 @@ def _diagonal_scaling(model: Model):
 STALL_FRACTION = 0.02
 
 
+#: the complementarity part of the gap, lambda^T (y - P(z)) (relative), counts as settled when it
+#: changed by at most this fraction over the last three checks
+COMP_STEADY = 0.05
+
+
 def _stalled(seen: list, cert: dict, settings: Settings) -> bool:
     """True when the inner solve no longer reduces what keeps the certificate out, which only
     the multiplier update of the next outer round can: the hard violation, while above
     tolerance, changed by less than STALL_FRACTION over the last three checks; or, with the
-    violation within tolerance and the gap not, the inner problem is solved (KKT residual within
-    tolerance, objective steady to a tenth of the gap tolerance) while the gap, which swings
-    with the inner iterate, is still out."""
+    violation within tolerance and the gap not, either the complementarity part of the gap
+    (lambda^T (y - P(z)) = lambda_new^T (lambda_new - lambda_old) / rho at an inner optimum) alone
+    exceeds the gap tolerance and has settled (COMP_STEADY; CT-size photons: 4308 -> 3138
+    evaluations), or the inner problem is solved (KKT residual within tolerance, objective steady to
+    a tenth of the gap tolerance) while the gap, which swings with the inner iterate, is still out.
+    ``seen``: (violation, objective, |complementarity|) per check."""
     if len(seen) < 3:
         return False
     if cert["max_violation"] > settings.violation_tol:
         recent = [v[0] for v in seen[-3:]]
         return max(recent) - min(recent) <= STALL_FRACTION * max(recent)
-    if cert["rel_gap"] <= settings.gap_tol or cert["kkt"] > settings.kkt_tol:
+    if cert["rel_gap"] <= settings.gap_tol:
+        return False
+    comps = [v[2] for v in seen[-3:]]
+    if min(comps) > settings.gap_tol and max(comps) - min(comps) <= COMP_STEADY * max(comps):
+        return True
+    if cert["kkt"] > settings.kkt_tol:
         return False
     recent = [v[1] for v in seen[-3:]]
     return max(recent) - min(recent) <= 0.1 * settings.gap_tol * max(abs(recent[-1]), 1e-12)
@@ -970,9 +983,10 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None)
     kkt = float(xp.maximum(-gx, 0).max()) if x.size else 0.0
     gap_abs = abs(float(gx @ x) - comp) + max(minorant, 0.0)
     scale = max(abs(soft), 1e-12)
+    # complementarity: lambda^T (y - P(z)), the gap's part that only a multiplier update moves
     return lam_new, mu_new, {"objective": soft, "max_violation": worst, "rel_gap": gap_abs / scale,
-                     "kkt": kkt / g_scale, "hard_terms": checks, "epigraph_infeasibility": infeasible,
-                     "epigraph_worst": worst_costs}
+                     "kkt": kkt / g_scale, "complementarity": comp / scale, "hard_terms": checks,
+                     "epigraph_infeasibility": infeasible, "epigraph_worst": worst_costs}
 
 
 def _np(a):
