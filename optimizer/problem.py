@@ -109,6 +109,8 @@ class PlanProblem:
         reports, so their goals hold on the CT grid as optimized (the centre-point resampling
         loses target coverage at the edge there). Costs rows: a CT voxel reads up to 8 dose-grid
         voxels (the first-order solver multiplies the dose-grid rows once and interpolates).
+        Voxel maps of terms on these structures (alpha/beta, radiosensitivity, ...) are read on
+        the CT grid.
 
     Add terms with ``problem += term`` (or :meth:`add`), then call :meth:`solve`.
     """
