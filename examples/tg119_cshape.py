@@ -30,7 +30,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--solver", default=None,
                     help="FIRST_ORDER (matrix-free, every voxel) or any installed cvxpy solver, e.g. "
                          "CLARABEL (the exact reference, on a 1500-voxel sample of the helper structures); "
-                         "default: CLARABEL, FIRST_ORDER for very large problems (PlanProblem.solve)")
+                         "default: CLARABEL, FIRST_ORDER for very large problems or with "
+                         "--ct-grid-structures (PlanProblem.solve)")
     ap.add_argument("--smoothness", type=float, default=1e-3,
                     help="weight of the fluence smoothness term (0: off)")
     ap.add_argument("--dose-grid-mm", type=float, default=None,

@@ -31,7 +31,10 @@ FIRST_ORDER = "FIRST_ORDER"
 #: CT-size photons 102 vs 35 s, protons 604 vs ~50 s (C-shape, 7 M) and 1311 vs 101 s (CT size),
 #: minibeams (30 columns, 18.6 M) 100+ vs 9 s. So it is the default only where CLARABEL's
 #: factorisation runs out of memory (a 38 M non-zero proton plan took 3.1 GB). A first-order
-#: solve that does not certify falls back to CLARABEL (recorded).
+#: solve that does not certify falls back to CLARABEL (recorded). Structures on the CT grid
+#: (``ct_grid_structures``) also send a problem to it, whatever its size: CLARABEL gets their
+#: interpolated rows, the first-order solver multiplies the dose-grid rows once (C-shape, 9 beams,
+#: 2.5 mm CT, 5 mm dose grid, PTV on the CT grid: 48 vs 490 s, 2026-11-28).
 AUTO_FIRST_ORDER_NNZ = 30_000_000
 
 
@@ -427,8 +430,8 @@ class PlanProblem:
         solver : any installed cvxpy solver name, or "FIRST_ORDER" (matrix-free, every voxel,
             certified). Default (None): "FIRST_ORDER" when no solver options are given, every term
             offers the numeric protocol and the influence matrices hold at least
-            ``AUTO_FIRST_ORDER_NNZ`` non-zeros, falling back to CLARABEL (the first of
-            ``DEFAULT_SOLVERS``) if it does not certify, with the reason in
+            ``AUTO_FIRST_ORDER_NNZ`` non-zeros or the problem has ``ct_grid_structures``, falling
+            back to CLARABEL (the first of ``DEFAULT_SOLVERS``) if it does not certify, with the reason in
             ``plan.solver["fallback"]``; otherwise the first of ``DEFAULT_SOLVERS``.
         verbose : print the solver log
         max_rounds : most constraint-generation rounds for voxelwise hard terms on sampled
@@ -467,7 +470,8 @@ class PlanProblem:
 
         self._sync()
         nnz = sum(m.nnz for m in self.influence.forms.values())
-        return bool(self.terms) and nnz >= AUTO_FIRST_ORDER_NNZ and not first_order.check_supported(self)
+        large = nnz >= AUTO_FIRST_ORDER_NNZ or bool(self.ct_grid_structures)
+        return bool(self.terms) and large and not first_order.check_supported(self)
 
     def diagnose_infeasibility(self, solver: str | None = None) -> list[str]:
         """Names of hard terms in conflict, from an elastic re-solve (see

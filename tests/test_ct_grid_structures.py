@@ -58,7 +58,8 @@ def test_a_hard_limit_on_the_ct_grid_holds_there(case):
     """With the core on the CT grid its max-dose limit holds in every CT voxel of the
     interpolated dose (plan.on_patient); planned on the 10 mm dose grid it does not (the
     interpolation reaches past the core's coarse voxels). CLARABEL and the first-order solver
-    reach the same objective; the certificate counts CT voxels."""
+    reach the same objective (the first-order one by default here); the certificate counts CT
+    voxels."""
     ct, inf = case
     core = ct.structure("Core").mask
     plain = _problem(ct, inf).solve(solver="CLARABEL")
@@ -66,7 +67,8 @@ def test_a_hard_limit_on_the_ct_grid_holds_there(case):
 
     problem = _problem(ct, inf, ct_grid_structures=["core"])  # names as the patient's, any case
     ref = problem.solve(solver="CLARABEL")
-    fo = problem.solve(solver="FIRST_ORDER", warm_start=False)
+    fo = problem.solve()  # the default with structures on the CT grid
+    assert fo.solver["name"] == "FIRST_ORDER" and "fallback" not in fo.solver
     for plan in (ref, fo):
         assert plan.dose.shape == inf.grid.shape  # the plan stays on the dose grid
         assert plan.on_patient(ct).dose[core].max() <= CORE_MAX_GY + 0.011
