@@ -150,3 +150,20 @@ def test_infeasible_hard_terms_are_reported_early_not_after_max_outer(toy):
         infeasible().solve(solver="FIRST_ORDER")
     rounds = int(__import__("re").search(r"\((\d+) outer iterations", str(err.value)).group(1))
     assert rounds < 15
+
+
+def test_an_inner_round_ends_when_only_the_multipliers_can_close_the_gap():
+    """_stalled, with the hard terms within tolerance and the gap not: a complementarity part
+    (lambda^T (y - P(z)), relative) that alone exceeds the gap tolerance and has settled ends the
+    round; one that is below the tolerance or still moving does not (the inner solve goes on)."""
+    from optimizer.solvers import first_order as fo
+
+    settings = fo.Settings()
+    cert = {"max_violation": 0.002, "rel_gap": 6e-4, "kkt": 1e-3}
+    settled = [(0.002, 130.0 + d, 5.4e-4 * (1 + e)) for d, e in ((0.5, 0.02), (-0.3, -0.01), (0.2, 0.0))]
+    assert fo._stalled(settled, cert, settings)
+    moving = [(0.002, 130.0, c) for c in (8e-4, 6.5e-4, 5.4e-4)]
+    assert not fo._stalled(moving, cert, settings)
+    small = [(0.002, 130.0 + d, 5e-5) for d in (0.5, -0.3, 0.2)]
+    assert not fo._stalled(small, cert, settings)
+    assert not fo._stalled(settled, {**cert, "rel_gap": 5e-5}, settings)  # certifiable: go on
