@@ -217,9 +217,8 @@ class PlanProblem:
     def add(self, term: Term) -> PlanProblem:
         if not isinstance(term, Term):
             raise PlanError(f"term: expected an objectives.Term, got {type(term).__name__}")
-        if term.structure is not None and self._on_ct_grid(term.structure):
-            self.ct_patient.structure(term.structure)
-        elif term.structure is not None:  # None: a term on the beamlet weights
+        # None: a term on the beamlet weights; a CT-grid structure was checked when it was named
+        if term.structure is not None and not self._on_ct_grid(term.structure):
             self.patient.structure(term.structure)  # unknown names fail here, with the known list
         self.terms.append(term)
         self._problem = None

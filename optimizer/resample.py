@@ -57,6 +57,12 @@ def _fine_index(fine: Grid, coarse: Grid) -> tuple[np.ndarray, ...]:
     return np.meshgrid(*idx, indexing="ij")
 
 
+def _fractional_index(of: Grid, into: Grid, axis: int, i) -> np.ndarray:
+    """Fractional index into ``into`` along ``axis`` of the centres of the voxels ``i`` of ``of``."""
+    pos = of.origin_mm[axis] + i * of.spacing_mm[axis]
+    return (pos - into.origin_mm[axis]) / into.spacing_mm[axis]
+
+
 TARGET_RULES = ("centre", "support")
 
 
@@ -66,8 +72,7 @@ def _support_mask(mask: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
     out = np.zeros(coarse.shape, bool)
     corners = []
     for axis, i in enumerate(idx):
-        pos = fine.origin_mm[axis] + i * fine.spacing_mm[axis]
-        c = (pos - coarse.origin_mm[axis]) / coarse.spacing_mm[axis]
+        c = _fractional_index(fine, coarse, axis, i)
         lo = np.floor(c).astype(int)
         frac = c - lo
         n = coarse.shape[axis]
@@ -147,8 +152,7 @@ def interpolation_matrix(from_grid: Grid, to_grid: Grid, flat_index) -> sp.csr_m
     inside = np.ones(len(flat_index), bool)
     lows, fracs = [], []
     for axis, i in enumerate(ijk):
-        pos = to_grid.origin_mm[axis] + i * to_grid.spacing_mm[axis]
-        c = (pos - from_grid.origin_mm[axis]) / from_grid.spacing_mm[axis]
+        c = _fractional_index(to_grid, from_grid, axis, i)
         n = from_grid.shape[axis]
         inside &= (c > -0.5) & (c < n - 0.5)
         c = np.clip(c, 0.0, n - 1)  # mode "nearest": the edge value holds half a voxel beyond

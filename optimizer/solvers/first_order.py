@@ -797,12 +797,11 @@ def _stalled(seen: list, cert: dict, settings: Settings) -> bool:
     if len(seen) < 3:
         return False
     if cert["max_violation"] > settings.violation_tol:
-        recent = [v[0] for v in seen[-3:]]
-        return max(recent) - min(recent) <= STALL_FRACTION * max(recent)
+        return _steady([v[0] for v in seen[-3:]], STALL_FRACTION)
     if cert["rel_gap"] <= settings.gap_tol:
         return False
     comps = [v[2] for v in seen[-3:]]
-    if min(comps) > settings.gap_tol and max(comps) - min(comps) <= COMP_STEADY * max(comps):
+    if min(comps) > settings.gap_tol and _steady(comps, COMP_STEADY):
         return True
     if cert["kkt"] > settings.kkt_tol:
         return False
@@ -823,8 +822,12 @@ def _looks_infeasible(history: list, raises: int, settings: Settings) -> bool:
     if raises < INFEASIBLE_RAISES or len(history) < INFEASIBLE_ROUNDS:
         return False
     recent = [h["max_violation"] for h in history[-INFEASIBLE_ROUNDS:]]
-    steady = max(recent) - min(recent) <= INFEASIBLE_CHANGE * max(recent)
-    return min(recent) > settings.violation_tol and steady
+    return min(recent) > settings.violation_tol and _steady(recent, INFEASIBLE_CHANGE)
+
+
+def _steady(values: list, fraction: float) -> bool:
+    """The values (>= 0) spread by at most ``fraction`` of the largest."""
+    return max(values) - min(values) <= fraction * max(values)
 
 
 def _residuals(cert: dict, settings: Settings) -> str:
