@@ -167,3 +167,23 @@ def test_an_inner_round_ends_when_only_the_multipliers_can_close_the_gap():
     small = [(0.002, 130.0 + d, 5e-5) for d in (0.5, -0.3, 0.2)]
     assert not fo._stalled(small, cert, settings)
     assert not fo._stalled(settled, {**cert, "rel_gap": 5e-5}, settings)  # certifiable: go on
+
+
+
+def test_soft_terms_only_certify_and_match_clarabel(toy):
+    """Without hard terms the soft terms' gradients cancel among themselves at the optimum: the
+    KKT residual is measured against their one-signed parts (pull up, push down), not the net
+    soft gradient (which goes to 0; measured against it the residual stayed at 1 and no plan
+    certified)."""
+    patient, inf = toy
+
+    def problem():
+        p = PlanProblem(patient, inf, fractions=5, max_voxels_per_structure=None)
+        p += SquaredDeviation("T", 20.0, weight=1.0)
+        p += SquaredOverdose("O", 5.0, weight=0.3)
+        return p
+
+    ref = problem().solve(solver="CLARABEL").solver["objective"]
+    s = problem().solve(solver="FIRST_ORDER").solver
+    assert s["status"] == "optimal" and s["rel_gap"] <= 1e-4 and s["kkt"] <= 1e-4
+    assert s["objective"] == pytest.approx(ref, rel=1e-4)

@@ -975,14 +975,15 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None)
             e += 1
         else:
             soft += _soft_part(t, forms, gy, gx)
-    # the gradient of the Lagrangian in x, and of its two parts (soft costs, multipliers) for scale
-    # (robust worst cases apart: their gradient cancels the other soft terms' at the optimum)
-    g_parts = [model.rmatvec(xp.concatenate(part)) if len(part) else xp.zeros_like(x)
-               for part in (gy, gy_hard, gy_epi) if part is not gy_epi or len(part)]
-    gx = gx + sum(g_parts)
-    # x >= 0: the Lagrangian bound needs g >= 0; its negative part, relative to the size of the
-    # terms that cancel at the optimum, is the KKT residual
-    g_scale = max(max(float(xp.abs(g).max()) for g in g_parts + [gx]), 1e-30) if x.size else 1.0
+    # the gradient of the Lagrangian in x, and for scale its one-signed parts: the soft costs'
+    # pull up and push down (which cancel at the optimum, also without hard terms, where the net
+    # soft gradient goes to 0), the multipliers', the robust worst cases'
+    pieces = [[xp.maximum(g, 0.0) for g in gy], [xp.minimum(g, 0.0) for g in gy], gy_hard, gy_epi]
+    g_parts = [model.rmatvec(xp.concatenate(part)) for part in pieces if len(part)] + [gx]
+    gx = sum(g_parts)
+    # x >= 0: the Lagrangian bound needs g >= 0; its negative part, relative to the largest of
+    # the parts that cancel at the optimum, is the KKT residual
+    g_scale = max(max(float(xp.abs(g).max()) for g in g_parts), 1e-30) if x.size else 1.0
     kkt = float(xp.maximum(-gx, 0).max()) if x.size else 0.0
     gap_abs = abs(float(gx @ x) - comp) + max(minorant, 0.0)
     scale = max(abs(soft), 1e-12)
