@@ -105,7 +105,8 @@ class PlanProblem:
         weight), needed by LET terms, when ``influence`` does not carry it already
     hard_tolerance : largest violation of a hard term (in the term's unit: Gy for dose limits)
         on the full grid that still counts as met; a solve whose result exceeds it raises
-        :class:`SolverError` instead of returning a plan
+        :class:`SolverError` instead of returning a plan. Default (None): each solver's own,
+        1e-3 for the cvxpy solvers, 0.01 for FIRST_ORDER (its ``violation_tol``); given, both use it
     ct_grid_structures : names of structures to optimize on the CT grid when the influence is on
         a coarser dose grid: their voxels are those of ``problem.ct_patient`` and their dose the
         trilinear interpolation of the dose grid, exactly what ``plan.on_patient(ct_patient)``
@@ -126,7 +127,7 @@ class PlanProblem:
         max_voxels_per_structure: int | None = 2000,
         seed: int = 0,
         let_dose: InfluenceMatrix | None = None,
-        hard_tolerance: float = 1e-3,
+        hard_tolerance: float | None = None,
         ct_grid_structures=None,
     ):
         if not isinstance(patient, Patient):
@@ -147,6 +148,10 @@ class PlanProblem:
                                      or let_dose.grid != patient.grid
                                      or let_dose.n_beamlets != influence.n_beamlets):
             raise PlanError("let_dose: expected an InfluenceMatrix of the same grid and spots as influence")
+        # the first-order solver takes a given tolerance as its violation_tol
+        self._hard_tolerance_given = hard_tolerance is not None
+        if hard_tolerance is None:
+            hard_tolerance = 1e-3
         try:
             hard_tolerance = float(hard_tolerance)
         except (TypeError, ValueError):

@@ -25,6 +25,8 @@ def solve_plan(problem, verbose: bool, options: dict):
     if unknown:
         raise SolverError(f"solver FIRST_ORDER: unknown options {sorted(unknown)}; "
                           f"known: {sorted(known)}")
+    if getattr(problem, "_hard_tolerance_given", False) and "violation_tol" not in options:
+        options = {**options, "violation_tol": problem.hard_tolerance}
     settings = fo.Settings(verbose=verbose, **options)
     warm = getattr(problem, "_warm", None) if warm_start and problem._warm_state == problem._state() else None
     weights, info, state = fo.solve(problem, settings, warm)
