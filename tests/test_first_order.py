@@ -263,3 +263,31 @@ def test_a_cap_on_the_weights_holds_at_any_scale_of_the_influence(scale):
     assert plan.solver["status"] == "optimal"
     assert plan.weights.max() <= cap + 0.01 / gy_per_weight
     assert plan.solver["objective"] == pytest.approx(ref.solver["objective"], rel=1e-3)
+
+
+def test_a_structure_no_beamlet_reaches_is_refused_by_both_solvers():
+    """CLARABEL refused a term on a structure no beamlet reaches; the first-order solver certified
+    a plan whose objective held that term's constant cost. Both now raise the same PlanError."""
+    import scipy.sparse as sp
+
+    from objectives import SquaredUnderdose
+    from optimizer import Grid, InfluenceMatrix, Patient, PlanError, Structure
+
+    _, inf, A = make_toy(n_target=20, n_oar=20, n_beamlets=10, seed=1)
+    grid = Grid((1, 3, 20), (3.0, 3.0, 3.0))
+    masks = [np.zeros(grid.shape, bool) for _ in range(3)]
+    for row, mask in enumerate(masks):
+        mask[0, row] = True
+    patient = Patient(grid, np.zeros(grid.shape), [Structure("T", masks[0], "target"),
+                                                   Structure("O", masks[1], "oar"),
+                                                   Structure("U", masks[2], "oar")])
+    dense = np.zeros((grid.n_voxels, 10))
+    dense[:40] = A[:40]  # rows of T and O; U (the third row) gets nothing
+    rows = np.flatnonzero(dense.any(axis=1))
+    inf = InfluenceMatrix(sp.csr_matrix(dense[rows]), rows, grid, inf.beamlets, inf.beams)
+    for solver in ("CLARABEL", "FIRST_ORDER"):
+        problem = PlanProblem(patient, inf, fractions=5, max_voxels_per_structure=None)
+        problem += SquaredDeviation("T", 20.0, weight=1.0)
+        problem += SquaredUnderdose("U", 10.0, weight=1.0)
+        with pytest.raises(PlanError, match="structure 'U': no beamlet reaches it"):
+            problem.solve(solver=solver)

@@ -40,7 +40,7 @@ from threadpoolctl import threadpool_limits
 
 from objectives.errors import TermError
 
-from ..errors import SolverError
+from ..errors import PlanError, SolverError
 from . import newton_lm, products
 from .epigraph import Epigraph, is_worst_case, unsupported_reason
 from .working_set import WorkingSet
@@ -366,6 +366,11 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "auto", thread
                     rows = np.searchsorted(inf.voxel_index, voxels)
                     rows_c = np.minimum(rows, max(len(inf.voxel_index) - 1, 0))
                     present = (len(inf.voxel_index) > 0) & (inf.voxel_index[rows_c] == voxels)
+                    reached, indptr = rows_c[present], inf.matrix.indptr
+                    if f == "dose" and not (indptr[reached + 1] - indptr[reached]).any():
+                        # as the cvxpy path: a term no weight can move is a setup error, not a constant
+                        raise PlanError(f"structure '{vs.name}': no beamlet reaches it; check beams and "
+                                        f"target")
                     block_of[key] = len(block_rows)
                     block_rows.append(_Block(o, np.where(present, rows_c, inf.matrix.shape[0]), vs.interp))
                 blocks[f] = block_of[key]
