@@ -291,3 +291,28 @@ def test_a_structure_no_beamlet_reaches_is_refused_by_both_solvers():
         problem += SquaredUnderdose("U", 10.0, weight=1.0)
         with pytest.raises(PlanError, match="structure 'U': no beamlet reaches it"):
             problem.solve(solver=solver)
+
+
+def test_a_plan_whose_optimum_is_zero_certifies():
+    """Every soft goal met exactly (5 target voxels, 10 beamlets; a flat fluence meeting a dose
+    floor): objective and gradient go to 0 with the error they measure, so the relative gap and
+    KKT residual are measured against at least the cost and pull of a 1 Gy deviation
+    (first_order._certificate_floors); without that floor both ran 40 rounds and raised."""
+    from objectives import FluenceSmoothness, MinDose
+
+    patient, inf, _ = make_toy(n_target=5, n_oar=10, n_beamlets=10, seed=95)
+    exact = PlanProblem(patient, inf, fractions=5, max_voxels_per_structure=None)
+    exact += SquaredDeviation("T", 20.0, weight=1.0)
+    assert exact.solve(solver="CLARABEL").solver["objective"] < 1e-12
+    s = exact.solve(solver="FIRST_ORDER").solver
+    assert s["status"] == "optimal" and s["objective"] < 1e-8
+    plan = exact.solve(solver="FIRST_ORDER", warm_start=False)
+    assert np.abs(plan.structure_dose("T") - 20.0).max() < 1e-3
+
+    patient, inf, _ = make_toy(n_target=20, n_oar=20, n_beamlets=10, seed=1)
+    flat = PlanProblem(patient, inf, fractions=5, max_voxels_per_structure=None)
+    flat += FluenceSmoothness(1.0)
+    flat += MinDose("T", 19.0)
+    plan = flat.solve(solver="FIRST_ORDER")
+    assert plan.solver["status"] == "optimal" and plan.solver["objective"] < 1e-8
+    assert plan.structure_dose("T").min() >= 19.0 - 0.01

@@ -610,6 +610,7 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
     history, evals, prev_viol, prev_epi, raises = [], 0, np.inf, np.inf, 0
     cert = None
     scale, curvature = _diagonal_scaling(model) if model.n_rows else (xp.ones(n), 1.0)
+    floors = _certificate_floors(model)
     z, mu, rho_e, scale, lower = _lift(model, x, scale, curvature, settings.rho0, warm)
     # restricted row copies pay on the CPU, where the products are the cost (not on a GPU)
     use_working_set = settings.working_set and xp is np and model.n_rows > 0
@@ -634,7 +635,7 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
                 return True
             if blocks is None:
                 blocks = _forms_at(model, zk[:model.n_beamlets])
-            _, _, cert_k = _update_and_certify(model, zk, lam, rho, mu, rho_e, blocks)
+            _, _, cert_k = _update_and_certify(model, zk, lam, rho, mu, rho_e, blocks, floors)
             seen.append((cert_k["max_violation"], cert_k["objective"], abs(cert_k["complementarity"])))
             if _meets(cert_k, settings) or _stalled(seen, cert_k, settings):
                 return True
@@ -661,7 +662,7 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
                 break
         model.working = None
         evals += f.evals
-        lam_new, mu, cert = _update_and_certify(model, z, lam, rho, mu, rho_e, blocks)
+        lam_new, mu, cert = _update_and_certify(model, z, lam, rho, mu, rho_e, blocks, floors)
         history.append({"outer": outer, "evals": f.evals, **{k: cert[k] for k in
                                                               ("max_violation", "rel_gap", "kkt")}})
         if settings.verbose:
@@ -764,10 +765,8 @@ def _aux_scale(model: Model, z_scale, rho_e, curvature: float, rho0: float):
     return z_scale
 
 
-def _diagonal_scaling(model: Model):
-    """Jacobi scaling of the beamlets: 1 / sqrt of the diagonal of the soft terms' curvature,
-    sum_k w_k sum_i v_i K_ij^2 (squared penalties: the volume-weighted column norms), plus a
-    small share of the plain column norms so beamlets that only hard terms see keep a scale."""
+def _soft_row_weights(model: Model) -> list:
+    """Per form block: sum of weight x relative volume of the soft terms reading each row."""
     xp = model.xp
     weights = [xp.zeros(b.size) for b in model.block_rows]
     for t in model.terms:
@@ -777,7 +776,36 @@ def _diagonal_scaling(model: Model):
         for b in t.blocks.values():
             if b != "weights":
                 weights[b] = weights[b] + w * xp.asarray(t.ctx.volumes, dtype=float)
-    soft = model.column_norms(weights) ** 2
+    return weights
+
+
+#: the deviation (in the terms' unit: Gy for dose) whose cost and pull floor the certificate's
+#: relative measures (:func:`_certificate_floors`)
+FLOOR_DEVIATION = 1.0
+
+
+def _certificate_floors(model: Model) -> tuple[float, float]:
+    """Floors of the two relative measures of the certificate: the cost of a FLOOR_DEVIATION
+    deviation in every voxel of every soft term (sum of weights x d^2: volumes sum to 1) for the
+    gap, and the largest pull that deviation puts on a beamlet (2 d K^T (w v) for the squared
+    penalties) for the KKT residual. Without them a plan whose optimum is 0 (every soft goal met
+    exactly) never certifies: its objective and gradient go to 0 with the error they measure.
+    Above a deviation of ~1 Gy (any plan with goals in conflict) they change nothing."""
+    xp = model.xp
+    soft = [t for t in model.terms if not t.hard]
+    objective = sum(float(t.term.weight.value) for t in soft) * FLOOR_DEVIATION ** 2
+    pull = 2.0 * FLOOR_DEVIATION * sum(float(t.term.weight.value) for t in soft if "weights" in t.blocks)
+    if model.n_rows:
+        pull += 2.0 * FLOOR_DEVIATION * float(model.rmatvec(xp.concatenate(_soft_row_weights(model))).max())
+    return objective, pull
+
+
+def _diagonal_scaling(model: Model):
+    """Jacobi scaling of the beamlets: 1 / sqrt of the diagonal of the soft terms' curvature,
+    sum_k w_k sum_i v_i K_ij^2 (squared penalties: the volume-weighted column norms), plus a
+    small share of the plain column norms so beamlets that only hard terms see keep a scale."""
+    xp = model.xp
+    soft = model.column_norms(_soft_row_weights(model)) ** 2
     plain = model.column_norms() ** 2
     ratio = float(soft.mean()) / max(float(plain.mean()), 1e-300)
     diag = soft + 1e-2 * ratio * plain if float(soft.max()) > 0 else plain
@@ -954,9 +982,10 @@ def _spg(f, x, max_iter: int, xp, memory: int = 10, check=None, lower=0.0):
     return x
 
 
-def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None):
+def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None, floors=(0.0, 0.0)):
     """New multipliers (hard terms, epigraphs) and the certificate at z = (x, auxiliary
-    variables) (all voxels). A robust worst case enters the bound through its multiplier
+    variables) (all voxels); ``floors``: of the gap's and the KKT residual's scales
+    (:func:`_certificate_floors`). A robust worst case enters the bound through its multiplier
     mixture (:meth:`.epigraph.Epigraph.bound`): the gap adds its true value minus the mixture."""
     xp = model.xp
     x, a = z[:model.n_beamlets], z[model.n_beamlets:]
@@ -1011,10 +1040,10 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None)
     gx = sum(g_parts)
     # x >= 0: the Lagrangian bound needs g >= 0; its negative part, relative to the largest of
     # the parts that cancel at the optimum, is the KKT residual
-    g_scale = max(max(float(xp.abs(g).max()) for g in g_parts), 1e-30) if x.size else 1.0
+    g_scale = max(max(float(xp.abs(g).max()) for g in g_parts), floors[1], 1e-30) if x.size else 1.0
     kkt = float(xp.maximum(-gx, 0).max()) if x.size else 0.0
     gap_abs = abs(float(gx @ x) - comp) + max(minorant, 0.0)
-    scale = max(abs(soft), 1e-12)
+    scale = max(abs(soft), floors[0], 1e-12)
     # complementarity: lambda^T (y - P(z)), the gap's part that only a multiplier update moves
     return lam_new, mu_new, {"objective": soft, "max_violation": worst, "rel_gap": gap_abs / scale,
                      "kkt": kkt / g_scale, "complementarity": comp / scale, "hard_terms": checks,
