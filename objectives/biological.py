@@ -132,7 +132,7 @@ class GEUDEQD2Max(_LQAlias, shapes.GEUDMax):
         self.eqd2_Gy = self.limit
 
     def describe(self) -> str:
-        return f"GEUDEQD2Max('{self.structure}', a={self.a:g}, <= {self.limit.value:g} Gy EQD2)"
+        return f"GEUDEQD2Max({self._where}, a={self.a:g}, <= {self.limit.value:g} Gy EQD2)"
 
 
 class BEDFloor(_LQAlias, shapes.Floor):

@@ -128,7 +128,7 @@ class DADRMin(shapes.Max):
         return self.quantity.rate_Gy_s
 
     def describe(self):
-        return f"DADRMin('{self.structure}', {self.quantity.rate_Gy_s:g} Gy/s)"
+        return f"DADRMin({self._where}, {self.quantity.rate_Gy_s:g} Gy/s)"
 
 
 def dadr_deficit_rows(dose_rows, rate_Gy_s: float, weight_rate_per_s: float) -> sp.csr_matrix:

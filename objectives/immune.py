@@ -172,4 +172,4 @@ class ImmuneMeanDose(Term):
 
     def describe(self):
         comp = self.component if isinstance(self.component, str) else f"c={self.component:g}"
-        return f"ImmuneMeanDose('{self.structure}', {comp})"
+        return f"ImmuneMeanDose({self._where}, {comp})"

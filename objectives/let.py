@@ -87,7 +87,7 @@ class LETdMax(shapes.Max):
         self.let_keV_um = self.quantity.let_keV_um
 
     def describe(self):
-        return f"LETdMax('{self.structure}', {self.let_keV_um.value:g} keV/um)"
+        return f"LETdMax({self._where}, {self.let_keV_um.value:g} keV/um)"
 
 
 class DirtyDoseMax(shapes.Max):
@@ -109,5 +109,5 @@ class DirtyDoseMax(shapes.Max):
         return dirty_dose_matrix(dose_rows, let_dose_rows, self.let_threshold_keV_um)
 
     def describe(self):
-        return (f"DirtyDoseMax('{self.structure}', {self.limit.value:g} Gy above "
+        return (f"DirtyDoseMax({self._where}, {self.limit.value:g} Gy above "
                 f"{self.let_threshold_keV_um:g} keV/um)")

@@ -160,4 +160,4 @@ class PVDRMin(Term):
         return pj.halfspace(q, array_module(q).asarray(float(self.ratio.value) * av - ap), 0.0)
 
     def describe(self) -> str:
-        return f"PVDRMin('{self.structure}', {float(self.ratio.value):g})"
+        return f"PVDRMin({self._where}, {float(self.ratio.value):g})"

@@ -39,7 +39,7 @@ class _Limited(Term):
 
     def describe(self) -> str:
         unit = f" {self._unit()}" if self._unit() else ""
-        return f"{type(self).__name__}('{self.structure}', {self.limit.value:g}{unit})"
+        return f"{type(self).__name__}({self._where}, {self.limit.value:g}{unit})"
 
 
 class Max(_Limited):
@@ -144,7 +144,7 @@ class CVaRMax(_Limited):
         return pj.upper_cvar_projection(q, _vol(ctx, q), self._fraction, float(self.limit.value))
 
     def describe(self):
-        return (f"{type(self).__name__}('{self.structure}', {self.quantity.symbol}{self.volume_pct:g} <= "
+        return (f"{type(self).__name__}({self._where}, {self.quantity.symbol}{self.volume_pct:g} <= "
                 f"{self.limit.value:g} Gy)")
 
 
@@ -177,7 +177,7 @@ class CVaRMin(_Limited):
         return pj.lower_cvar_projection(q, _vol(ctx, q), self._fraction, float(self.limit.value))
 
     def describe(self):
-        return (f"{type(self).__name__}('{self.structure}', {self.quantity.symbol}{self.volume_pct:g} >= "
+        return (f"{type(self).__name__}({self._where}, {self.quantity.symbol}{self.volume_pct:g} >= "
                 f"{self.limit.value:g} Gy)")
 
 
@@ -219,7 +219,7 @@ class GEUDMax(_Limited):
         return xp.asarray([geud - float(self.limit.value)])
 
     def describe(self):
-        return (f"{type(self).__name__}('{self.structure}', a={self.a:g}, <= {self.limit.value:g}"
+        return (f"{type(self).__name__}({self._where}, a={self.a:g}, <= {self.limit.value:g}"
                 f"{' ' + self.quantity.unit if self.quantity.unit else ''})")
 
 
@@ -401,7 +401,7 @@ class Floor(Term):
         p = self._limit
         text = f"{p:g}" if isinstance(p, float) else f"map {p.shape}"
         unit = f" {self.quantity.unit}" if self.quantity.unit else ""
-        return f"{type(self).__name__}('{self.structure}', >= {text}{unit})"
+        return f"{type(self).__name__}({self._where}, >= {text}{unit})"
 
 
 # fluence terms live in their own module; re-exported here as shapes of the Weights quantity

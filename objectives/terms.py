@@ -253,9 +253,14 @@ class Term:
         self._cvxpy_only("the proximal operator")
 
     # -- labels --------------------------------------------------------------------------------
+    @property
+    def _where(self) -> str:
+        """The structure, quoted, for labels; a term on the weights themselves has none."""
+        return "weights" if self.structure is None else f"'{self.structure}'"
+
     def describe(self) -> str:
         """Short human-readable label used in tables and error messages."""
-        return f"{type(self).__name__}('{self.structure}')"
+        return f"{type(self).__name__}({self._where})"
 
     def __repr__(self) -> str:
         kind = "hard" if self.hard else f"soft, weight={self.weight.value:g}"
