@@ -66,7 +66,7 @@ def _fractional_index(of: Grid, into: Grid, axis: int, i) -> np.ndarray:
 TARGET_RULES = ("centre", "support")
 
 
-def _support_mask(mask: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
+def support_mask(mask: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
     """Coarse voxels with a non-zero trilinear weight at some fine voxel of ``mask``."""
     idx = np.nonzero(mask)
     out = np.zeros(coarse.shape, bool)
@@ -104,7 +104,7 @@ def resample_patient(patient: Patient, spacing_mm, target_rule: str = "centre") 
     for s in patient.structures:
         mask = s.mask[nearest] & inside
         if s.role == "target" and target_rule == "support":
-            mask |= _support_mask(s.mask, patient.grid, grid)
+            mask |= support_mask(s.mask, patient.grid, grid)
         if not mask.any():
             warnings.warn(f"structure '{s.name}': no voxel of the {tuple(grid.spacing_mm)} mm grid has its "
                           f"centre inside it; left out (use a finer dose grid)", stacklevel=2)

@@ -44,6 +44,7 @@ from tqdm import tqdm
 from ..errors import BeamError, GeometryError
 from ..geometry import Grid, Patient
 from ..influence import InfluenceSet
+from ..resample import support_mask
 from .raytrace import (
     BeamGeometry,
     available_memory_mb,
@@ -186,8 +187,9 @@ class BeamModel(ABC):
         dose_grid : voxel size of the dose grid, mm (one value or (dz, dy, dx)); default the
             patient's grid. The dose is computed on ``patient.resample(dose_grid)`` (CT
             trilinear, structures by the centre point, :mod:`optimizer.resample`); a ``dose_mask``
-            is then on that grid. ``PlanProblem(patient, influence)`` plans on the same resampled
-            patient.
+            is then on that grid; the default one holds every dose-grid voxel whose dose the
+            interpolation onto a CT body voxel reads, so the surface dose on the CT grid is whole.
+            ``PlanProblem(patient, influence)`` plans on the same resampled patient.
 
         Returns
         -------
@@ -268,7 +270,15 @@ class BeamModel(ABC):
         if dose_grid is not None:  # compute on the coarser dose grid (see influence())
             if not isinstance(patient, Patient):
                 raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
-            patient = patient.resample(dose_grid)
+            fine, patient = patient, patient.resample(dose_grid)
+            if dose_mask is None:
+                # every dose-grid voxel the interpolation of a CT body voxel reads (support rule):
+                # with the coarse body (centre rule) alone the outer CT layer of the body read
+                # voxels without dose, biased low (8 / 12 mm: 13 % of the body, up to 75 % of the
+                # interpolation weight; a skin max of 14 Gy was 16.4 Gy with the dose computed)
+                body = fine.body()
+                inside = body.mask if body is not None else self._density(fine) > BODY_DENSITY_THRESHOLD
+                dose_mask = support_mask(inside, fine.grid, patient.grid)
         limit = check_max_memory(max_memory_mb)
         progress = _check_flag(progress, "progress")
         options = self._options(**options)
