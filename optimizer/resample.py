@@ -36,7 +36,11 @@ from .geometry import Grid, Patient, Structure
 
 def coarse_grid(grid: Grid, spacing_mm) -> Grid:
     """The grid of voxel size ``spacing_mm`` (one number or (dz, dy, dx), mm) covering ``grid``."""
+    raw = np.asarray(spacing_mm, dtype=object).ravel()
     try:
+        # numbers only: True would be 1 mm and "12" 12 mm
+        if any(isinstance(v, (bool, np.bool_, str, bytes)) for v in raw):
+            raise TypeError
         spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,)).copy()
     except (TypeError, ValueError):
         raise GeometryError(f"spacing_mm: expected a voxel size in mm or 3 of them (dz, dy, dx), "

@@ -97,6 +97,9 @@ def test_bad_spacing_and_vanishing_structures(fine):
         fine.resample(-1.0)
     with pytest.raises(GeometryError, match="spacing_mm"):
         fine.resample("5 mm")
+    for bad in (True, "12", [True, 12, 12]):  # True would be a 1 mm grid, "12" 12 mm
+        with pytest.raises(GeometryError, match="spacing_mm"):
+            fine.resample(bad)
     tiny = fine.grid.shape
     m = np.zeros(tiny, bool)
     m[10, 40, 60] = True
