@@ -276,9 +276,7 @@ class BeamModel(ABC):
                 # with the coarse body (centre rule) alone the outer CT layer of the body read
                 # voxels without dose, biased low (8 / 12 mm: 13 % of the body, up to 75 % of the
                 # interpolation weight; a skin max of 14 Gy was 16.4 Gy with the dose computed)
-                body = fine.body()
-                inside = body.mask if body is not None else self._density(fine) > BODY_DENSITY_THRESHOLD
-                dose_mask = support_mask(inside, fine.grid, patient.grid)
+                dose_mask = support_mask(self._default_dose_mask(fine), fine.grid, patient.grid)
         limit = check_max_memory(max_memory_mb)
         progress = _check_flag(progress, "progress")
         options = self._options(**options)
@@ -292,6 +290,14 @@ class BeamModel(ABC):
         options = self._options(**options)
         setup = self._setup(patient, target, isocenter_mm, dose_mask, self._target_required(**options))
         return self._estimate(setup, self._place(setup, **options), **options)
+
+    def _default_dose_mask(self, patient: Patient, density: np.ndarray | None = None) -> np.ndarray:
+        """The body / external contour where there is one (no dose in couch, air or
+        immobilisation devices), else every voxel denser than air."""
+        body = patient.body()
+        if body is not None:
+            return body.mask
+        return (self._density(patient) if density is None else density) > BODY_DENSITY_THRESHOLD
 
     def _setup(self, patient, target, isocenter_mm, dose_mask, target_required: bool = True) -> BeamSetup:
         """Check the patient, the target, the isocentre and the dose mask; the beam geometries."""
@@ -323,10 +329,7 @@ class BeamModel(ABC):
         iso = check_point(isocenter_mm, "isocenter_mm")
         density = self._density(patient)
         if dose_mask is None:
-            # the body / external contour where there is one (no dose in couch, air or
-            # immobilisation devices), else every voxel denser than air
-            body = patient.body()
-            dose_mask = body.mask if body is not None else density > BODY_DENSITY_THRESHOLD
+            dose_mask = self._default_dose_mask(patient, density)
         mask = check_dose_mask(dose_mask, grid.shape)
         geoms = tuple(BeamGeometry(g, iso, self.source_axis_distance_mm, c)
                       for g, c in zip(self.gantry_deg, self.couch_deg))
