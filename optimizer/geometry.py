@@ -283,8 +283,9 @@ class Patient:
         )
 
     def resample(self, spacing_mm, target_rule: str = "centre") -> Patient:
-        """This patient on a grid of voxel size ``spacing_mm`` (mm; one value or (dz, dy, dx)):
-        CT by trilinear interpolation, structures by the centre-point rule; with
+        """This patient on a grid of voxel size ``spacing_mm`` (mm; one value or (dz, dy, dx)), or
+        on a given :class:`Grid` that overlaps its own: CT by trilinear interpolation,
+        structures by the centre-point rule; with
         ``target_rule="support"`` targets take every coarse voxel that enters the interpolation
         of a CT target voxel (floors carry back to the CT grid; see :mod:`optimizer.resample`).
         Plan on the result, then bring the dose back with

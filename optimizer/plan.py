@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 
@@ -14,7 +15,7 @@ from objectives.errors import BioplanError
 
 from ._archive import ARCHIVE_VERSION, read_checked_arrays, read_meta
 from ._files import atomic_write
-from .errors import PlanError
+from .errors import GeometryError, PlanError
 from .geometry import Patient, Structure
 from .influence import InfluenceMatrix, InfluenceSet, let_d_map
 
@@ -85,13 +86,23 @@ class Plan:
         grid of a plan optimized on a coarser dose grid (:meth:`Patient.resample`), so goals can
         be reported on both. Weights, beams and the solver record are kept; the influence
         matrix is not (it indexes the other grid); ``solver["dose_grid"]`` records the source grid."""
-        from .resample import resample_dose
+        from .resample import inside_of, resample_dose, target_grid
 
         if not isinstance(patient, Patient):
             raise PlanError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
+        try:
+            target_grid(self.patient.grid, patient.grid, "patient")  # the grids must overlap
+        except GeometryError as exc:
+            raise PlanError(f"{exc}: the plan's dose would be 0 everywhere on it") from None
         dose = resample_dose(self.dose, self.patient.grid, patient.grid)
-        solver = {**self.solver, "dose_grid": {"shape": list(self.patient.grid.shape),
-                                               "spacing_mm": list(self.patient.grid.spacing_mm)}}
+        outside = [s.name for s in patient.structures
+                   if not inside_of(self.patient.grid, patient.grid, s.mask)]
+        if outside:
+            warnings.warn(f"on_patient: structures {', '.join(outside)} reach outside the plan's dose grid, "
+                          f"where their dose is 0", stacklevel=2)
+        grid = self.patient.grid
+        solver = {**self.solver, "dose_grid": {"shape": list(grid.shape), "spacing_mm": list(grid.spacing_mm),
+                                               "origin_mm": list(grid.origin_mm)}}
         return Plan(patient, self.weights, self.fractions, dose, dict(self.beamlets), list(self.beams),
                     self.modality, solver, None, {})
 

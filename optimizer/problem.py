@@ -14,6 +14,7 @@ from objectives.terms import Term, TermContext
 from .errors import PlanError, SolverError
 from .geometry import Patient, _normalize
 from .influence import InfluenceMatrix, InfluenceSet
+from .resample import coarse_grid
 
 #: Preferred solvers, in order, when none is named: interior-point methods that certify
 #: optimality with a duality gap; CLARABEL handles every cone our terms use.
@@ -137,7 +138,7 @@ class PlanProblem:
         self.ct_patient = None  # the patient as given, when the influence is on a dose grid
         if influence.grid != patient.grid:
             self.ct_patient, self._ct_revision = patient, patient.revision()
-            patient = _on_dose_grid(patient, influence.grid)
+            patient = _on_dose_grid(patient, influence)
         try:
             influence.check_patient(patient)  # same grid, and rows that index it plausibly
         except BioplanError as exc:
@@ -185,6 +186,8 @@ class PlanProblem:
             return frozenset()
         if isinstance(names, str):
             names = [names]
+        if isinstance(names, (bytes, bytearray)):
+            raise PlanError(f"ct_grid_structures: expected structure names (a list of str), got {names!r}")
         try:
             names = list(names)
         except TypeError:
@@ -224,10 +227,23 @@ class PlanProblem:
             raise PlanError(f"term: expected an objectives.Term, got {type(term).__name__}")
         # None: a term on the beamlet weights; a CT-grid structure was checked when it was named
         if term.structure is not None and not self._on_ct_grid(term.structure):
-            self.patient.structure(term.structure)  # unknown names fail here, with the known list
+            self._check_on_dose_grid(term.structure)
         self.terms.append(term)
         self._problem = None
         return self
+
+    def _check_on_dose_grid(self, name: str) -> None:
+        """Unknown names fail with the known list; a CT structure the dose grid lost says so."""
+        try:
+            self.patient.structure(name)
+        except BioplanError:
+            if self.ct_patient is None or name not in [n for n in self.ct_patient.structure_names
+                                                       if _normalize(n) == _normalize(name)]:
+                raise
+            raise PlanError(
+                f"structure '{name}': no voxel of the {tuple(self.patient.grid.spacing_mm)} mm dose grid has "
+                f"its centre inside it (dropped by the resampling); optimize it on the CT grid with "
+                f"PlanProblem(..., ct_grid_structures=['{name}']) or use a finer dose grid") from None
 
     def __iadd__(self, term: Term) -> PlanProblem:
         return self.add(term)
@@ -241,7 +257,7 @@ class PlanProblem:
         """Drop everything derived from the geometry when it changed since the last build."""
         if self.ct_patient is not None and self.ct_patient.revision() != self._ct_revision:
             # structures changed on the CT grid: resample them again onto the dose grid
-            self.patient = _on_dose_grid(self.ct_patient, self.influence.grid)
+            self.patient = _on_dose_grid(self.ct_patient, self.influence)
             self._ct_revision = self.ct_patient.revision()
         state = self._state()
         if state != self._built_for:
@@ -485,14 +501,17 @@ class PlanProblem:
         return cvxpy_backend.diagnose_infeasibility(self, solver)
 
 
-def _on_dose_grid(patient: Patient, grid) -> Patient:
-    """The patient resampled onto an influence matrix's coarser dose grid (CT trilinear,
-    structures by the centre-point rule of :mod:`optimizer.resample`), when that grid is the
-    one ``patient.resample`` gives (as ``BeamModel.influence(..., dose_grid=...)`` computes on)."""
-    on_grid = patient.resample(grid.spacing_mm)
-    if on_grid.grid != grid:
-        raise PlanError(f"influence: computed on a grid of shape {grid.shape} (z, y, x) and spacing "
-                        f"{tuple(grid.spacing_mm)} mm, the patient is on {patient.grid.shape} / "
-                        f"{tuple(patient.grid.spacing_mm)} mm; compute the influence on the patient "
-                        "(or with influence(..., dose_grid=SPACING_MM), which plans on patient.resample)")
-    return on_grid
+def _on_dose_grid(patient: Patient, influence) -> Patient:
+    """The patient resampled onto an influence matrix's dose grid (CT trilinear, structures by the
+    centre-point rule of :mod:`optimizer.resample`): the grid ``influence(..., dose_grid=...)``
+    computed on for this patient's grid, or the one ``patient.resample(spacing)`` gives."""
+    grid = influence.grid
+    source = getattr(influence, "ct_grid", None)
+    if source == patient.grid or (source is None and coarse_grid(patient.grid, grid.spacing_mm) == grid):
+        return patient.resample(grid)
+    made = (f"influence(..., dose_grid=...) of a patient on {source.shape} / {tuple(source.spacing_mm)} mm"
+            if source is not None else "a patient on that grid")
+    raise PlanError(f"influence: computed on a grid of shape {grid.shape} (z, y, x) and spacing "
+                    f"{tuple(grid.spacing_mm)} mm by {made}; this patient is on {patient.grid.shape} / "
+                    f"{tuple(patient.grid.spacing_mm)} mm; compute the influence on this patient, or with "
+                    "influence(patient, ..., dose_grid=...)")

@@ -7,8 +7,13 @@ Rules (stated here once, used everywhere):
   little past the fine grid).
 - CT numbers: trilinear interpolation of the fine CT at the coarse voxel centres (points outside
   the fine grid take the nearest edge value).
+- The target grid is either a voxel size (the grid above) or any :class:`Grid` that overlaps the
+  fine one (axis-aligned, as every grid here).
 - Structures: the **centre-point rule** - a coarse voxel belongs to a structure when its centre
-  lies in a fine voxel of the structure (nearest fine voxel). With ``target_rule="support"``
+  lies in a fine voxel of the structure (nearest fine voxel). A centre on the boundary of two fine
+  voxels (within ``TIE_VOXELS`` of a voxel, float noise of DICOM spacings included: every
+  integer spacing ratio puts all centres there) belongs to the upper one (higher index), on
+  every axis and at every ratio. With ``target_rule="support"``
   targets (role "target") follow the **support rule** instead - a coarse voxel belongs to the
   target when it enters the trilinear interpolation of any fine target voxel - so the dose
   brought back onto the fine grid is, in every fine target voxel, a mix of optimized target
@@ -33,9 +38,15 @@ from scipy import ndimage
 from .errors import GeometryError
 from .geometry import Grid, Patient, Structure
 
+#: a coarse centre this close to a fine voxel boundary (in fine voxels) is a tie, given to the
+#: upper voxel (``np.rint`` rounded ties to even: ratio 2 took the lower voxel, ratio 4 the upper,
+#: and 0.976562 mm DICOM spacings alternated with float noise)
+TIE_VOXELS = 1e-6
 
-def coarse_grid(grid: Grid, spacing_mm) -> Grid:
-    """The grid of voxel size ``spacing_mm`` (one number or (dz, dy, dx), mm) covering ``grid``."""
+
+def coarse_grid(grid: Grid, spacing_mm, field: str = "spacing_mm") -> Grid:
+    """The grid of voxel size ``spacing_mm`` (one number or (dz, dy, dx), mm) covering ``grid``;
+    ``field``: the argument's name in error messages."""
     raw = np.asarray(spacing_mm, dtype=object).ravel()
     try:
         # numbers only: True would be 1 mm and "12" 12 mm
@@ -43,15 +54,40 @@ def coarse_grid(grid: Grid, spacing_mm) -> Grid:
             raise TypeError
         spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,)).copy()
     except (TypeError, ValueError):
-        raise GeometryError(f"spacing_mm: expected a voxel size in mm or 3 of them (dz, dy, dx), "
-                            f"got {spacing_mm!r}") from None
+        raise GeometryError(f"{field}: expected a voxel size in mm, 3 of them (dz, dy, dx) or an "
+                            f"optimizer.Grid, got {spacing_mm!r}") from None
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise GeometryError(f"spacing_mm: expected positive finite sizes in mm, got {spacing_mm!r}")
+        raise GeometryError(f"{field}: expected positive finite sizes in mm, got {spacing_mm!r}")
     fine = np.asarray(grid.spacing_mm)
     extent = np.asarray(grid.shape) * fine
     shape = np.maximum(np.ceil(extent / spacing - 1e-9).astype(int), 1)
     start = np.asarray(grid.origin_mm) - fine / 2  # first voxel edge
     return Grid(tuple(int(s) for s in shape), tuple(spacing), tuple(start + spacing / 2))
+
+
+def target_grid(grid: Grid, spec, field: str = "spacing_mm") -> Grid:
+    """The grid ``spec`` names for resampling ``grid``: a :class:`Grid` as it is (it must overlap
+    ``grid``), else a voxel size (:func:`coarse_grid`); ``field``: the argument's name in errors."""
+    if not isinstance(spec, Grid):
+        return coarse_grid(grid, spec, field)
+    lo = [np.asarray(g.origin_mm) - np.asarray(g.spacing_mm) / 2 for g in (grid, spec)]
+    hi = [a + np.asarray(g.shape) * np.asarray(g.spacing_mm) for a, g in zip(lo, (grid, spec))]
+    if np.any(np.minimum(hi[0], hi[1]) <= np.maximum(lo[0], lo[1])):
+        raise GeometryError(f"{field}: the grid spans {_span(lo[1], hi[1])} mm (z, y, x) and does not "
+                            f"overlap the patient's grid, {_span(lo[0], hi[0])} mm")
+    return spec
+
+
+def _span(lo, hi) -> str:
+    return ", ".join(f"[{a:.1f}, {b:.1f}]" for a, b in zip(lo, hi))
+
+
+def _nearest(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fine voxel of fractional indices ``c`` (ties to the upper voxel, TIE_VOXELS) and
+    whether it lies in the grid (n voxels)."""
+    i = np.floor(c + 0.5 + TIE_VOXELS).astype(np.int64)
+    inside = (i >= 0) & (i < n)
+    return np.clip(i, 0, n - 1), inside
 
 
 def _fine_index(fine: Grid, coarse: Grid) -> tuple[np.ndarray, ...]:
@@ -90,20 +126,21 @@ def support_mask(mask: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
 
 
 def resample_patient(patient: Patient, spacing_mm, target_rule: str = "centre") -> Patient:
-    """The patient on a coarser (or finer) grid of voxel size ``spacing_mm`` (see the module
-    rules: ``target_rule`` "support" or "centre" for role-"target" structures); the density
-    table an importer set travels with it."""
+    """The patient on a coarser (or finer) grid of voxel size ``spacing_mm``, or on the
+    :class:`Grid` given (see the module rules: ``target_rule`` "support" or "centre" for
+    role-"target" structures); the density table an importer set travels with it."""
     if target_rule not in TARGET_RULES:
         raise GeometryError(f"target_rule: expected one of {TARGET_RULES}, got {target_rule!r}")
-    grid = coarse_grid(patient.grid, spacing_mm)
+    grid = target_grid(patient.grid, spacing_mm)
     zi, yi, xi = _fine_index(patient.grid, grid)
     coords = np.stack([zi, yi, xi])
     ct = ndimage.map_coordinates(patient.ct_hu.astype(float), coords, order=1, mode="nearest")
-    nearest = tuple(np.clip(np.rint(c).astype(int), 0, n - 1)
-                    for c, n in zip((zi, yi, xi), patient.grid.shape))
-    inside = np.ones(grid.shape, bool)
+    nearest, inside = [], np.ones(grid.shape, bool)
     for c, n in zip((zi, yi, xi), patient.grid.shape):
-        inside &= (c > -0.5) & (c < n - 0.5)
+        i, ok = _nearest(c, n)
+        nearest.append(i)
+        inside &= ok
+    nearest = tuple(nearest)
     structures = []
     for s in patient.structures:
         mask = s.mask[nearest] & inside
@@ -134,6 +171,17 @@ def resample_dose(dose: np.ndarray, from_grid: Grid, to_grid: Grid) -> np.ndarra
     for c, n in zip((zi, yi, xi), from_grid.shape):
         inside &= (c > -0.5) & (c < n - 0.5)
     return np.where(inside, out, 0.0)
+
+
+def inside_of(from_grid: Grid, to_grid: Grid, mask: np.ndarray) -> bool:
+    """Whether every voxel of ``mask`` (on ``to_grid``) takes its dose from ``from_grid`` in
+    :func:`resample_dose` (the others get 0)."""
+    idx = np.nonzero(mask)
+    ok = np.ones(len(idx[0]), bool)
+    for axis, i in enumerate(idx):
+        c = _fractional_index(to_grid, from_grid, axis, i)
+        ok &= (c > -0.5) & (c < from_grid.shape[axis] - 0.5)
+    return bool(ok.all())
 
 
 def interpolation_matrix(from_grid: Grid, to_grid: Grid, flat_index) -> sp.csr_matrix:

@@ -1,10 +1,12 @@
 """Coarser dose grids: Patient.resample (CT trilinear, structures by the centre-point rule) and
 resample_dose (trilinear back onto the CT grid), checked against exact values."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from optimizer import GeometryError, PhotonBeams, PlanProblem, Structure, phantoms
+from optimizer import GeometryError, Patient, PhotonBeams, PlanError, PlanProblem, Structure, phantoms
 from optimizer.resample import coarse_grid, resample_dose, support_mask
 
 
@@ -131,7 +133,7 @@ def test_influence_on_a_dose_grid_plans_on_the_resampled_patient():
     """influence(..., dose_grid=) equals the influence on patient.resample (its dose region the
     voxels the CT body's interpolation reads); PlanProblem takes the
     CT-grid patient, plans on the resampled one, and resamples again when a CT-grid structure
-    changes; an influence on an unrelated grid is refused by name."""
+    changes; an influence computed for another CT grid is refused by name."""
     from objectives import MaxDose
 
     ct = phantoms.tg119_cshape(spacing_mm=6.0)
@@ -158,7 +160,8 @@ def test_influence_on_a_dose_grid_plans_on_the_resampled_patient():
     problem._sync()
     assert problem.patient.structure("Core").n_voxels > n_core
     other = phantoms.tg119_cshape(spacing_mm=5.0)
-    with pytest.raises(Exception, match="influence: computed on a grid"):
+    with pytest.raises(PlanError, match=r"influence: computed on a grid .* by influence\(..., "
+                                        r"dose_grid=...\) of a patient on \(20, 37, 53\)"):
         PlanProblem(other, inf, fractions=25)
 
 
@@ -202,3 +205,101 @@ def test_the_default_dose_region_on_a_dose_grid_gives_the_whole_surface_dose_on_
         on_ct.append(P @ dose)
     assert on_ct[1].max() > 1.0
     np.testing.assert_allclose(on_ct[0], on_ct[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("fine_mm", [1.0, 0.976562, 1.171875])
+@pytest.mark.parametrize("ratio", [2, 3, 4])
+def test_centre_rule_ties_go_to_the_upper_fine_voxel(fine_mm, ratio):
+    """At an even spacing ratio every coarse centre lies on a fine voxel boundary: it takes the
+    upper fine voxel on every axis, at every ratio and with DICOM spacings' float noise (np.rint
+    took the lower voxel at ratio 2, the upper at ratio 4, and alternated with 0.976562 mm)."""
+    from optimizer import Grid
+
+    rng = np.random.default_rng(ratio)
+    n = 12 * ratio
+    column = rng.random(n) < 0.5
+    mask = np.broadcast_to(column, (n, n, n)).copy()  # along x; the same for every z, y
+    mask_z = np.moveaxis(mask, 2, 0).copy()  # along z
+    grid = Grid((n, n, n), (fine_mm,) * 3, (-3.7, 12.1, 100.3))
+    fine = Patient(grid, np.zeros(grid.shape), [Structure("X", mask, "oar"), Structure("Z", mask_z, "oar")])
+    coarse = fine.resample(ratio * fine_mm)
+    assert coarse.grid.shape == (12, 12, 12)
+    # the centre of coarse voxel k sits at fine index ratio k + (ratio - 1) / 2: the upper voxel on a tie
+    expected = column[ratio * np.arange(12) + ratio // 2]
+    assert (coarse.structure("X").mask == expected[None, None, :]).all()
+    assert (coarse.structure("Z").mask == expected[:, None, None]).all()
+
+
+def test_a_grid_as_dose_grid_and_its_errors():
+    """influence(..., dose_grid=Grid) computes on that grid and PlanProblem plans on it; a grid
+    away from the patient and a bad dose_grid are refused naming dose_grid."""
+    from optimizer import Grid
+
+    ct = phantoms.tg119_cshape(spacing_mm=6.0)
+    beams = PhotonBeams([0, 180], beamlet_mm=10.0)
+    lo = np.asarray(ct.grid.origin_mm) - 3.0
+    grid = Grid((14, 17, 20), (10.0, 11.0, 12.0), tuple(lo + 30.0))  # not aligned with the CT box
+    inf = beams.influence(ct, target="PTV", dose_grid=grid)
+    assert inf.grid == grid
+    problem = PlanProblem(ct, inf, fractions=25)
+    assert problem.patient.grid == grid and problem.patient.structure("PTV").n_voxels > 0
+    # the same as computing on ct.resample(grid) with the same dose region
+    ref = beams.influence(ct.resample(grid), target="PTV",
+                          dose_mask=support_mask(ct.body().mask, ct.grid, grid))
+    assert (inf.voxel_index == ref.voxel_index).all() and (inf.matrix != ref.matrix).nnz == 0
+    away = dataclasses.replace(grid, origin_mm=(5000.0, 0.0, 0.0))
+    with pytest.raises(GeometryError, match="dose_grid: the grid spans .* does not overlap"):
+        beams.influence(ct, target="PTV", dose_grid=away)
+    with pytest.raises(GeometryError, match="dose_grid: expected a voxel size in mm, 3 of them .* or an "
+                                            "optimizer.Grid"):
+        beams.influence(ct, target="PTV", dose_grid="5 mm")
+
+
+def test_on_patient_refuses_a_grid_away_from_the_plan_and_warns_about_structures_outside():
+    """plan.on_patient onto a grid that does not overlap the plan's gave zeros silently; one that
+    holds a structure only in part warns, naming it; the record keeps the source grid's origin."""
+    from objectives import MaxDose
+
+    ct = phantoms.tg119_cshape(spacing_mm=8.0)
+    inf = PhotonBeams([0, 180], beamlet_mm=10.0).influence(ct, target="PTV", dose_grid=16.0)
+    problem = PlanProblem(ct, inf, fractions=25)
+    problem += SquaredDeviationPTV()
+    problem += MaxDose("Core", 40.0)
+    plan = problem.solve(solver="CLARABEL")
+    back = plan.on_patient(ct)
+    assert back.solver["dose_grid"]["origin_mm"] == list(inf.grid.origin_mm)
+    away = Patient(dataclasses.replace(ct.grid, origin_mm=(0.0, 0.0, 9000.0)), ct.ct_hu, list(ct.structures))
+    with pytest.raises(PlanError, match="patient: the grid spans .* does not overlap .* dose would be 0"):
+        plan.on_patient(away)
+    half = dataclasses.replace(ct.grid, origin_mm=tuple(np.add(ct.grid.origin_mm, (0.0, 0.0, 60.0))))
+    with pytest.warns(UserWarning, match="on_patient: structures .*Body.* reach outside the plan's dose"):
+        plan.on_patient(Patient(half, ct.ct_hu, list(ct.structures)))
+
+
+def test_dose_grid_input_errors_name_the_way_out():
+    """A CT-grid dose_mask with dose_grid stands for the dose-grid voxels its interpolation reads
+    (it was refused with a bare shape error); a term on a structure the dose grid lost points to
+    ct_grid_structures (it said 'not found'); ct_grid_structures=b'PTV' is refused (its bytes were
+    taken as names)."""
+    from objectives import MaxDose
+
+    ct = phantoms.tg119_cshape(spacing_mm=6.0)
+    beams = PhotonBeams([0, 180], beamlet_mm=10.0)
+    ptv_region = ct.structure("PTV").mask
+    inf = beams.influence(ct, target="PTV", dose_grid=12.0, dose_mask=ptv_region)
+    coarse = ct.resample(12.0)
+    ref = beams.influence(coarse, target="PTV", dose_mask=support_mask(ptv_region, ct.grid, coarse.grid))
+    assert (inf.voxel_index == ref.voxel_index).all() and (inf.matrix != ref.matrix).nnz == 0
+    tiny = np.zeros(ct.grid.shape, bool)
+    tiny[ct.grid.shape[0] // 2, 20, 20] = True
+    ct.add_structure(Structure("Tiny", tiny, "oar"))
+    with pytest.warns(UserWarning, match="'Tiny'"):
+        inf = beams.influence(ct, target="PTV", dose_grid=12.0)
+    with pytest.warns(UserWarning, match="'Tiny'"):
+        problem = PlanProblem(ct, inf, fractions=25)
+    with pytest.raises(PlanError, match="'Tiny': no voxel of the .* dose grid .* ct_grid_structures"):
+        problem += MaxDose("Tiny", 10.0)
+    with pytest.raises(GeometryError, match="'Nowhere' not found"):
+        problem += MaxDose("Nowhere", 10.0)
+    with pytest.raises(PlanError, match="ct_grid_structures: expected structure names .* got b'PTV'"):
+        PlanProblem(ct, inf, fractions=25, ct_grid_structures=b"PTV")

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from ..errors import BeamError, GeometryError
 from ..geometry import Grid, Patient
 from ..influence import InfluenceSet
-from ..resample import support_mask
+from ..resample import support_mask, target_grid
 from .raytrace import (
     BeamGeometry,
     available_memory_mb,
@@ -184,11 +184,13 @@ class BeamModel(ABC):
             memory available now (Linux ``MemAvailable``; no check where unknown); ``math.inf``
             switches the check off.
         progress : show a ``tqdm`` progress bar over the beams (quiet by default)
-        dose_grid : voxel size of the dose grid, mm (one value or (dz, dy, dx)); default the
+        dose_grid : voxel size of the dose grid, mm (one value or (dz, dy, dx)), or a
+            :class:`~optimizer.geometry.Grid` overlapping the patient's; default the
             patient's grid. The dose is computed on ``patient.resample(dose_grid)`` (CT
             trilinear, structures by the centre point, :mod:`optimizer.resample`); a ``dose_mask``
-            is then on that grid; the default one holds every dose-grid voxel whose dose the
-            interpolation onto a CT body voxel reads, so the surface dose on the CT grid is whole.
+            is then on that grid, or on the patient's (CT) grid, where it stands for every
+            dose-grid voxel the interpolation onto its voxels reads; the default is the body so,
+            and the surface dose on the CT grid is whole.
             ``PlanProblem(patient, influence)`` plans on the same resampled patient.
 
         Returns
@@ -270,8 +272,11 @@ class BeamModel(ABC):
         if dose_grid is not None:  # compute on the coarser dose grid (see influence())
             if not isinstance(patient, Patient):
                 raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
-            fine, patient = patient, patient.resample(dose_grid)
-            if dose_mask is None:
+            fine, patient = patient, patient.resample(target_grid(patient.grid, dose_grid, "dose_grid"))
+            if dose_mask is not None and np.shape(dose_mask) == fine.grid.shape != patient.grid.shape:
+                # a CT-grid mask: the dose-grid voxels its interpolation reads (as the default)
+                dose_mask = support_mask(check_dose_mask(dose_mask, fine.grid.shape), fine.grid, patient.grid)
+            elif dose_mask is None:
                 # every dose-grid voxel the interpolation of a CT body voxel reads (support rule):
                 # with the coarse body (centre rule) alone the outer CT layer of the body read
                 # voxels without dose, biased low (8 / 12 mm: 13 % of the body, up to 75 % of the
@@ -284,7 +289,10 @@ class BeamModel(ABC):
         placed = self._place(setup, **options)
         refuse_if_too_large(lambda: self._estimate(setup, placed, **options), limit,
                             available_memory_mb() if limit is None else None, self._memory_hint)
-        return self._compute(setup, placed, progress, **options)
+        out = self._compute(setup, placed, progress, **options)
+        if dose_grid is not None:
+            out.ct_grid = fine.grid  # what PlanProblem checks the patient's grid against
+        return out
 
     def _estimate_for(self, patient, target, isocenter_mm, dose_mask, **options: Any) -> dict[str, float]:
         options = self._options(**options)
