@@ -270,8 +270,10 @@ class InfluenceSet(InfluenceMatrix):
         if not isinstance(dose, InfluenceMatrix):
             raise BeamError(f"dose: expected an InfluenceMatrix, got {type(dose).__name__}")
         super().__init__(dose.matrix, dose.voxel_index, dose.grid, dose.beamlets, dose.beams, dose.modality)
-        #: the CT grid a dose-grid influence was resampled from (``influence(..., dose_grid=)``), else None
+        #: the CT grid a dose-grid influence was resampled from (``influence(..., dose_grid=)``), else None;
         self.ct_grid = getattr(dose, "ct_grid", None)
+        #: how its targets were resampled onto the dose grid ("centre" or "support")
+        self.target_rule = getattr(dose, "target_rule", "centre")
         self._extra: dict[str, InfluenceMatrix] = {}
         for name, form in forms.items():
             self.add_form(name, form)

@@ -503,12 +503,13 @@ class PlanProblem:
 
 def _on_dose_grid(patient: Patient, influence) -> Patient:
     """The patient resampled onto an influence matrix's dose grid (CT trilinear, structures by the
-    centre-point rule of :mod:`optimizer.resample`): the grid ``influence(..., dose_grid=...)``
-    computed on for this patient's grid, or the one ``patient.resample(spacing)`` gives."""
+    rules of :mod:`optimizer.resample`, targets by the influence's ``target_rule``): the grid
+    ``influence(..., dose_grid=...)`` computed on for this patient's grid, or the one
+    ``patient.resample(spacing)`` gives."""
     grid = influence.grid
     source = getattr(influence, "ct_grid", None)
     if source == patient.grid or (source is None and coarse_grid(patient.grid, grid.spacing_mm) == grid):
-        return patient.resample(grid)
+        return patient.resample(grid, getattr(influence, "target_rule", "centre"))
     made = (f"influence(..., dose_grid=...) of a patient on {source.shape} / {tuple(source.spacing_mm)} mm"
             if source is not None else "a patient on that grid")
     raise PlanError(f"influence: computed on a grid of shape {grid.shape} (z, y, x) and spacing "

@@ -303,3 +303,28 @@ def test_dose_grid_input_errors_name_the_way_out():
         problem += MaxDose("Nowhere", 10.0)
     with pytest.raises(PlanError, match="ct_grid_structures: expected structure names .* got b'PTV'"):
         PlanProblem(ct, inf, fractions=25, ct_grid_structures=b"PTV")
+
+
+def test_influence_with_the_support_rule_plans_on_the_support_target():
+    """influence(..., dose_grid=, target_rule="support"): PlanProblem resamples the CT the same
+    way, so a dose floor on the PTV holds on every CT voxel of the PTV after interpolation (with
+    the centre rule the CT-grid minimum falls below it); the rule needs a dose grid."""
+    from objectives import MaxDose, MinDose
+
+    ct = phantoms.tg119_cshape(spacing_mm=6.0)
+    beams = PhotonBeams([0, 120, 240], beamlet_mm=10.0)
+    mins = {}
+    for rule in ("centre", "support"):
+        inf = beams.influence(ct, target="PTV", dose_grid=12.0, target_rule=rule)
+        problem = PlanProblem(ct, inf, fractions=25, max_voxels_per_structure=None)
+        assert (problem.patient.structure("PTV").mask == ct.resample(12.0, rule).structure("PTV").mask).all()
+        problem += SquaredDeviationPTV()
+        problem += MinDose("PTV", 50.0)
+        problem += MaxDose("Core", 45.0, weight=0.1)
+        back = problem.solve(solver="CLARABEL").on_patient(ct)
+        mins[rule] = back.structure_dose("PTV").min()
+    assert mins["support"] >= 50.0 - 0.01 > mins["centre"] + 1.0
+    with pytest.raises(Exception, match="target_rule: applies to the resampling onto a dose grid"):
+        beams.influence(ct, target="PTV", target_rule="support")
+    with pytest.raises(Exception, match="target_rule: expected one of"):
+        beams.influence(ct, target="PTV", dose_grid=12.0, target_rule="edge")

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from ..errors import BeamError, GeometryError
 from ..geometry import Grid, Patient
 from ..influence import InfluenceSet
-from ..resample import support_mask, target_grid
+from ..resample import TARGET_RULES, support_mask, target_grid
 from .raytrace import (
     BeamGeometry,
     available_memory_mb,
@@ -166,7 +166,7 @@ class BeamModel(ABC):
     def influence(self, patient: Patient, target: str | None = None, *,
                   isocenter_mm: tuple[float, float, float] | None = None,
                   dose_mask: np.ndarray | None = None, max_memory_mb: float | None = None,
-                  progress: bool = False, dose_grid=None) -> InfluenceSet:
+                  progress: bool = False, dose_grid=None, target_rule: str = "centre") -> InfluenceSet:
         """The influence set of all beams on the patient grid, or on a coarser dose grid.
 
         Parameters
@@ -192,6 +192,9 @@ class BeamModel(ABC):
             dose-grid voxel the interpolation onto its voxels reads; the default is the body so,
             and the surface dose on the CT grid is whole.
             ``PlanProblem(patient, influence)`` plans on the same resampled patient.
+        target_rule : with ``dose_grid``, how targets are resampled: "centre" (default) or
+            "support" (every dose-grid voxel the interpolation of a CT target voxel reads, so
+            floors hold on the CT grid; :mod:`optimizer.resample`); ``PlanProblem`` follows it.
 
         Returns
         -------
@@ -199,7 +202,7 @@ class BeamModel(ABC):
             forms, on the rows of the dose-mask voxels that some beamlet reaches.
         """
         return self._run(patient, target, isocenter_mm, dose_mask, max_memory_mb, progress,
-                         dose_grid=dose_grid)
+                         dose_grid=dose_grid, target_rule=target_rule)
 
     def estimate_memory(self, patient: Patient, target: str | None = None, *,
                         isocenter_mm: tuple[float, float, float] | None = None,
@@ -267,12 +270,17 @@ class BeamModel(ABC):
 
     # -- the template ---------------------------------------------------------------------------
     def _run(self, patient, target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid=None,
-             **options: Any) -> InfluenceSet:
+             target_rule: str = "centre", **options: Any) -> InfluenceSet:
         """Check everything, place the beamlets, refuse what does not fit in memory, compute."""
+        if target_rule not in TARGET_RULES:
+            raise BeamError(f"target_rule: expected one of {TARGET_RULES}, got {target_rule!r}")
+        if target_rule != "centre" and dose_grid is None:
+            raise BeamError("target_rule: applies to the resampling onto a dose grid; give dose_grid too")
         if dose_grid is not None:  # compute on the coarser dose grid (see influence())
             if not isinstance(patient, Patient):
                 raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
-            fine, patient = patient, patient.resample(target_grid(patient.grid, dose_grid, "dose_grid"))
+            grid = target_grid(patient.grid, dose_grid, "dose_grid")
+            fine, patient = patient, patient.resample(grid, target_rule)
             if dose_mask is not None and np.shape(dose_mask) == fine.grid.shape != patient.grid.shape:
                 # a CT-grid mask: the dose-grid voxels its interpolation reads (as the default)
                 dose_mask = support_mask(check_dose_mask(dose_mask, fine.grid.shape), fine.grid, patient.grid)
@@ -291,7 +299,8 @@ class BeamModel(ABC):
                             available_memory_mb() if limit is None else None, self._memory_hint)
         out = self._compute(setup, placed, progress, **options)
         if dose_grid is not None:
-            out.ct_grid = fine.grid  # what PlanProblem checks the patient's grid against
+            # what PlanProblem checks the patient's grid against, and resamples it by
+            out.ct_grid, out.target_rule = fine.grid, target_rule
         return out
 
     def _estimate_for(self, patient, target, isocenter_mm, dose_mask, **options: Any) -> dict[str, float]:

@@ -211,6 +211,7 @@ class PhotonBeams(BeamModel):
         max_memory_mb: float | None = None,
         progress: bool = False,
         dose_grid=None,
+        target_rule: str = "centre",
         fields: dict[int, np.ndarray] | None = None,
     ) -> InfluenceSet:
         """Dose-influence set of all beams on the patient grid: "dose", Gy per fraction per unit
@@ -219,9 +220,9 @@ class PhotonBeams(BeamModel):
         Parameters
         ----------
         patient : geometry with CT (HU -> relative electron density via the patient's table)
-        target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid : as in
+        target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid, target_rule : as in
             :meth:`optimizer.beams.base.BeamModel.influence` (the beamlets cover the target's
-            projection; the default dose mask is relative electron density > 0.05)
+            projection)
         fields : optional {beam number: 2-D boolean open-beamlet map (rows = v, cols = u)} that
             replaces the automatic placement (for commissioning fields such as 10 x 10 cm2);
             every map needs at least one open beamlet. With a field for every beam no target is
@@ -231,7 +232,7 @@ class PhotonBeams(BeamModel):
         the beam's beamlet grid; u/v: beamlet centre in the isocentre plane, mm).
         """
         return self._run(patient, target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid,
-                         fields=fields)
+                         target_rule, fields=fields)
 
     def estimate_memory(
         self,

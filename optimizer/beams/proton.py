@@ -265,15 +265,16 @@ class ProtonBeams(BeamModel):
     def influence(self, patient: Patient, target: str | None = None, *,
                   isocenter_mm: tuple[float, float, float] | None = None,
                   dose_mask: np.ndarray | None = None, max_memory_mb: float | None = None,
-                  progress: bool = False, dose_grid=None, with_let: bool = True) -> InfluenceSet:
+                  progress: bool = False, dose_grid=None, target_rule: str = "centre",
+                  with_let: bool = True) -> InfluenceSet:
         """Dose and LET x dose influence of all spots on the patient grid.
 
         Parameters
         ----------
         patient : geometry; its CT is converted to RSP with ``rsp_table``
-        target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid : as in
+        target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid, target_rule : as in
             :meth:`optimizer.beams.base.BeamModel.influence` (the Bragg peaks cover the target +
-            ``margin_mm``; the default dose mask is RSP > 0.05, inside the patient)
+            ``margin_mm``)
         with_let : also compute the LET x dose form (default); False: "dose" only, in less
             time and memory
 
@@ -287,7 +288,7 @@ class ProtonBeams(BeamModel):
         x is :func:`~optimizer.influence.let_d_map`.
         """
         return self._run(patient, target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid,
-                         with_let=with_let)
+                         target_rule, with_let=with_let)
 
     def compute(self, patient: Patient, target: str | None = None,
                 isocenter_mm: tuple[float, float, float] | None = None,
