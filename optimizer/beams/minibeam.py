@@ -21,7 +21,7 @@ halo (weight w(z) with its entrance build-up over the first 38 mm, and sigma, at
 :mod:`~optimizer.beams.proton_halo`). The plane integral of every column equals IDD(z) exactly
 (energy conservation; tested). Against Monte Carlo PVDR-vs-depth of focused planar arrays
 (data/minibeam_pvdr_reference.json, 125-230 MeV, tests/test_minibeam_reference.py): model / MC
-0.48-1.32 on the 16 arrays with PVDR files (101 of 112 points within x/÷ 1.5, entrance 0.48-1.32),
+0.47-1.32 on the 16 arrays with PVDR files (96 of 112 points within x/÷ 1.5, entrance 0.47-1.32),
 never above 1.5 (our valley never more than 1.5x below the MC). Beam spread at the surface:
 
 * focused (``collimator=None``): Gaussian of FWHM = beam_width_mm (s0 = FWHM / 2.3548);
