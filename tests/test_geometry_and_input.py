@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from objectives import DVHMax, MaxDose, SquaredDeviation, TermError
-from optimizer import GeometryError, Grid, Patient, PlanError, PlanProblem, Structure, phantoms
+from optimizer import GeometryError, Grid, Patient, PlanError, PlanProblem, SolverError, Structure, phantoms
 
 
 def test_ct_shape_mismatch():
@@ -89,3 +89,42 @@ def test_margin_and_ring_in_mm():
     assert not ring[r > 13.0 + 1e-9].any()
     with pytest.raises(GeometryError, match="inner_mm"):
         p.ring("B", 5.0, 2.0)
+
+
+def test_clarabel_almost_solved_is_retried_once_then_refused(toy, monkeypatch):
+    """CLARABEL's 'optimal_inaccurate' (AlmostSolved) is solved once more with a larger static
+    regularization (the CT-size proton C-shape needed it); the plan records the retry and equals the
+    plain solve; inaccurate again, it is a SolverError that says so."""
+    import cvxpy as cp
+
+    from optimizer.solvers.cvxpy_backend import CLARABEL_RETRY
+
+    patient, inf, _ = toy
+
+    def problem():
+        p = PlanProblem(patient, inf, fractions=1)
+        p += SquaredDeviation("T", 2.0, weight=1.0)
+        p += MaxDose("O", 1.5)
+        return p
+
+    reference = problem().solve(solver="CLARABEL")
+    original = cp.Problem.solve
+    calls = []
+
+    def almost(always):
+        def solve(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            calls.append(sorted(k for k in kwargs if k in CLARABEL_RETRY))
+            if always or not calls[-1]:
+                self._status = cp.OPTIMAL_INACCURATE
+            return out
+        return solve
+
+    monkeypatch.setattr(cp.Problem, "solve", almost(False))
+    plan = problem().solve(solver="CLARABEL")
+    assert calls == [[], sorted(CLARABEL_RETRY)]
+    assert "optimal_inaccurate" in plan.solver["rounds"][0]["retried"]
+    np.testing.assert_allclose(plan.weights, reference.weights, atol=1e-6)
+    monkeypatch.setattr(cp.Problem, "solve", almost(True))
+    with pytest.raises(SolverError, match="'optimal_inaccurate', not a certified optimum after a retry"):
+        problem().solve(solver="CLARABEL")
