@@ -299,6 +299,8 @@ def test_dose_grid_input_errors_name_the_way_out():
         problem = PlanProblem(ct, inf, fractions=25)
     with pytest.raises(PlanError, match="'Tiny': no voxel of the .* dose grid .* ct_grid_structures"):
         problem += MaxDose("Tiny", 10.0)
+    with pytest.raises(PlanError, match="'tiny': no voxel of the .* ct_grid_structures"):
+        problem += MaxDose("tiny", 10.0)  # names match as the patient's do (case-insensitive)
     with pytest.raises(GeometryError, match="'Nowhere' not found"):
         problem += MaxDose("Nowhere", 10.0)
     with pytest.raises(PlanError, match="ct_grid_structures: expected structure names .* got b'PTV'"):
