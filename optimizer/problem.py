@@ -237,8 +237,7 @@ class PlanProblem:
         try:
             self.patient.structure(name)
         except BioplanError:
-            if self.ct_patient is None or not any(_normalize(n) == _normalize(name)
-                                                  for n in self.ct_patient.structure_names):
+            if self.ct_patient is None or name not in self.ct_patient:
                 raise
             raise PlanError(
                 f"structure '{name}': no voxel of the {tuple(self.patient.grid.spacing_mm)} mm dose grid has "

@@ -90,6 +90,12 @@ def _nearest(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(i, 0, n - 1), inside
 
 
+def _in_source(c, n: int):
+    """Where fractional indices ``c`` into an axis of ``n`` voxels lie within its voxels (the
+    interpolated dose is 0 elsewhere: :func:`resample_dose`)."""
+    return (c > -0.5) & (c < n - 0.5)
+
+
 def _fine_index(fine: Grid, coarse: Grid) -> tuple[np.ndarray, ...]:
     """Fractional [z, y, x] indices into ``fine`` of every ``coarse`` voxel centre."""
     axes = coarse.axes_mm()
@@ -169,7 +175,7 @@ def resample_dose(dose: np.ndarray, from_grid: Grid, to_grid: Grid) -> np.ndarra
     out = ndimage.map_coordinates(dose, np.stack([zi, yi, xi]), order=1, mode="nearest")
     inside = np.ones(to_grid.shape, bool)
     for c, n in zip((zi, yi, xi), from_grid.shape):
-        inside &= (c > -0.5) & (c < n - 0.5)
+        inside &= _in_source(c, n)
     return np.where(inside, out, 0.0)
 
 
@@ -180,7 +186,7 @@ def inside_of(from_grid: Grid, to_grid: Grid, mask: np.ndarray) -> bool:
     ok = np.ones(len(idx[0]), bool)
     for axis, i in enumerate(idx):
         c = _fractional_index(to_grid, from_grid, axis, i)
-        ok &= (c > -0.5) & (c < from_grid.shape[axis] - 0.5)
+        ok &= _in_source(c, from_grid.shape[axis])
     return bool(ok.all())
 
 
@@ -206,7 +212,7 @@ def interpolation_matrix(from_grid: Grid, to_grid: Grid, flat_index) -> sp.csr_m
     for axis, i in enumerate(ijk):
         c = _fractional_index(to_grid, from_grid, axis, i)
         n = from_grid.shape[axis]
-        inside &= (c > -0.5) & (c < n - 0.5)
+        inside &= _in_source(c, n)
         c = np.clip(c, 0.0, n - 1)  # mode "nearest": the edge value holds half a voxel beyond
         lo = np.minimum(np.floor(c).astype(np.int64), max(n - 2, 0))
         lows.append(lo)

@@ -203,11 +203,12 @@ def radiological_depth(
     # a point takes its depth from the neighbouring ray samples that see the grid's density only:
     # a ray passing beside the grid (beyond its first / last slice) has depth 0 there, and mixed in
     # it took up to half the depth off the edge slices' points (35 mm at a 6 mm dose grid)
-    plain = ndimage.map_coordinates(cum, [iu, iv, it], order=1, mode="nearest")  # points beside the grid
-    cum *= inside  # in place: the fan is the largest array here
-    depth = ndimage.map_coordinates(cum, [iu, iv, it], order=1, mode="nearest")
     weight = ndimage.map_coordinates(inside.astype(np.float32), [iu, iv, it], order=1, mode="nearest")
-    depth = np.where(weight > 1e-6, depth / np.maximum(weight, 1e-6), plain)
+    beside = weight <= 1e-6  # points with no such sample near them keep the plain interpolation
+    plain = ndimage.map_coordinates(cum, [iu[beside], iv[beside], it[beside]], order=1, mode="nearest")
+    cum *= inside  # in place: the fan is the largest array here
+    depth = ndimage.map_coordinates(cum, [iu, iv, it], order=1, mode="nearest") / np.maximum(weight, 1e-6)
+    depth[beside] = plain
     return u, v, t, np.maximum(depth, 0.0)
 
 
