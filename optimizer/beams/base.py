@@ -52,6 +52,8 @@ from .raytrace import (
     check_dose_mask,
     check_max_memory,
     check_point,
+    fan_samples,
+    radiological_depth,
     refuse_if_too_large,
 )
 
@@ -84,6 +86,10 @@ class BeamSetup:
     wepl_error : (scale, offset_mm) applied to every water-equivalent depth w inside the
         patient, ``w * scale + offset_mm`` (range-error scenarios of models that trace WEPL,
         :meth:`BeamModel.scenario_influence`); (1, 0) is the nominal case
+    trace : (density, grid) the depths are traced through when finer than ``density``: the CT's
+        when the dose is computed on a coarser dose grid (``influence(..., dose_grid=...)``), so a
+        dose-grid point has the depth of its position in the CT, not in the resampled density;
+        None: ``density`` on the patient's grid
     """
 
     patient: Patient
@@ -95,10 +101,35 @@ class BeamSetup:
     voxels: np.ndarray
     geometries: tuple[BeamGeometry, ...]
     wepl_error: tuple[float, float] = (1.0, 0.0)
+    trace: tuple[np.ndarray, Grid] | None = None
 
     @property
     def grid(self) -> Grid:
         return self.patient.grid
+
+    def depth(self, geom: BeamGeometry, positions_xyz: np.ndarray, ray_spacing_mm: float | None = None,
+              step_mm: float | None = None, exact_surface: bool = False):
+        """:func:`~optimizer.beams.raytrace.radiological_depth` of points (LPS, mm) through
+        :attr:`trace` where set: rays one dose-grid voxel apart (default), steps of half a CT
+        voxel, the CT's own surface. Why: the dose grid's trilinear density puts a surface up to
+        half a dose-grid voxel off, more along oblique rays (C-shape CT at a 5 mm dose grid, a
+        72 deg beam: 95th percentile 4.6 mm off a 0.5 mm ray trace of the CT; through the CT
+        0.28 mm). Returns (u_iso, v_iso, t, depth_mm)."""
+        if self.trace is None:
+            return radiological_depth(self.density, self.grid, geom, positions_xyz, ray_spacing_mm, step_mm,
+                                      exact_surface=exact_surface)
+        density, grid = self.trace
+        ray = min(self.grid.spacing_mm) if ray_spacing_mm is None else ray_spacing_mm
+        step = min(grid.spacing_mm) / 2 if step_mm is None else min(step_mm, min(grid.spacing_mm) / 2)
+        return radiological_depth(density, grid, geom, positions_xyz, ray, step, exact_surface=exact_surface)
+
+    def fan_samples(self, geom: BeamGeometry, u: np.ndarray, v: np.ndarray) -> int:
+        """Size of the ray fan :meth:`depth` traces for points at these isocentre-plane
+        coordinates (its default spacings), for memory estimates."""
+        if self.trace is None:
+            return fan_samples(self.grid, geom, u, v)
+        fine = self.trace[1]
+        return fan_samples(fine, geom, u, v, min(self.grid.spacing_mm), min(fine.spacing_mm) / 2)
 
     def estimate_sample(self) -> tuple[np.ndarray, float]:
         """LPS positions (N, 3, mm) of the dose-mask voxels a memory estimate traces (a fixed
@@ -187,7 +218,8 @@ class BeamModel(ABC):
         dose_grid : voxel size of the dose grid, mm (one value or (dz, dy, dx)), or a
             :class:`~optimizer.geometry.Grid` overlapping the patient's; default the
             patient's grid. The dose is computed on ``patient.resample(dose_grid)`` (CT
-            trilinear, structures by the centre point, :mod:`optimizer.resample`); a ``dose_mask``
+            trilinear, structures by the centre point, :mod:`optimizer.resample`), its points'
+            depths traced through the CT itself (:meth:`BeamSetup.depth`); a ``dose_mask``
             is then on that grid, or on the patient's (CT) grid, where it stands for every
             dose-grid voxel the interpolation onto its voxels reads; the default is the body so,
             and the surface dose on the CT grid is whole.
@@ -294,6 +326,8 @@ class BeamModel(ABC):
         progress = _check_flag(progress, "progress")
         options = self._options(**options)
         setup = self._setup(patient, target, isocenter_mm, dose_mask, self._target_required(**options))
+        if dose_grid is not None:  # depths through the CT (see BeamSetup.depth)
+            setup = dataclasses.replace(setup, trace=(self._density(fine), fine.grid))
         placed = self._place(setup, **options)
         refuse_if_too_large(lambda: self._estimate(setup, placed, **options), limit,
                             available_memory_mb() if limit is None else None, self._memory_hint)

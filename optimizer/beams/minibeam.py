@@ -66,7 +66,6 @@ from . import proton_halo as ph
 from . import proton_physics as pp
 from .base import BeamModel, BeamSetup
 from .minibeam_pattern import MinibeamPattern, _positive, check_resolution
-from .raytrace import radiological_depth
 
 #: FWHM of a Gaussian in sigmas, 2 sqrt(2 ln 2).
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -212,8 +211,7 @@ class _Minibeams(BeamModel):
             for bi, pl in enumerate(placed):
                 started = time.perf_counter()
                 ray = self.depth_ray_mm
-                u, v, t, depth = radiological_depth(setup.density, setup.grid, pl["geom"], pos, ray, ray / 2,
-                                                    exact_surface=True)
+                u, v, t, depth = setup.depth(pl["geom"], pos, ray, ray / 2, exact_surface=True)
                 depth = depth * setup.wepl_error[0] + setup.wepl_error[1]
                 a, b = (u, v) if pl["a_axis"] == "u" else (v, u)
                 na, nb = len(pl["a"]), len(pl["b"])
@@ -349,8 +347,8 @@ class ProtonMinibeams(_Minibeams):
     def _layers(self, setup, geom) -> list:
         if self.energies_MeV is not None:
             return list(self.energies_MeV)
-        *_, w = radiological_depth(setup.density, setup.grid, geom, setup.target_positions_mm(),
-                                   self.depth_ray_mm, self.depth_ray_mm / 2, exact_surface=True)
+        *_, w = setup.depth(geom, setup.target_positions_mm(), self.depth_ray_mm, self.depth_ray_mm / 2,
+                            exact_surface=True)
         ranges = np.arange(w.max() + 1.0, w.min() - 1e-9, -self.layer_spacing_mm)
         lo, hi = pp.csda_range_mm(pp.E_MIN_MEV), pp.csda_range_mm(pp.E_MAX_MEV)
         if ranges.max() > hi or ranges.min() < lo:

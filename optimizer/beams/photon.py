@@ -70,8 +70,6 @@ from .raytrace import (
     check_bool_array,
     check_number,
     coarse_depth,
-    fan_samples,
-    radiological_depth,
 )
 
 #: Peak memory of :meth:`PhotonBeams.influence` per nonzero of the result, bytes: the per-beam
@@ -294,8 +292,7 @@ class PhotonBeams(BeamModel):
                 r, c = np.nonzero(open_map)
                 index_map = -np.ones(open_map.shape, dtype=np.int64)
                 index_map[r, c] = n_cols + np.arange(len(r))
-                vr, vc, vv = self._beam_dose(geom, setup.density, setup.patient, positions, index_map, u0, v0,
-                                             rho)
+                vr, vc, vv = self._beam_dose(geom, setup, positions, index_map, u0, v0, rho)
                 rows.append(vr)
                 cols.append(vc)
                 vals.append(vv)
@@ -360,7 +357,7 @@ class PhotonBeams(BeamModel):
             near = self._near(u, v, t, open_map.shape, u0, v0)
             if not near.any():
                 continue
-            fan = fan_samples(grid, geom, u[near], v[near])
+            fan = setup.fan_samples(geom, u[near], v[near])
             depth = coarse_depth(setup.density, grid, geom, positions[near])
             n_pairs, n_offsets = 0, 0
             for idx, _, _ in self._pairs(u[near], v[near], t[near], depth, index_map, u0, v0):
@@ -414,14 +411,14 @@ class PhotonBeams(BeamModel):
                                shell_mm=self._shell_mm if shell_out is not None else None,
                                shell_out=shell_out, shell_log=shell_log, shell_ramp_mm=self.beamlet_mm)
 
-    def _beam_dose(self, geom, density, patient, positions, index_map, u0, v0, rho=None):
+    def _beam_dose(self, geom, setup, positions, index_map, u0, v0, rho=None):
         """Nonzeros (point index, beamlet column, value) of one beam, vectorized over points."""
         u, v, t = geom.to_beam(positions)
         # keep points whose projection can be reached by any beamlet of this beam
         pts = np.flatnonzero(self._near(u, v, t, index_map.shape, u0, v0))
         if len(pts) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-        u, v, t, depth = radiological_depth(density, patient.grid, geom, positions[pts])
+        u, v, t, depth = setup.depth(geom, positions[pts])
         rho_pts = None if rho is None else rho[pts]
         axial = self._kernel_at(t, depth, rho_pts)[0]
         scale = np.ones(len(pts)) if self._calibrated else None

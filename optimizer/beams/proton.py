@@ -93,8 +93,6 @@ from .raytrace import (
     FAN_BYTES_PER_SAMPLE,
     check_number,
     coarse_depth,
-    fan_samples,
-    radiological_depth,
 )
 
 #: Default virtual source-axis distance of a PBS nozzle, mm (scanning magnets about 2-3 m
@@ -337,7 +335,7 @@ class ProtonBeams(BeamModel):
         grown_idx = np.flatnonzero(grown.ravel())
         placed = []
         for b, geom in enumerate(setup.geometries):  # a loop, not a comprehension: warnings' stacklevel
-            placed.append((geom, *self._place_spots(b, geom, setup.density, patient, grown_idx, target)))
+            placed.append((geom, *self._place_spots(b, geom, setup, grown_idx, target)))
         return placed
 
     traces_wepl = True
@@ -354,8 +352,7 @@ class ProtonBeams(BeamModel):
         with self._progress(progress) as bar:
             for b, (geom, spots, info) in enumerate(placed):
                 started = time.perf_counter()
-                db, lb = self._beam_dose(geom, setup.density, setup.patient, voxels, spots, with_let,
-                                         wepl_error=setup.wepl_error, layer_tables=layer_tables)
+                db, lb = self._beam_dose(geom, setup, voxels, spots, with_let, layer_tables=layer_tables)
                 dose_blocks.extend(db)
                 let_blocks.extend(lb)
                 n = len(spots["layer"])
@@ -410,10 +407,10 @@ class ProtonBeams(BeamModel):
                 stacklevel=6)
         return ranges
 
-    def _place_spots(self, b, geom, rsp, patient, grown_idx, target):
-        grid = patient.grid
+    def _place_spots(self, b, geom, setup, grown_idx, target):
+        grid = setup.grid
         pos = grid.positions_mm(grown_idx)
-        u, v, t, w = radiological_depth(rsp, grid, geom, pos, exact_surface=True)
+        u, v, t, w = setup.depth(geom, pos, exact_surface=True)
         if self.energies_MeV is not None:
             energies = np.array(self.energies_MeV)
             ranges = np.asarray(pp.csda_range_mm(energies), dtype=float)
@@ -527,7 +524,7 @@ class ProtonBeams(BeamModel):
             near = self._near(spots, u, v, t)
             if not near.any():
                 continue
-            fan = fan_samples(grid, geom, u[near], v[near])
+            fan = setup.fan_samples(geom, u[near], v[near])
             w = coarse_depth(setup.density, grid, geom, positions[near])
             keep = w <= self._deepest_cut(spots)
             u, v, t, w = u[near][keep], v[near][keep], t[near][keep], w[keep]
@@ -575,18 +572,18 @@ class ProtonBeams(BeamModel):
                 "amp_core": idd * (1.0 - wt) / (2 * np.pi * core**2),
                 "amp_halo": idd * wt / (2 * np.pi * halo**2)}
 
-    def _beam_dose(self, geom, rsp, patient, voxels, spots, with_let=True, wepl_error=(1.0, 0.0),
-                   layer_tables: dict | None = None):
+    def _beam_dose(self, geom, setup, voxels, spots, with_let=True, layer_tables: dict | None = None):
         """Per-layer CSC blocks (rows: position in ``voxels``; columns: the layer's spots) of the
-        dose and of the LET x dose of one beam, with identical sparsity. ``wepl_error``: (scale,
+        dose and of the LET x dose of one beam, with identical sparsity. ``setup.wepl_error``: (scale,
         offset_mm) of a range-error scenario, applied to the WEPL of voxels inside (w > 0).
         ``layer_tables``: a cache of the per-energy depth tables, shared across beams."""
         layer_tables = {} if layer_tables is None else layer_tables
-        grid = patient.grid
+        grid = setup.grid
         positions = grid.positions_mm(voxels)
         u, v, t = geom.to_beam(positions)
         pts = np.flatnonzero(self._near(spots, u, v, t))
-        u, v, t, w = radiological_depth(rsp, grid, geom, positions[pts], exact_surface=True)
+        u, v, t, w = setup.depth(geom, positions[pts], exact_surface=True)
+        wepl_error = setup.wepl_error
         if tuple(wepl_error) != (1.0, 0.0):
             w = np.where(w > 0, np.maximum(w * wepl_error[0] + wepl_error[1], 0.0), w)
         keep = w <= self._deepest_cut(spots)
