@@ -262,7 +262,8 @@ class BeamModel(ABC):
                            isocenter_mm: tuple[float, float, float] | None = None,
                            dose_mask: np.ndarray | None = None, shift_mm=(0.0, 0.0, 0.0),
                            wepl_scale: float = 1.0, wepl_offset_mm: float = 0.0,
-                           voxel_mask: np.ndarray | None = None, **options: Any) -> InfluenceSet:
+                           voxel_mask: np.ndarray | None = None, dose_grid=None, target_rule: str = "centre",
+                           **options: Any) -> InfluenceSet:
         """The influence set of the *nominal* beamlets / spots (same table, same columns as
         :meth:`influence` with the same arguments) for the patient moved by ``shift_mm`` (x, y,
         z, LPS mm) relative to the isocentre, and (models that trace WEPL, protons) every
@@ -272,9 +273,12 @@ class BeamModel(ABC):
         The beamlets are placed on the nominal geometry; then the isocentre moves by
         ``-shift_mm`` in the patient's frame (the patient moves by ``+shift_mm`` in the room) and
         the dose is computed in the voxels of ``voxel_mask`` ([z, y, x] bool, default the dose
-        mask) only. Used by :mod:`optimizer.robust`."""
+        mask) only. ``dose_grid``, ``target_rule``: as in :meth:`influence` (``patient`` the CT
+        patient, ``voxel_mask`` on the dose grid). Used by :mod:`optimizer.robust`."""
+        fine, patient, dose_mask = self._on_dose_grid(patient, dose_grid, target_rule, dose_mask)
         options = self._options(**options)
-        setup = self._setup(patient, target, isocenter_mm, dose_mask, self._target_required(**options))
+        setup = self._traced(self._setup(patient, target, isocenter_mm, dose_mask,
+                                         self._target_required(**options)), fine)
         placed = self._place(setup, **options)
         shift = check_point(shift_mm, "shift_mm")
         scale = float(wepl_scale)
@@ -304,30 +308,12 @@ class BeamModel(ABC):
     def _run(self, patient, target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid=None,
              target_rule: str = "centre", **options: Any) -> InfluenceSet:
         """Check everything, place the beamlets, refuse what does not fit in memory, compute."""
-        if target_rule not in TARGET_RULES:
-            raise BeamError(f"target_rule: expected one of {TARGET_RULES}, got {target_rule!r}")
-        if target_rule != "centre" and dose_grid is None:
-            raise BeamError("target_rule: applies to the resampling onto a dose grid; give dose_grid too")
-        if dose_grid is not None:  # compute on the coarser dose grid (see influence())
-            if not isinstance(patient, Patient):
-                raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
-            grid = target_grid(patient.grid, dose_grid, "dose_grid")
-            fine, patient = patient, patient.resample(grid, target_rule)
-            if dose_mask is not None and np.shape(dose_mask) == fine.grid.shape != patient.grid.shape:
-                # a CT-grid mask: the dose-grid voxels its interpolation reads (as the default)
-                dose_mask = support_mask(check_dose_mask(dose_mask, fine.grid.shape), fine.grid, patient.grid)
-            elif dose_mask is None:
-                # every dose-grid voxel the interpolation of a CT body voxel reads (support rule):
-                # with the coarse body (centre rule) alone the outer CT layer of the body read
-                # voxels without dose, biased low (8 / 12 mm: 13 % of the body, up to 75 % of the
-                # interpolation weight; a skin max of 14 Gy was 16.4 Gy with the dose computed)
-                dose_mask = support_mask(self._default_dose_mask(fine), fine.grid, patient.grid)
+        fine, patient, dose_mask = self._on_dose_grid(patient, dose_grid, target_rule, dose_mask)
         limit = check_max_memory(max_memory_mb)
         progress = _check_flag(progress, "progress")
         options = self._options(**options)
-        setup = self._setup(patient, target, isocenter_mm, dose_mask, self._target_required(**options))
-        if dose_grid is not None:  # depths through the CT (see BeamSetup.depth)
-            setup = dataclasses.replace(setup, trace=(self._density(fine), fine.grid))
+        setup = self._traced(self._setup(patient, target, isocenter_mm, dose_mask,
+                                         self._target_required(**options)), fine)
         placed = self._place(setup, **options)
         refuse_if_too_large(lambda: self._estimate(setup, placed, **options), limit,
                             available_memory_mb() if limit is None else None, self._memory_hint)
@@ -336,6 +322,34 @@ class BeamModel(ABC):
             # what PlanProblem checks the patient's grid against, and resamples it by
             out.ct_grid, out.target_rule = fine.grid, target_rule
         return out
+
+    def _on_dose_grid(self, patient, dose_grid, target_rule, dose_mask):
+        """(CT patient or None, the patient the dose is computed on, its dose mask): with a
+        ``dose_grid`` the patient resampled onto it (see :meth:`influence`), else as given."""
+        if target_rule not in TARGET_RULES:
+            raise BeamError(f"target_rule: expected one of {TARGET_RULES}, got {target_rule!r}")
+        if target_rule != "centre" and dose_grid is None:
+            raise BeamError("target_rule: applies to the resampling onto a dose grid; give dose_grid too")
+        if dose_grid is None:
+            return None, patient, dose_mask
+        if not isinstance(patient, Patient):
+            raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
+        grid = target_grid(patient.grid, dose_grid, "dose_grid")
+        fine, patient = patient, patient.resample(grid, target_rule)
+        if dose_mask is not None and np.shape(dose_mask) == fine.grid.shape != patient.grid.shape:
+            # a CT-grid mask: the dose-grid voxels its interpolation reads (as the default)
+            dose_mask = support_mask(check_dose_mask(dose_mask, fine.grid.shape), fine.grid, patient.grid)
+        elif dose_mask is None:
+            # every dose-grid voxel the interpolation of a CT body voxel reads (support rule):
+            # with the coarse body (centre rule) alone the outer CT layer of the body read
+            # voxels without dose, biased low (8 / 12 mm: 13 % of the body, up to 75 % of the
+            # interpolation weight; a skin max of 14 Gy was 16.4 Gy with the dose computed)
+            dose_mask = support_mask(self._default_dose_mask(fine), fine.grid, patient.grid)
+        return fine, patient, dose_mask
+
+    def _traced(self, setup: BeamSetup, fine: Patient | None) -> BeamSetup:
+        """``setup`` with its depths traced through the CT patient ``fine`` (BeamSetup.depth)."""
+        return setup if fine is None else dataclasses.replace(setup, trace=(self._density(fine), fine.grid))
 
     def _estimate_for(self, patient, target, isocenter_mm, dose_mask, **options: Any) -> dict[str, float]:
         options = self._options(**options)

@@ -23,6 +23,7 @@ from objectives.robust import scenario_form
 from ..errors import PlanError
 from ..geometry import Patient
 from ..influence import InfluenceMatrix, InfluenceSet
+from ..resample import target_grid
 from .scenarios import Scenario, scenario_list
 
 __all__ = ["scenario_form", "scenario_influence", "active_client"]
@@ -42,7 +43,8 @@ def active_client():
 
 def _one_scenario(model, patient, target, isocenter_mm, dose_mask, voxel_mask, scenario: Scenario,
                   options: dict) -> tuple[InfluenceMatrix, float]:
-    """The dose form of one scenario and its computation time, s (a Dask work unit)."""
+    """The dose form of one scenario and its computation time, s (a Dask work unit); ``options``
+    may hold ``dose_grid`` / ``target_rule`` (``patient`` is then the CT patient)."""
     t0 = time.perf_counter()
     out = model.scenario_influence(patient, target, isocenter_mm=isocenter_mm, dose_mask=dose_mask,
                                    shift_mm=scenario.shift_mm, wepl_scale=scenario.wepl_scale,
@@ -52,15 +54,16 @@ def _one_scenario(model, patient, target, isocenter_mm, dose_mask, voxel_mask, s
 
 def scenario_influence(model, patient: Patient, scenarios, structures,
                        influence: InfluenceMatrix | None = None, *, target: str | None = None,
-                       isocenter_mm=None, dose_mask=None, client="auto",
-                       **options) -> InfluenceSet:
+                       isocenter_mm=None, dose_mask=None, dose_grid=None, target_rule: str = "centre",
+                       client="auto", **options) -> InfluenceSet:
     """The nominal influence set plus one dose form per scenario.
 
     Parameters
     ----------
     model : the beam model of the nominal plan (e.g. ``ProtonBeams``, ``PhotonBeams``)
-    patient : the patient on the *dose* grid (``problem.patient`` when the nominal influence was
-        computed with ``dose_grid=``)
+    patient : the patient (CT and structures); with a dose grid the CT patient
+        (``problem.ct_patient``): the scenario doses are computed on the dose grid with depths
+        traced through the CT, as the nominal influence's
     scenarios : list of :class:`~optimizer.robust.scenarios.Scenario` (or what
         :func:`~optimizer.robust.scenarios.scenario_list` accepts), e.g. ``nominal9()``
     structures : names of the structures whose voxels the scenario doses cover (those of the
@@ -69,6 +72,8 @@ def scenario_influence(model, patient: Patient, scenarios, structures,
         when None
     target, isocenter_mm, dose_mask : as in ``model.influence`` (the isocentre defaults to
         the target's centroid, the same in every scenario)
+    dose_grid, target_rule : as in ``model.influence``; default those of ``influence`` when it
+        was computed on a dose grid (``influence(..., dose_grid=)``)
     client : a ``dask.distributed.Client``, None (in-process) or "auto" (the active client if
         there is one)
     options : the model's own options (``with_let`` defaults to False for the scenario doses)
@@ -86,16 +91,29 @@ def scenario_influence(model, patient: Patient, scenarios, structures,
                         f"{type(model).__name__} does not")
     if isinstance(structures, str) or not structures:
         raise PlanError(f"structures: expected a non-empty list of structure names, got {structures!r}")
-    mask = np.zeros(patient.grid.shape, dtype=bool)
+    ct_grid = getattr(influence, "ct_grid", None)
+    if dose_grid is None and ct_grid is not None:
+        if patient.grid != ct_grid:
+            raise PlanError("patient: the nominal influence was computed on a dose grid from a CT of another "
+                            "grid; pass that CT patient (problem.ct_patient): the scenario doses trace their "
+                            "depths through it, as the nominal's")
+        dose_grid, target_rule = influence.grid, influence.target_rule
+    on_grid = patient
+    if dose_grid is not None:
+        on_grid = patient.resample(target_grid(patient.grid, dose_grid, "dose_grid"), target_rule)
+        options.update(dose_grid=on_grid.grid, target_rule=target_rule)
+    mask = np.zeros(on_grid.grid.shape, dtype=bool)
     for name in structures:
-        mask |= patient.structure(name).mask
+        mask |= on_grid.structure(name).mask
     if "let_dose" in getattr(model, "form_names", ()):
         options.setdefault("with_let", False)
     if influence is None:
-        influence = model.influence(patient, target, isocenter_mm=isocenter_mm, dose_mask=dose_mask)
-    if influence.grid != patient.grid:
-        raise PlanError("influence: computed on another grid than patient; pass the patient on the dose grid "
-                        "(problem.patient)")
+        influence = model.influence(patient, target, isocenter_mm=isocenter_mm, dose_mask=dose_mask,
+                                    **{k: options[k] for k in ("dose_grid", "target_rule") if k in options})
+    if influence.grid != on_grid.grid:
+        raise PlanError("influence: computed on another grid than patient" + (
+            f"'s dose grid ({dose_grid})" if dose_grid is not None else
+            "; with a dose grid pass the CT patient (problem.ct_patient) and dose_grid="))
     if isocenter_mm is None:  # fix it once: the nominal beams' isocentre
         isocenter_mm = tuple(influence.beams[0]["isocenter_mm"]) if influence.beams else None
     client = active_client() if client == "auto" else client
@@ -114,7 +132,7 @@ def scenario_influence(model, patient: Patient, scenarios, structures,
                             "pass the nominal influence of the same model, target and isocentre")
         out.add_form(scenario_form(k), form)
     out.scenarios = scen
-    out.scenario_structures = [patient.structure(n).name for n in structures]
+    out.scenario_structures = [on_grid.structure(n).name for n in structures]
     out.scenario_times_s = [t for _, t in results]
     out.scenario_executor = "in-process" if client is None else "dask"
     return out
