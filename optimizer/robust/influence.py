@@ -98,10 +98,10 @@ def scenario_influence(model, patient: Patient, scenarios, structures,
                             "grid; pass that CT patient (problem.ct_patient): the scenario doses trace their "
                             "depths through it, as the nominal's")
         dose_grid, target_rule = influence.grid, influence.target_rule
-    on_grid = patient
+    on_grid, grid_options = patient, {}
     if dose_grid is not None:
         on_grid = patient.resample(target_grid(patient.grid, dose_grid, "dose_grid"), target_rule)
-        options.update(dose_grid=on_grid.grid, target_rule=target_rule)
+        grid_options = {"dose_grid": on_grid.grid, "target_rule": target_rule}
     mask = np.zeros(on_grid.grid.shape, dtype=bool)
     for name in structures:
         mask |= on_grid.structure(name).mask
@@ -109,7 +109,7 @@ def scenario_influence(model, patient: Patient, scenarios, structures,
         options.setdefault("with_let", False)
     if influence is None:
         influence = model.influence(patient, target, isocenter_mm=isocenter_mm, dose_mask=dose_mask,
-                                    **{k: options[k] for k in ("dose_grid", "target_rule") if k in options})
+                                    **grid_options)
     if influence.grid != on_grid.grid:
         raise PlanError("influence: computed on another grid than patient" + (
             f"'s dose grid ({dose_grid})" if dose_grid is not None else
@@ -117,7 +117,8 @@ def scenario_influence(model, patient: Patient, scenarios, structures,
     if isocenter_mm is None:  # fix it once: the nominal beams' isocentre
         isocenter_mm = tuple(influence.beams[0]["isocenter_mm"]) if influence.beams else None
     client = active_client() if client == "auto" else client
-    args = [(model, patient, target, isocenter_mm, dose_mask, mask, s, dict(options)) for s in scen]
+    args = [(model, patient, target, isocenter_mm, dose_mask, mask, s, {**options, **grid_options})
+            for s in scen]
     if client is None:
         results = [_one_scenario(*a) for a in args]
     else:
