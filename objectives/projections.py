@@ -100,9 +100,11 @@ def upper_cvar_projection(z, v, fraction: float, limit: float, iterations: int =
     v = xp.asarray(v, dtype=z.dtype)
     v = v / float(v.sum())
     a = float(fraction)
-    order = xp.argsort(-z)
-    zs = z[order]
-    k = int(xp.searchsorted(xp.cumsum(v[order]), a))
+    equal = float(v.max() - v.min()) <= 1e-12 * float(v.max())
+    # equal volumes need the sorted values only (a sort, not an argsort: ~2x faster)
+    order = None if equal else xp.argsort(-z)
+    zs = -xp.sort(-z) if equal else z[order]
+    k = int(xp.searchsorted(xp.cumsum(v if equal else v[order]), a))
     t0 = float(zs[min(k, len(z) - 1)])
     g0 = a * t0 + dot(v, xp.maximum(z - t0, 0)) - a * limit  # a (CVaR(z) - limit)
     scale = max(abs(limit), float(xp.abs(z).max()), 1.0)
@@ -110,11 +112,10 @@ def upper_cvar_projection(z, v, fraction: float, limit: float, iterations: int =
         return xp.array(z, copy=True)
     zero = xp.zeros(1, dtype=z.dtype)
     pz = xp.concatenate([zero, xp.cumsum(zs)])
-    equal = float(v.max() - v.min()) <= 1e-12 * float(v.max())
 
     def state(mu):
         y = z - mu * v
-        ys = y[order] if equal else -xp.sort(-y)
+        ys = zs - mu * float(v[0]) if equal else -xp.sort(-y)
         py = xp.concatenate([zero, xp.cumsum(ys)])
         t = _threshold(z, ys, zs, pz, py, mu, a * mu)
         g = a * t + dot(v, xp.maximum(y - t, 0)) - a * limit
@@ -135,7 +136,10 @@ def upper_cvar_projection(z, v, fraction: float, limit: float, iterations: int =
     top = z > t0
     w_top = dot(v[top], v[top]) if bool(top.any()) else float(v.max()) ** 2
     mu = g0 / max(w_top, 1e-300)
-    found = _newton_on_pieces(z, v, a, limit, t0, mu)
+    if equal:
+        found = _newton_on_sorted(zs, pz, a, limit, t0, mu)
+    else:
+        found = _newton_on_pieces(z, v, a, limit, t0, mu)
     if found is not None:
         t, mu = found
         return z - xp.clip(z - t, 0, mu * v)
@@ -185,6 +189,36 @@ def _newton_on_pieces(z, v, a: float, limit: float, t: float, mu: float, max_ite
             t = (zm + mu * (va - a)) / m
         elif wa > 0 and abs(va - a) <= 1e-12:
             mu = (zva - a * limit) / wa  # t is free between the capped and the untouched voxels
+        else:
+            return None
+        if not (mu >= 0 and np.isfinite(mu) and np.isfinite(t)):
+            return None
+    return None
+
+
+def _newton_on_sorted(zs, pz, a: float, limit: float, t: float, mu: float, max_iter: int = 30):
+    """:func:`_newton_on_pieces` for equal volumes (v_i = 1/n): the capped voxels (z > t + mu/n)
+    are a prefix of ``zs`` (z sorted in decreasing order, ``pz`` its prefix sums with a leading 0)
+    and the middle ones (t <= z <= t + mu/n) the run after it, so each step is two binary
+    searches and a few prefix-sum reads (O(log n), against O(n) passes per step)."""
+    xp = array_module(zs)
+    n = len(zs)
+    neg = -zs  # increasing: searchsorted counts the values above a level
+    prev = None
+    for _ in range(max_iter):
+        ca = int(xp.searchsorted(neg, -(t + mu / n), side="left"))  # z > t + mu / n
+        cm = int(xp.searchsorted(neg, -t, side="right"))  # z >= t
+        m = cm - ca
+        if prev == (ca, m):
+            return t, mu
+        prev = (ca, m)
+        va, zva, wa = ca / n, float(pz[ca]) / n, ca / n ** 2
+        if m > 0:
+            zm = float(pz[cm] - pz[ca])
+            mu = ((a - va) * zm / m + zva - a * limit) / ((a - va) ** 2 / m + wa)
+            t = (zm + mu * (va - a)) / m
+        elif wa > 0 and abs(va - a) <= 1e-12:
+            mu = (zva - a * limit) / wa
         else:
             return None
         if not (mu >= 0 and np.isfinite(mu) and np.isfinite(t)):

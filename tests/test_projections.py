@@ -111,6 +111,7 @@ def test_single_voxel():
 def test_safeguarded_fallback_matches_cvxpy(monkeypatch):
     """The search over mu alone (used when the Newton steps on pieces do not settle) is exact too."""
     monkeypatch.setattr(pj, "_newton_on_pieces", lambda *args, **kw: None)
+    monkeypatch.setattr(pj, "_newton_on_sorted", lambda *args, **kw: None)
     for z, v, a, limit in _instances(21, 16):
         p = pj.upper_cvar_projection(z, v, a, limit)
         np.testing.assert_allclose(p, _brute(z, v, a, limit), atol=2e-5)
@@ -132,6 +133,27 @@ def test_large_instance_satisfies_the_kkt_conditions():
     wstar = p / lam  # the maximiser the KKT conditions name
     assert wstar.max() <= (w / a).max() + 1e-12 and np.all(wstar <= w / a + 1e-12)
     np.testing.assert_allclose(wstar @ q, _cvar(q, v, a), rtol=1e-12)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_equal_volume_steps_on_the_sorted_values_match_the_safeguarded_search(monkeypatch, ties):
+    """Equal volumes take the O(log n)-per-step Newton on the sorted values; it lands on the
+    projection the safeguarded search finds (its own exact method), on the limit."""
+    r = np.random.default_rng(9)
+    calls = []
+    for n, a, limit in ((20000, 0.1, 53.0), (5000, 0.02, 55.0), (3, 0.5, 50.0)):
+        z = r.normal(52, 2, n)
+        if ties:
+            z = np.round(z * 2.0) / 2.0
+        v = np.full(n, 0.3)
+        calls.clear()
+        with monkeypatch.context() as m:
+            m.setattr(pj, "_newton_on_sorted", lambda *args, **kw: calls.append(args))
+            searched = pj.upper_cvar_projection(z, v, a, limit)
+        assert calls  # the equal volumes did take the sorted path
+        fast = pj.upper_cvar_projection(z, v, a, limit)
+        np.testing.assert_allclose(fast, searched, atol=1e-9)
+        assert abs(_cvar(fast, v, a) - limit) <= 1e-9 * limit
 
 
 def test_dot_matches_numpy():
