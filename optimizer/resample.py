@@ -113,12 +113,18 @@ TARGET_RULES = ("centre", "support")
 
 
 def support_mask(mask: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
-    """Coarse voxels with a non-zero trilinear weight at some fine voxel of ``mask``."""
+    """Coarse voxels with a non-zero trilinear weight at some fine voxel of ``mask``; fine voxels
+    outside the coarse grid read none (their interpolated dose is 0: :func:`resample_dose`),
+    rather than the edge voxel they would clamp to."""
     idx = np.nonzero(mask)
     out = np.zeros(coarse.shape, bool)
+    frac_idx = [_fractional_index(fine, coarse, axis, i) for axis, i in enumerate(idx)]
+    inside = np.ones(len(idx[0]), bool)
+    for axis, c in enumerate(frac_idx):
+        inside &= _in_source(c, coarse.shape[axis])
     corners = []
-    for axis, i in enumerate(idx):
-        c = _fractional_index(fine, coarse, axis, i)
+    for axis, c in enumerate(frac_idx):
+        c = c[inside]
         lo = np.floor(c).astype(int)
         frac = c - lo
         n = coarse.shape[axis]

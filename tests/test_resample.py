@@ -334,3 +334,43 @@ def test_influence_with_the_support_rule_plans_on_the_support_target():
         beams.influence(ct, target="PTV", target_rule="support")
     with pytest.raises(Exception, match="target_rule: expected one of"):
         beams.influence(ct, target="PTV", dose_grid=12.0, target_rule="edge")
+
+
+@pytest.mark.parametrize("where", ["whole box", "part of the box", "inside the core"])
+def test_support_mask_is_what_the_interpolation_reads(fine, where):
+    """support_mask (the support target rule, the default dose region) marks exactly the coarse
+    voxels the trilinear interpolation of the mask's voxels reads (interpolation_matrix, equal to
+    resample_dose); fine voxels outside a partial grid read none (they used to clamp onto its edge
+    voxels: a grid inside the core got 35 'PTV' voxels, 30 of them core)."""
+    from optimizer import Grid
+    from optimizer.resample import interpolation_matrix
+
+    if where == "whole box":
+        grid = coarse_grid(fine.grid, (6.0, 7.0, 8.0))
+    elif where == "part of the box":
+        lo = np.asarray(fine.grid.origin_mm) - 1.25
+        grid = Grid((12, 16, 18), (6.0, 7.0, 8.0), tuple(lo + 4.0))
+    else:
+        grid = Grid((5, 3, 3), (5.0, 5.0, 5.0), (-10.0, -5.0, -5.0))  # no PTV voxel centre inside
+    for name in ("PTV", "Core"):
+        mask = fine.structure(name).mask
+        P = interpolation_matrix(grid, fine.grid, np.flatnonzero(mask.ravel()))
+        read = np.zeros(grid.shape, bool)
+        read.ravel()[np.unique(P.indices)] = True
+        np.testing.assert_array_equal(support_mask(mask, fine.grid, grid), read)
+    if where == "inside the core":
+        assert not support_mask(fine.structure("PTV").mask, fine.grid, grid).any()
+
+
+def test_a_target_lost_on_the_dose_grid_is_refused_naming_dose_grid():
+    from optimizer import BeamError, Grid
+
+    ct = phantoms.tg119_cshape(spacing_mm=5.0)
+    beams = PhotonBeams([0], beamlet_mm=10.0)
+    inside_core = Grid((5, 3, 3), (5.0, 5.0, 5.0), (-10.0, -5.0, -5.0))
+    for kwargs in (dict(target="PTV", dose_grid=inside_core), dict(target="PTV", dose_grid=inside_core,
+                                                                  target_rule="support"),
+                   dict(dose_grid=1000.0)):
+        with pytest.warns(UserWarning, match="PTV"), \
+                pytest.raises(BeamError, match=r"dose_grid: the target 'PTV' has no voxel centre on the"):
+            beams.influence(ct, **kwargs)

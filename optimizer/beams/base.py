@@ -278,7 +278,7 @@ class BeamModel(ABC):
         the dose is computed in the voxels of ``voxel_mask`` ([z, y, x] bool, default the dose
         mask) only. ``dose_grid``, ``target_rule``: as in :meth:`influence` (``patient`` the CT
         patient, ``voxel_mask`` on the dose grid). Used by :mod:`optimizer.robust`."""
-        fine, patient, dose_mask = self._on_dose_grid(patient, dose_grid, target_rule, dose_mask)
+        fine, patient, dose_mask = self._on_dose_grid(patient, dose_grid, target_rule, dose_mask, target)
         options = self._options(**options)
         setup = self._traced(self._setup(patient, target, isocenter_mm, dose_mask,
                                          self._target_required(**options)), fine)
@@ -311,7 +311,7 @@ class BeamModel(ABC):
     def _run(self, patient, target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid=None,
              target_rule: str = "centre", **options: Any) -> InfluenceSet:
         """Check everything, place the beamlets, refuse what does not fit in memory, compute."""
-        fine, patient, dose_mask = self._on_dose_grid(patient, dose_grid, target_rule, dose_mask)
+        fine, patient, dose_mask = self._on_dose_grid(patient, dose_grid, target_rule, dose_mask, target)
         limit = check_max_memory(max_memory_mb)
         progress = _check_flag(progress, "progress")
         options = self._options(**options)
@@ -326,9 +326,11 @@ class BeamModel(ABC):
             out.ct_grid, out.target_rule = fine.grid, target_rule
         return out
 
-    def _on_dose_grid(self, patient, dose_grid, target_rule, dose_mask):
+    def _on_dose_grid(self, patient, dose_grid, target_rule, dose_mask, target=None):
         """(CT patient or None, the patient the dose is computed on, its dose mask): with a
-        ``dose_grid`` the patient resampled onto it (see :meth:`influence`), else as given."""
+        ``dose_grid`` the patient resampled onto it (see :meth:`influence`), else as given. A
+        target the resampling loses (no dose-grid voxel centre inside it) is refused naming
+        ``dose_grid``: the target itself is fine, the grid is too coarse or lies elsewhere."""
         if target_rule not in TARGET_RULES:
             raise BeamError(f"target_rule: expected one of {TARGET_RULES}, got {target_rule!r}")
         if target_rule != "centre" and dose_grid is None:
@@ -339,6 +341,18 @@ class BeamModel(ABC):
             raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
         grid = target_grid(patient.grid, dose_grid, "dose_grid")
         fine, patient = patient, patient.resample(grid, target_rule)
+        if isinstance(target, str):
+            wanted = [s.name for s in fine.structures if s.name == target]
+        else:
+            wanted = [s.name for s in fine.structures if s.role == "target" and s.mask.any()]
+        kept = {s.name for s in patient.structures}
+        if wanted and not any(name in kept for name in wanted):
+            names = " / ".join(repr(n) for n in wanted)
+            spacing = tuple(float(v) for v in grid.spacing_mm)
+            origin = tuple(round(float(v), 2) for v in grid.origin_mm)
+            raise BeamError(f"dose_grid: the target {names} has no voxel centre on the {spacing} mm dose "
+                            f"grid of shape {grid.shape} (origin {origin} mm); use a finer dose grid or "
+                            f"one that covers the target")
         if dose_mask is not None and np.shape(dose_mask) == fine.grid.shape != patient.grid.shape:
             # a CT-grid mask: the dose-grid voxels its interpolation reads (as the default)
             dose_mask = support_mask(check_dose_mask(dose_mask, fine.grid.shape), fine.grid, patient.grid)
