@@ -191,6 +191,8 @@ def test_peak_valley_masks_follow_pattern(array125):
     (dict(beam_width_mm=1.0, ctc_mm=-1.0), "ctc_mm"),
     (dict(beam_width_mm=1.0, ctc_mm=1.0), "ctc_mm > beam_width_mm"),
     (dict(beam_width_mm=1.0, ctc_mm=4.0, pattern="dots"), "pattern"),
+    (dict(beam_width_mm=1.0, ctc_mm=4.0, offset_mm="1"), "offset_mm: expected a finite shift in mm, got '1'"),
+    (dict(beam_width_mm=1.0, ctc_mm=4.0, offset_mm=float("nan")), "offset_mm"),
 ])
 def test_bad_pattern(kwargs, field):
     with pytest.raises(BeamError, match=field):
@@ -209,6 +211,24 @@ def test_bad_grid_collimator_and_blocked_field():
     with pytest.raises(BeamError, match="blocks the whole field"):
         ProtonMinibeams(0, MinibeamPattern(1.0, 4.0, offset_mm=2.0), energies_MeV=[100.0],
                         field_mm=2.0).influence(fine)
+
+
+_PATTERN = MinibeamPattern(0.7, 3.0)
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: ProtonMinibeams(0, _PATTERN, margin_mm=float("nan")), "margin_mm: expected a margin"),
+    (lambda: ProtonMinibeams(0, _PATTERN, margin_mm="2"), "margin_mm: expected a margin"),
+    (lambda: ProtonMinibeams(0, _PATTERN, margin_mm=-50), "margin_mm: expected a margin >= 0"),
+    (lambda: ProtonMinibeams(0, _PATTERN, energies_MeV=[]), "energies_MeV: expected at least one"),
+    (lambda: SlitCollimator(air_gap_mm="a"), "collimator.air_gap_mm: expected a distance >= 0"),
+    (lambda: SlitCollimator(air_gap_mm="5"), "collimator.air_gap_mm"),
+    (lambda: SlitCollimator(edge_scatter=float("inf")), "collimator.edge_scatter"),
+])
+def test_bad_minibeam_and_collimator_numbers_are_refused_naming_the_field(make, field):
+    """(used to: raw ValueErrors from float() / arange / concatenate, or strings taken as numbers)"""
+    with pytest.raises(BeamError, match=field):
+        make()
 
 
 def test_pin_array_conserves_energy_and_labels_both_axes():

@@ -177,7 +177,7 @@ class BeamModel(ABC):
     modality: ClassVar[str] = ""
     form_names: ClassVar[tuple[str, ...]] = ("dose",)
     #: How to need less memory; ends the message of a refused computation.
-    _memory_hint: ClassVar[str] = "Use a coarser dose grid (resample the patient) or fewer beams"
+    _memory_hint: ClassVar[str] = "Use a coarser dose grid (dose_grid=) or fewer beams"
 
     def __init__(self, gantry_deg: Iterable[float] | float, couch_deg: Iterable[float] | float = 0.0):
         gantry, couch = check_beam_angles(gantry_deg, couch_deg)

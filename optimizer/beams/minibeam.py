@@ -66,6 +66,7 @@ from . import proton_halo as ph
 from . import proton_physics as pp
 from .base import BeamModel, BeamSetup
 from .minibeam_pattern import MinibeamPattern, _positive, check_resolution
+from .raytrace import check_number
 
 #: FWHM of a Gaussian in sigmas, 2 sqrt(2 ln 2).
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -108,13 +109,9 @@ class SlitCollimator:
 
     def __post_init__(self):
         _positive(self.thickness_mm, "collimator.thickness_mm")
-        gap = float(self.air_gap_mm)
-        if not (np.isfinite(gap) and gap >= 0):
-            raise BeamError(f"collimator.air_gap_mm: expected a distance >= 0 in mm, got {self.air_gap_mm!r}")
-        f = float(self.edge_scatter)
-        if not (np.isfinite(f) and 0 <= f <= 0.5):
-            raise BeamError("collimator.edge_scatter: expected a fraction in [0, 0.5], "
-                            f"got {self.edge_scatter!r}")
+        check_number(self.air_gap_mm, "collimator.air_gap_mm", "a distance >= 0 in mm", lambda v: v >= 0)
+        check_number(self.edge_scatter, "collimator.edge_scatter", "a fraction in [0, 0.5]",
+                     lambda v: 0 <= v <= 0.5)
 
 
 class _Minibeams(BeamModel):
@@ -131,7 +128,8 @@ class _Minibeams(BeamModel):
         self.pattern = pattern
         self.field_mm = None if field_mm is None else _positive(field_mm, "field_mm")
         self.length_mm = None if length_mm is None else _positive(length_mm, "length_mm")
-        self.margin_mm = float(margin_mm)
+        self.margin_mm = check_number(margin_mm, "margin_mm", "a margin >= 0 in mm around the target's "
+                                      "projection", lambda v: v >= 0)
         self.cutoff_sigmas = _positive(cutoff_sigmas, "cutoff_sigmas", "a positive number of sigmas")
         self.depth_ray_mm = _positive(depth_ray_mm, "depth_ray_mm")
 
@@ -326,6 +324,9 @@ class ProtonMinibeams(_Minibeams):
         self.collimator = collimator
         self.energies_MeV = None if energies_MeV is None else [pp._scalar_energy(e) for e in
                                                                np.atleast_1d(energies_MeV)]
+        if self.energies_MeV == []:
+            raise BeamError("energies_MeV: expected at least one energy in MeV (70-230), or None for layers "
+                            "every layer_spacing_mm across the target; got an empty sequence")
         self.layer_spacing_mm = _positive(layer_spacing_mm, "layer_spacing_mm")
         self.energy_spread_pct = pp._spread(energy_spread_pct)
         if collimator is not None:

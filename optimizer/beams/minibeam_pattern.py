@@ -70,12 +70,7 @@ class MinibeamPattern:
             raise BeamError(f"pattern: expected 'slit' or 'pin', got {self.pattern!r}")
         if self.across not in ("u", "v"):
             raise BeamError(f"across: expected 'u' or 'v', got {self.across!r}")
-        try:
-            off = float(self.offset_mm)
-        except (TypeError, ValueError):
-            off = np.nan
-        if not np.isfinite(off):
-            raise BeamError(f"offset_mm: expected a finite shift in mm, got {self.offset_mm!r}")
+        off = check_number(self.offset_mm, "offset_mm", "a finite shift in mm")
         seg = None if self.segment_mm is None else _positive(self.segment_mm, "segment_mm")
         object.__setattr__(self, "beam_width_mm", w)
         object.__setattr__(self, "ctc_mm", c)

@@ -133,7 +133,7 @@ class PhotonBeams(BeamModel):
 
     modality = "photon"
     form_names = ("dose",)
-    _memory_hint = ("Use a coarser dose grid (resample the patient), a larger beamlet_mm, a smaller "
+    _memory_hint = ("Use a coarser dose grid (dose_grid=), a larger beamlet_mm, a smaller "
                     "dose_mask or fewer beams")
 
     def __init__(
