@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -32,10 +33,12 @@ def _int_at_least(value, minimum: int) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool)) and value >= minimum
 
 
-def read_meta(path: str) -> tuple[dict, Grid, bytes]:
-    """Open the archive, validate ``plan.json``; return it, its grid and the npz bytes."""
+def read_meta(source, name: str | None = None) -> tuple[dict, Grid, bytes]:
+    """Open the archive (a path, or a file object with ``name`` for the messages), validate
+    ``plan.json``; return it, its grid and the npz bytes."""
+    path = os.fspath(source) if name is None else name
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(source) as zf:
             members = {i.filename: i for i in zf.infolist()}
             for name in ("plan.json", "arrays.npz"):
                 if name not in members:
@@ -53,6 +56,9 @@ def read_meta(path: str) -> tuple[dict, Grid, bytes]:
         raise PlanError(f"{path}: not a bioplan plan archive ({exc})") from None
     if not isinstance(meta, dict):
         _fail(path, "plan.json: expected a JSON object")
+    if meta.get("density_table", True) is not True or not isinstance(meta.get("density_table_source", ""),
+                                                                     (str, type(None))):
+        _fail(path, "plan.json: density_table must be true when present, density_table_source a string")
     if meta.get("archive_version") != ARCHIVE_VERSION:
         _fail(path, f"archive_version {meta.get('archive_version')!r} is not supported")
     required = {"patient": str, "grid": dict, "structures": list, "fractions": int, "modality": str,
@@ -108,6 +114,8 @@ def read_checked_arrays(path: str, meta: dict, grid: Grid, npz_bytes: bytes, max
     expected.update({f"mask_{i}": (n_mask,) for i in range(len(meta["structures"]))})
     expected.update({f"beamlet_{k}": None for k in meta["beamlet_columns"]})
     expected.update({f"extra_{k}": grid.shape for k in meta["extras"]})
+    if meta.get("density_table") is True:
+        expected["density_table"] = "table"
     try:
         with zipfile.ZipFile(io.BytesIO(npz_bytes)) as zf:
             names = set(zf.namelist())
@@ -122,6 +130,10 @@ def read_checked_arrays(path: str, meta: dict, grid: Grid, npz_bytes: bytes, max
     if len(n_beamlets) != 1 or n_beamlets[0] < 1:
         _fail(path, f"weights: expected a 1-D array of beamlet weights, got shape {n_beamlets}")
     for key, (shape, _dtype) in headers.items():
+        if expected[key] == "table":  # HU -> relative density: N x 2, N >= 2
+            if len(shape) != 2 or shape[1] != 2 or shape[0] < 2 or shape[0] > 10000:
+                _fail(path, f"{key}: expected an N x 2 table (HU, relative density), got shape {shape}")
+            continue
         want = expected[key] if expected[key] is not None else n_beamlets
         if shape != tuple(want):
             _fail(path, f"{key}: shape {shape} does not match the archive (expected {tuple(want)})")
@@ -134,7 +146,7 @@ def read_checked_arrays(path: str, meta: dict, grid: Grid, npz_bytes: bytes, max
             arrays = {k: npz[k] for k in expected}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise PlanError(f"{path}: arrays.npz is damaged ({exc})") from None
-    for key in ("dose", "weights", "ct_hu"):
+    for key in ("dose", "weights", "ct_hu") + (("density_table",) if "density_table" in arrays else ()):
         if not np.all(np.isfinite(arrays[key])):
             _fail(path, f"{key}: contains NaN or infinite values")
     for key in ("dose", "weights"):

@@ -127,6 +127,11 @@ class Plan:
             arrays[f"beamlet_{k}"] = np.asarray(v)
         for k, v in self.extras.items():
             arrays[f"extra_{k}"] = np.asarray(v)
+        # an importer's own HU -> density table (matRad's ct.hlut): what a dose recomputed from
+        # the loaded plan reads (without it, the default table: 1.167 vs 1.297 at 500 HU)
+        table = getattr(self.patient, "density_table", None)
+        if table is not None:
+            arrays["density_table"] = np.asarray(table, dtype=float)
         meta = {
             "archive_version": ARCHIVE_VERSION,
             "patient": self.patient.name,
@@ -143,6 +148,9 @@ class Plan:
             "extras": list(self.extras),
             "solver": self.solver,
         }
+        if table is not None:
+            meta["density_table"] = True
+            meta["density_table_source"] = getattr(self.patient, "density_table_source", None)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         try:
@@ -156,7 +164,17 @@ class Plan:
                 zf.writestr("plan.json", text)
                 zf.writestr("arrays.npz", buf.getvalue())
 
-        return atomic_write(path, write, overwrite=overwrite)
+        # refuse up front what load would refuse (NaN dose, extras off the grid, ...): an archive
+        # that cannot be read back is a lost plan
+        archive = io.BytesIO()
+        write(archive)
+        try:
+            meta_back, grid, npz_bytes = read_meta(archive, "plan")
+            read_checked_arrays("plan", meta_back, grid, npz_bytes, float("inf"))
+        except PlanError as exc:
+            raise PlanError(f"{os.fspath(path)}: not saved, Plan.load would refuse it: "
+                            f"{str(exc).removeprefix('plan: ')}") from None
+        return atomic_write(path, lambda f: f.write(archive.getbuffer()), overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, max_mb: float = 4096.0) -> Plan:
@@ -177,6 +195,9 @@ class Plan:
                 structures.append(Structure(s["name"], mask, s["role"],
                                             tuple(s["color"]) if s["color"] else None))
             patient = Patient(grid, arrays["ct_hu"], structures, name=str(meta["patient"]))
+            if "density_table" in arrays:
+                patient.density_table = arrays["density_table"]
+                patient.density_table_source = meta.get("density_table_source")
         except BioplanError as exc:
             raise PlanError(f"{path}: invalid patient in the archive ({exc})") from None
         beamlets = {k: arrays[f"beamlet_{k}"] for k in meta["beamlet_columns"]}

@@ -64,6 +64,35 @@ def test_plan_round_trip_is_exact(toy, tmp_path):
         Plan.load(tmp_path / "junk.plan")
 
 
+def test_the_archive_keeps_the_density_table_and_save_refuses_what_load_would(toy, tmp_path):
+    """A patient's own HU -> density table (matRad's ct.hlut) survives the archive (it fell back to
+    the default table: 1.167 vs 1.297 at 500 HU); a plan load would refuse is not written."""
+    import dataclasses
+
+    patient, inf, _ = toy
+    problem = PlanProblem(patient, inf, fractions=5)
+    problem += SquaredDeviation("T", 10.0, weight=1.0)
+    plan = problem.solve()
+    own = Patient(patient.grid, np.full(patient.grid.shape, 500.0), patient.structures)
+    own.density_table = np.array([[-1000.0, 0.0], [0.0, 1.0], [3000.0, 2.0]])
+    own.density_table_source = "the file's ct.hlut"
+    back = Plan.load(dataclasses.replace(plan, patient=own).save(tmp_path / "own.plan"))
+    np.testing.assert_array_equal(back.patient.density_table, own.density_table)
+    assert back.patient.density_table_source == "the file's ct.hlut"
+    # by hand: 500 HU on the line from (0, 1) to (3000, 2)
+    assert back.patient.relative_electron_density()[0, 0, 0] == pytest.approx(1.0 + 500.0 / 3000.0)
+    assert getattr(Plan.load(plan.save(tmp_path / "plain.plan")).patient, "density_table", None) is None
+    bad = {"a space in the name": dataclasses.replace(plan, extras={"RBE dose": np.ones(plan.dose.shape)}),
+           "off the grid": dataclasses.replace(plan, extras={"bad": np.ones(3)}),
+           "NaN dose": dataclasses.replace(plan, dose=np.where(plan.dose > 0, np.nan, 0.0))}
+    for what, p in bad.items():
+        target = tmp_path / f"{what}.plan"
+        with pytest.raises(PlanError, match="not saved, Plan.load would refuse it: "):
+            p.save(target)
+        assert not target.exists(), what
+        assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_fluence_maps_place_weights(toy):
     patient, inf, _ = toy
     w = np.array([1.0, 2.0, 3.0, 4.0])
