@@ -171,6 +171,7 @@ class PlanProblem:
         self._problem: cp.Problem | None = None
         self._x: cp.Variable | None = None
         self._built_for = None
+        self._built_terms: list[Term] = []  # the terms the cached problem was built from
         self._sets: dict[tuple[str, str], _VoxelSet] = {}
         self._generated: dict[str, np.ndarray] = {}  # voxels added by constraint generation
         self._unsampled: set[str] = set()  # sampled helpers that carry an aggregate hard term
@@ -312,8 +313,13 @@ class PlanProblem:
     def build(self) -> cp.Problem:
         """Assemble (or return the cached) cvxpy problem."""
         self._sync()
-        if self._problem is not None:
+        built = self._built_terms
+        if self._problem is not None and len(built) == len(self.terms) and all(
+                a is b for a, b in zip(built, self.terms)):
             return self._problem
+        # a term replaced or removed in the plain list ``terms`` (``problem.terms[i] = ...``) was
+        # invisible to the cache: CLARABEL solved the old terms and called the plan optimal
+        self._problem = None
         if not self.terms:
             raise PlanError("terms: the problem has no terms; add objectives or constraints first")
         t0 = time.perf_counter()
@@ -393,6 +399,7 @@ class PlanProblem:
             objective = objective + weighted
         self._x = x
         self._problem = cp.Problem(cp.Minimize(objective), constraints)
+        self._built_terms = list(self.terms)  # compared by identity
         return aggregate
 
     def _context(self, vs: _VoxelSet | None) -> TermContext:

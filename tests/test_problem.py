@@ -161,3 +161,36 @@ def test_body_sampling_reweights_and_is_reported():
     assert plan.structure_dose("Core").max() <= 40.0 + 1e-3
     assert isinstance(patient.structure("Body"), Structure)
     assert cp.installed_solvers()
+
+
+def test_a_term_replaced_or_removed_in_the_list_reaches_the_next_solve(toy):
+    """problem.terms[i] = ... and del problem.terms[i] (a plain list) rebuild the cvxpy problem:
+    CLARABEL used to solve the cached old terms and call the plan optimal (core max 9.98 Gy under
+    a new hard limit of 5 Gy on the C-shape). Reference: a fresh problem with the same terms."""
+    from objectives import MaxDose, SquaredDeviation
+    from optimizer import PlanProblem
+
+    patient, inf, _ = toy
+
+    def fresh(*terms):
+        p = PlanProblem(patient, inf, fractions=5)
+        for t in terms:
+            p += t
+        return p.solve(solver="CLARABEL")
+
+    problem = PlanProblem(patient, inf, fractions=5)
+    problem += SquaredDeviation("T", 10.0, weight=1.0)
+    problem += MaxDose("O", 20.0)
+    loose = problem.solve(solver="CLARABEL")
+    assert loose.structure_dose("O").max() > 2.5  # the loose cap does not act
+    problem.terms[1] = MaxDose("O", 2.0)
+    tight = problem.solve(solver="CLARABEL")
+    assert tight.structure_dose("O").max() <= 2.0 + 1e-3
+    ref = fresh(SquaredDeviation("T", 10.0, weight=1.0), MaxDose("O", 2.0))
+    assert tight.solver["objective"] == pytest.approx(ref.solver["objective"], rel=1e-6)
+    assert [h["term"] for h in tight.solver["hard_terms"]] == ["MaxDose('O', 2 Gy)"]
+    del problem.terms[1]
+    free = problem.solve(solver="CLARABEL")
+    assert free.solver["hard_terms"] == []
+    assert free.solver["objective"] == pytest.approx(fresh(SquaredDeviation("T", 10.0, weight=1.0))
+                                                     .solver["objective"], rel=1e-6, abs=1e-9)
