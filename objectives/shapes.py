@@ -112,6 +112,21 @@ class Mean(_Limited):
         return pj.halfspace(q, _vol(ctx, q), float(self.limit.value))
 
 
+def _fixed(name: str, attr: str, what: str) -> property:
+    """A term setting fixed when the term is made: it shapes the convex program (not a
+    Parameter), so a later assignment, which the cached program would not see, is refused."""
+
+    def get(self):
+        return getattr(self, attr)
+
+    def refuse(self, value):
+        raise TermError(f"{type(self).__name__}.{name}: {what} is fixed when the term is made (it shapes "
+                        f"the convex program); make a new term and put it in the problem's place "
+                        f"(problem.terms[i] = {type(self).__name__}(...)), got {value!r}")
+
+    return property(get, refuse)
+
+
 class CVaRMax(_Limited):
     """Hot-tail mean: the volume-weighted mean of q over the hottest ``volume_pct`` % <= limit.
 
@@ -123,10 +138,12 @@ class CVaRMax(_Limited):
     (:func:`objectives.projections.upper_cvar_projection`).
     """
 
+    volume_pct = _fixed("volume_pct", "_volume_pct", "the volume")
+
     def __init__(self, structure, limit, volume_pct, quantity=None, weight=None):
         super().__init__(structure, limit, quantity, weight)
         self._fraction = volume_fraction(volume_pct, f"{type(self).__name__}.volume_pct")
-        self.volume_pct = float(volume_pct)
+        self._volume_pct = float(volume_pct)
 
     def _violation(self, q, ctx):
         cvar, _ = upper_cvar(q, ctx.volumes, self._fraction)
@@ -155,10 +172,12 @@ class CVaRMin(_Limited):
 
     requires_affine = True
 
+    volume_pct = _fixed("volume_pct", "_volume_pct", "the volume")
+
     def __init__(self, structure, limit, volume_pct, quantity=None, weight=None):
         super().__init__(structure, limit, quantity, weight)
         self._fraction = 1.0 - volume_fraction(volume_pct, f"{type(self).__name__}.volume_pct")
-        self.volume_pct = float(volume_pct)
+        self._volume_pct = float(volume_pct)
 
     def _violation(self, q, ctx):
         cvar, _ = lower_cvar(q, ctx.volumes, self._fraction)
@@ -194,13 +213,15 @@ class GEUDMax(_Limited):
     the maximum). A non-affine quantity enters as pos(q), equal to q where q >= 0, so cvxpy can
     verify the composition. Soft form: weight x max(gEUD - limit, 0)."""
 
+    a = _fixed("a", "_a_value", "the exponent")
+
     def __init__(self, structure, limit, a, quantity=None, weight=None):
         super().__init__(structure, limit, quantity, weight)
         try:
-            self.a = float(a)
+            self._a_value = float(a)
         except (TypeError, ValueError):
             raise TermError(f"{type(self).__name__}.a: expected a number >= 1, got {a!r}") from None
-        if not (np.isfinite(self.a) and self.a >= 1):
+        if not (np.isfinite(self._a_value) and self._a_value >= 1):
             raise TermError(f"{type(self).__name__}.a: expected a finite a >= 1 (gEUD is convex only there), "
                             f"got {a!r}")
 

@@ -329,3 +329,20 @@ def test_cvar_projection_with_equal_volumes_matches_cvxpy(upper):
     prob.solve(solver="CLARABEL", tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
     np.testing.assert_allclose(p, y.value, atol=1e-5)
     assert float(term.violation_values(p, ctx)[0]) <= 1e-9
+
+
+def test_settings_that_shape_the_program_are_fixed_once_the_term_is_made():
+    """volume_pct of a DVH / CVaR term and a of gEUD are not Parameters: assigning them was
+    silently ignored by the cached program (the plan kept the old D10 while the goal table showed
+    D50 as met); now it is refused, naming the field and the way to change it."""
+    from objectives import DVHMax, DVHMin, GEUDMax, TermError
+
+    for term, name, value in ((DVHMax("PTV", 51.0, volume_pct=10), "volume_pct", 50),
+                              (DVHMin("PTV", 48.0, volume_pct=95), "volume_pct", 98),
+                              (GEUDMax("Core", 20.0, a=8), "a", 4)):
+        before = getattr(term, name)
+        fixed = rf"{type(term).__name__}\.{name}: .* fixed when the term is made"
+        with pytest.raises(TermError, match=fixed):
+            setattr(term, name, value)
+        assert getattr(term, name) == before
+    assert DVHMax("PTV", 51.0, volume_pct=10).describe() == "DVHMax('PTV', D10 <= 51 Gy)"
