@@ -316,3 +316,70 @@ def test_a_plan_whose_optimum_is_zero_certifies():
     plan = flat.solve(solver="FIRST_ORDER")
     assert plan.solver["status"] == "optimal" and plan.solver["objective"] < 1e-8
     assert plan.structure_dose("T").min() >= 19.0 - 0.01
+
+
+def test_a_failed_line_search_keeps_the_best_point_and_a_stuck_solve_stops_early(toy, monkeypatch):
+    """L-BFGS-B ending "ABNORMAL" (failed line search) returns its last trial point, which can
+    lie above the best point it evaluated: the inner solve keeps the best one (a warm start on a
+    robust C-shape plan otherwise repeated one failed round 40 times and raised; see the next
+    test). Inner solves that leave the weights where they are stop the solve after two rounds,
+    naming the way out, instead of after max_outer."""
+    import scipy.optimize
+    from scipy.optimize import OptimizeResult
+
+    from optimizer.solvers import first_order as fo
+
+    calls = []
+
+    def bad_minimize(fun, u0, **kw):
+        fun(u0)  # the best point: the start
+        worse = u0 * 3.0 + 1.0
+        calls.append(1)
+        return OptimizeResult(x=worse, fun=fun(u0)[0], status=2, message="ABNORMAL", nit=0)
+
+    f = lambda x: (float(((x - 1.0) ** 2).sum()), 2.0 * (x - 1.0))  # noqa: E731
+    f.evals = 0
+    x0 = np.array([0.5, 2.0])
+    with monkeypatch.context() as m:
+        m.setattr(scipy.optimize, "minimize", bad_minimize)
+        out = fo._inner_solve(f, x0, "lbfgsb", 10, np, np.ones(2), 1e-8)
+    assert calls and np.array_equal(out, x0)
+
+    problem = PlanProblem(*toy, fractions=5)  # soft terms only: no penalty raise changes a round
+    problem += SquaredDeviation("T", 20.0, weight=1.0)
+    problem += SquaredOverdose("O", 0.0, weight=0.3)
+    monkeypatch.setattr(fo, "_inner_solve", lambda f, x0, *a, **k: x0)
+    with pytest.raises(SolverError, match=r"made no progress in two outer iterations \(2 outer"):
+        problem.solve(solver="FIRST_ORDER")
+
+
+def test_a_warm_start_on_a_robust_plan_certifies_after_a_weight_change():
+    """The case that found it (C-shape 8 mm, 5 beams, 5 setup scenarios, robust expected and
+    composite terms): after the weight change the warm solve raised 'no certified optimum after 40
+    outer iterations'; reference: CLARABEL on the same problem."""
+    from objectives import Robust, SquaredUnderdose
+    from optimizer import PhotonBeams, phantoms, scenario_influence
+    from optimizer.robust.scenarios import Scenario
+
+    p = phantoms.tg119_cshape(spacing_mm=8.0)
+    beams = PhotonBeams([0, 72, 144, 216, 288], beamlet_mm=10.0)
+    shifts = (("x+", (5.0, 0, 0)), ("x-", (-5.0, 0, 0)), ("y+", (0, 5.0, 0)), ("y-", (0, -5.0, 0)))
+    scen = [Scenario("nominal")] + [Scenario(n, s) for n, s in shifts]
+    inf = scenario_influence(beams, p, scen, ["PTV", "Core"], beams.influence(p, target="PTV"), client=None)
+    problem = PlanProblem(p, inf, fractions=25, max_voxels_per_structure=None)
+    problem += Robust(SquaredUnderdose("PTV", 50.0, weight=100), "expected", 5)
+    problem += SquaredOverdose("PTV", 53.0, weight=1)
+    problem += Robust(MaxDose("Core", 25.0), "composite", 5)
+    problem += SquaredOverdose("Core", 0.0, weight=0.3)
+    problem.solve(solver="FIRST_ORDER")
+    problem.terms[0].weight.value = 20.0
+    warm = problem.solve(solver="FIRST_ORDER")
+    assert warm.solver["warm_started"]
+    ref = problem.solve(solver="CLARABEL")
+    assert warm.solver["objective"] == pytest.approx(ref.solver["objective"], rel=1e-4)
+
+
+def test_warm_start_must_be_a_bool(toy):
+    problem = _problem(*toy)
+    with pytest.raises(SolverError, match="warm_start: expected True or False, got 'no'"):
+        problem.solve(solver="FIRST_ORDER", warm_start="no")  # a truthy string used to mean True

@@ -619,8 +619,10 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
     def out_of_time() -> bool:
         return settings.time_limit_s is not None and time.perf_counter() - t_start > settings.time_limit_s
 
+    stuck_key = None
     for outer in range(1, settings.max_outer + 1):
         f = _Objective(model, lam, rho, mu, rho_e)
+        z_start = z
         # inexact inner solves while the hard terms are far from feasible, tight once they hold
         near = cert is not None and cert["max_violation"] <= settings.violation_tol
         ftol = 1e-13 if near else 1e-8
@@ -704,6 +706,16 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
                  for t, r, c in zip(epis, rho_e, cert["epigraph_worst"])]
         if epis:
             scale = _aux_scale(model, scale, rho_e, curvature, settings.rho0)
+        # a round that left z where it was, with the same certificate and penalties as the round
+        # before, repeats itself up to max_outer (multipliers from the same z are the same)
+        key = (cert["objective"], cert["max_violation"], cert["rel_gap"], list(rho),
+               [float(xp.max(xp.asarray(r))) for r in rho_e])
+        if bool(xp.all(z == z_start)) and key == stuck_key:
+            raise SolverError(
+                f"first-order solver: the inner {inner} solves made no progress in two outer iterations "
+                f"({outer} outer iterations, {evals} evaluations): {_residuals(cert, settings)}; try "
+                f"inner='spg', warm_start=False or solver='CLARABEL'")
+        stuck_key = key if bool(xp.all(z == z_start)) else None
     else:
         raise SolverError(
             f"first-order solver: no certified optimum after {settings.max_outer} outer iterations "
@@ -946,11 +958,24 @@ def _inner_solve(f, x0, inner: str, max_iter: int, xp, scale, ftol: float, certi
                 if certified(np.maximum(intermediate_result.x, lo) * scale):
                     raise StopIteration
 
-        res = minimize(fu, np.asarray(u0, dtype=float), jac=True, method="L-BFGS-B",
+        best = [np.inf, None]
+
+        def fu_best(u):
+            val, g = fu(u)
+            if val < best[0]:
+                best[0], best[1] = val, np.array(u, copy=True)
+            return val, g
+
+        res = minimize(fu_best, np.asarray(u0, dtype=float), jac=True, method="L-BFGS-B",
                        bounds=[(float(b), None) if np.isfinite(b) else (None, None) for b in lo],
                        callback=callback,
                        options={"maxiter": max_iter, "maxcor": memory, "ftol": ftol, "gtol": 0.0})
-        return np.maximum(res.x, lo) * scale
+        u = res.x
+        if res.status == 2 and best[1] is not None and best[0] < fu(u)[0]:
+            # a failed line search ("ABNORMAL") returns its last trial point, which can lie above
+            # the best point evaluated (robust C-shape, warm start: 135.45 against 134.55)
+            u = best[1]
+        return np.maximum(u, lo) * scale
     if inner == "spg":
         check = None if certified is None else (lambda u: certified(u * scale))
         return _spg(fu, u0, max_iter, xp, check=check, lower=lo) * scale

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import PlanError, SolverError
 
 
@@ -20,6 +22,8 @@ def solve_plan(problem, verbose: bool, options: dict):
         raise SolverError("solver FIRST_ORDER: these terms offer no numeric gradient (soft) or "
                           "projection (hard): " + "; ".join(unsupported) + "; use solver='CLARABEL'")
     warm_start = options.pop("warm_start", True)
+    if not isinstance(warm_start, (bool, np.bool_)):
+        raise SolverError(f"warm_start: expected True or False, got {warm_start!r}")
     known = set(fo.Settings.__dataclass_fields__)
     unknown = set(options) - known
     if unknown:
