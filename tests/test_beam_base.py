@@ -372,3 +372,24 @@ def test_edge_slices_get_the_depth_of_the_middle_slices(exact_surface, gantry):
                                exact_surface=exact_surface)[3].reshape(grid.shape)
     assert depth[4].max() > 200.0
     assert np.abs(depth[0] - depth[4]).max() < 0.5 and np.abs(depth[-1] - depth[4]).max() < 0.5
+
+
+def test_estimate_memory_takes_the_dose_grid_the_refusal_advises():
+    """estimate_memory(..., dose_grid=) sizes the dose-grid computation (the refusal's first
+    advice is a coarser dose grid, which could not be estimated): within 3 % of the non-zeros
+    then computed, photons and protons; the dose grid's own errors name dose_grid."""
+    import warnings
+
+    from optimizer import GeometryError
+
+    ct = phantoms.tg119_cshape(spacing_mm=6.0)
+    for model in (PhotonBeams([0, 120, 240], beamlet_mm=10.0),
+                  ProtonBeams([90.0], spot_spacing_mm=8.0, margin_mm=3.0)):
+        est = model.estimate_memory(ct, "PTV", dose_grid=12.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            done = model.influence(ct, "PTV", dose_grid=12.0)
+        assert abs(est["nnz"] / done.nnz - 1.0) <= 0.03, (type(model).__name__, est["nnz"], done.nnz)
+        assert est["nnz"] < 0.5 * model.estimate_memory(ct, "PTV")["nnz"]
+    with pytest.raises(GeometryError, match="dose_grid: expected positive finite sizes in mm"):
+        PhotonBeams([0], beamlet_mm=10.0).estimate_memory(ct, "PTV", dose_grid=-5.0)

@@ -241,12 +241,13 @@ class BeamModel(ABC):
 
     def estimate_memory(self, patient: Patient, target: str | None = None, *,
                         isocenter_mm: tuple[float, float, float] | None = None,
-                        dose_mask: np.ndarray | None = None) -> dict[str, float]:
-        """Size of what :meth:`influence` would build with these arguments, before building it:
-        ``nnz`` (nonzeros of the dose matrix), ``matrix_mb`` (the finished float32 CSR matrices)
-        and ``peak_mb`` (peak memory of the computation), from the placed beamlets and a sample of
-        the dose-mask voxels."""
-        return self._estimate_for(patient, target, isocenter_mm, dose_mask)
+                        dose_mask: np.ndarray | None = None, dose_grid=None,
+                        target_rule: str = "centre") -> dict[str, float]:
+        """Size of what :meth:`influence` would build with these arguments (``dose_grid`` and
+        ``target_rule`` included), before building it: ``nnz`` (nonzeros of the dose matrix),
+        ``matrix_mb`` (the finished float32 CSR matrices) and ``peak_mb`` (peak memory of the
+        computation), from the placed beamlets and a sample of the dose-mask voxels."""
+        return self._estimate_for(patient, target, isocenter_mm, dose_mask, dose_grid, target_rule)
 
     @staticmethod
     def default_target(patient: Patient) -> str:
@@ -378,9 +379,13 @@ class BeamModel(ABC):
         """``setup`` with its depths traced through the CT patient ``fine`` (BeamSetup.depth)."""
         return setup if fine is None else dataclasses.replace(setup, trace=(self._density(fine), fine.grid))
 
-    def _estimate_for(self, patient, target, isocenter_mm, dose_mask, **options: Any) -> dict[str, float]:
+    def _estimate_for(self, patient, target, isocenter_mm, dose_mask, dose_grid=None, target_rule="centre",
+                      **options: Any) -> dict[str, float]:
+        fine, patient, dose_mask, isocenter_mm = self._on_dose_grid(
+            patient, dose_grid, target_rule, dose_mask, target, isocenter_mm)
         options = self._options(**options)
-        setup = self._setup(patient, target, isocenter_mm, dose_mask, self._target_required(**options))
+        setup = self._traced(self._setup(patient, target, isocenter_mm, dose_mask,
+                                         self._target_required(**options)), fine)
         return self._estimate(setup, self._place(setup, **options), **options)
 
     def _default_dose_mask(self, patient: Patient, density: np.ndarray | None = None) -> np.ndarray:

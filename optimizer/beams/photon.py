@@ -239,9 +239,12 @@ class PhotonBeams(BeamModel):
         *,
         isocenter_mm: tuple[float, float, float] | None = None,
         dose_mask: np.ndarray | None = None,
+        dose_grid=None,
+        target_rule: str = "centre",
         fields: dict[int, np.ndarray] | None = None,
     ) -> dict[str, float]:
-        """Size of the matrix :meth:`influence` would build with these arguments, before building it.
+        """Size of the matrix :meth:`influence` would build with these arguments (``dose_grid``
+        and ``target_rule`` included), before building it.
 
         The beamlets are placed as in :meth:`influence`; the dose-mask voxels (a random sample
         of at most ``base.ESTIMATE_SAMPLE``, scaled up) are traced on a coarse ray fan for their
@@ -251,7 +254,8 @@ class PhotonBeams(BeamModel):
         memory of the computation: :data:`BYTES_PER_NONZERO` per nonzero, the per-voxel arrays
         and the largest per-beam ray fan).
         """
-        return self._estimate_for(patient, target, isocenter_mm, dose_mask, fields=fields)
+        return self._estimate_for(patient, target, isocenter_mm, dose_mask, dose_grid, target_rule,
+                                  fields=fields)
 
     # -- the physics (see BeamModel) --------------------------------------------------------------
     def _options(self, fields=None) -> dict:

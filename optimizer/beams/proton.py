@@ -304,8 +304,10 @@ class ProtonBeams(BeamModel):
 
     def estimate_memory(self, patient: Patient, target: str | None = None, *,
                         isocenter_mm: tuple[float, float, float] | None = None,
-                        dose_mask: np.ndarray | None = None, with_let: bool = True) -> dict[str, float]:
-        """Size of the matrices :meth:`influence` would build with these arguments.
+                        dose_mask: np.ndarray | None = None, dose_grid=None, target_rule: str = "centre",
+                        with_let: bool = True) -> dict[str, float]:
+        """Size of the matrices :meth:`influence` would build with these arguments (``dose_grid``
+        and ``target_rule`` included).
 
         The spots are placed as in :meth:`influence` (a ray trace of the grown target only);
         the dose-mask voxels (a random sample of at most ``base.ESTIMATE_SAMPLE``, scaled up) are
@@ -318,7 +320,8 @@ class ProtonBeams(BeamModel):
         :data:`BYTES_PER_NONZERO_WITH_LET` per nonzero, the per-voxel arrays, the largest ray
         fan and the largest layer's pair list).
         """
-        return self._estimate_for(patient, target, isocenter_mm, dose_mask, with_let=with_let)
+        return self._estimate_for(patient, target, isocenter_mm, dose_mask, dose_grid, target_rule,
+                                  with_let=with_let)
 
     # -- the physics (see BeamModel) --------------------------------------------------------------
     def _options(self, with_let=True) -> dict:
