@@ -117,7 +117,10 @@ def _fixed(name: str, attr: str, what: str) -> property:
     Parameter), so a later assignment, which the cached program would not see, is refused."""
 
     def get(self):
-        return getattr(self, attr)
+        try:
+            return self.__dict__[attr]
+        except KeyError:  # a term pickled before the setting was fixed kept it under its name
+            return self.__dict__[name]
 
     def refuse(self, value):
         raise TermError(f"{type(self).__name__}.{name}: {what} is fixed when the term is made (it shapes "
