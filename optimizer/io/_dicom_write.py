@@ -13,6 +13,7 @@ import datetime as _dt
 import functools
 import importlib.metadata
 import inspect
+import numbers
 import os
 import unicodedata
 from collections.abc import Callable
@@ -36,6 +37,7 @@ _PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
 # Detached Study Management (retired; TPSs reference a study with it; pydicom has no constant)
 _STUDY_COMPONENT_SOP = "1.2.840.10008.3.1.2.3.1"
 _MANUFACTURER = "bioplan"
+_IS_MAX = 2**31 - 1  # largest value of an IS (integer string) attribute
 
 
 @functools.cache
@@ -240,8 +242,35 @@ def _plan_header(ds: FileDataset, label: str, description: str, structure_set_ui
     ds.PatientSetupSequence = DicomSequence([setup])
 
 
-def _fraction_group(ds: FileDataset, fractions: int, beam_meterset: list[tuple[int, float]]) -> None:
-    """One fraction group: the number of fractions and each beam's (number, MU per fraction)."""
+def _check_fractions(value, name: str = "fractions") -> int:
+    """A number of fractions as an int >= 1: a Python or numpy integer, or an integral float
+    (25.0). Booleans, strings, NaN, infinities and non-integral numbers are refused, never
+    rounded or truncated."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise DicomError(f"{name}: expected a positive integer number of fractions, got {value!r} "
+                         f"({type(value).__name__})")
+    if not (np.isfinite(value) and float(value).is_integer() and 1 <= value <= _IS_MAX):
+        raise DicomError(f"{name}: expected a positive integer number of fractions (at most {_IS_MAX}, "
+                         f"the DICOM IS limit), got {value!r}")
+    return int(value)
+
+
+def _check_positive_number(value, name: str, unit: str) -> float:
+    """One finite real number > 0 as a float (booleans and strings refused), or DicomError
+    naming ``name`` and the unit."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise DicomError(f"{name}: expected a positive number ({unit}), got {value!r} "
+                         f"({type(value).__name__})")
+    if not (np.isfinite(value) and value > 0):
+        raise DicomError(f"{name}: expected a positive number ({unit}), got {value!r}")
+    return float(value)
+
+
+def _fraction_group(ds: FileDataset, fractions: int, beam_meterset: list[tuple[int, float]],
+                    name: str = "fractions") -> None:
+    """One fraction group: the number of fractions (checked by :func:`_check_fractions`, refused
+    naming ``name``) and each beam's (number, MU per fraction)."""
+    fractions = _check_fractions(fractions, name)
     refs = []
     for number, mu in beam_meterset:
         rb = Dataset()
@@ -250,7 +279,7 @@ def _fraction_group(ds: FileDataset, fractions: int, beam_meterset: list[tuple[i
         refs.append(rb)
     fg = Dataset()
     fg.FractionGroupNumber = 1
-    fg.NumberOfFractionsPlanned = int(fractions)
+    fg.NumberOfFractionsPlanned = fractions
     fg.NumberOfBeams = len(refs)
     fg.NumberOfBrachyApplicationSetups = 0
     fg.ReferencedBeamSequence = DicomSequence(refs)

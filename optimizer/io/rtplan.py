@@ -3,6 +3,7 @@ PROTON, ScanMode MODULATED) from a proton :class:`~optimizer.plan.Plan` or from 
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ from ._dicom_write import (
     _MANUFACTURER,
     _call_form,
     _check_ct_info,
+    _check_fractions,
+    _check_positive_number,
     _check_target,
     _ds,
     _ds_list,
@@ -121,7 +124,7 @@ def _ion_plan_of_plan(path: str | os.PathLike, plan: Plan, ct_info: CTInfo, *, m
     if plan.modality != "proton":
         raise DicomError(f"plan: an RT Ion Plan needs a proton plan, this plan's modality is "
                          f"{plan.modality!r}")
-    if fractions is not None and fractions != plan.fractions:
+    if fractions is not None and _check_fractions(fractions) != plan.fractions:
         raise DicomError(f"fractions: {fractions} given, the plan has {plan.fractions}; omit fractions "
                          "to write the plan's")
     return _write_ion_plan(path, plan.beamlets, plan.beams, plan.weights, plan.patient, ct_info,
@@ -178,12 +181,19 @@ def _validate_spots(spots: Mapping, weights, beams: Sequence[Mapping]) -> dict[s
         miss = [k for k in _BEAM_KEYS if k not in b]
         if miss:
             raise DicomError(f"beams[{i}]: missing key(s) {miss}; expected {_BEAM_KEYS}")
-        iso = np.asarray(b["isocenter_mm"], dtype=float).ravel()
+        try:
+            iso = np.asarray(b["isocenter_mm"], dtype=float).ravel()
+        except (TypeError, ValueError):
+            iso = np.full(0, np.nan)
         if iso.size != 3 or not np.all(np.isfinite(iso)):
-            raise DicomError(f"beams[{i}]['isocenter_mm']: expected 3 finite numbers (x, y, z) LPS mm")
+            raise DicomError(f"beams[{i}]['isocenter_mm']: expected 3 finite numbers (x, y, z) LPS mm, "
+                             f"got {b['isocenter_mm']!r}")
         for k in ("gantry_deg", "couch_deg"):
-            if not np.isfinite(float(b[k])):
-                raise DicomError(f"beams[{i}]['{k}']: expected a finite angle in degrees")
+            v = b[k]
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) \
+                    or not np.isfinite(v):
+                raise DicomError(f"beams[{i}]['{k}']: expected a finite angle in degrees (a number), "
+                                 f"got {v!r}")
     return out
 
 
@@ -276,12 +286,8 @@ def _write_ion_plan(path: str | os.PathLike, spots: Mapping[str, np.ndarray], be
     path = Path(path)
     _check_target(path, overwrite)
     _check_ct_info(ct_info, patient.grid, "write_rt_ion_plan")
-    if not (np.isfinite(mu_per_weight) and mu_per_weight > 0):
-        raise DicomError(
-            f"mu_per_weight: expected a positive number of MU per unit weight, got {mu_per_weight}"
-        )
-    if int(fractions) < 1:
-        raise DicomError(f"fractions: expected a positive integer, got {fractions}")
+    mu_per_weight = _check_positive_number(mu_per_weight, "mu_per_weight", "MU per unit weight")
+    fractions = _check_fractions(fractions)
     beams = list(beams)
     if not beams:
         raise DicomError("beams: expected at least one beam")
