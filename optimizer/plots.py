@@ -9,11 +9,13 @@ raises :class:`optimizer.errors.PlotError`.
 
 from __future__ import annotations
 
+import numbers
+
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from .errors import PlotError
+from .errors import GeometryError, PlotError
 from .evaluate import dose_volume as _dose_volume
 
 
@@ -28,13 +30,62 @@ def _color(structure, i):
     return colors[i % len(colors)]
 
 
+def _check_plan(plan, name: str = "plan") -> None:
+    """A plan: anything with a 3-D ``dose`` and a ``patient`` (an :class:`optimizer.Plan`)."""
+    if not (hasattr(plan, "dose") and hasattr(plan, "patient") and hasattr(plan.patient, "structures")):
+        hint = " (load a saved plan first: optimizer.Plan.load(path))" if isinstance(plan, (str, bytes)) \
+            or hasattr(plan, "__fspath__") else ""
+        raise PlotError(f"{name}: expected an optimizer.Plan, got {type(plan).__name__}{hint}")
+
+
+def _names(names, patient, plan_name: str = "plan") -> list[str]:
+    """Structure names to draw: ``names`` (one name or a list of names; each must exist in
+    ``patient``), default all of the patient's structures."""
+    if names is None:
+        return list(patient.structure_names)
+    if isinstance(names, str):
+        names = [names]
+    elif isinstance(names, bytes) or not hasattr(names, "__iter__"):
+        raise PlotError(f"names: expected a structure name or a list of names, got {names!r}")
+    names = list(names)
+    for n in names:
+        if not isinstance(n, str):
+            raise PlotError(f"names: expected structure names (strings), got {n!r} ({type(n).__name__})")
+        try:
+            patient.structure(n)
+        except GeometryError as e:
+            raise PlotError(f"names: {e} (in {plan_name}.patient)") from None
+    return names
+
+
+def _finite_values(values, name: str) -> np.ndarray:
+    """``values`` as a float array without NaN or infinities, else PlotError naming ``name``."""
+    try:
+        arr = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise PlotError(f"{name}: expected an array of numbers, got {type(values).__name__}") from None
+    if not np.all(np.isfinite(arr)):
+        raise PlotError(f"{name}: contains NaN or infinite values; replace them first (e.g. np.nan_to_num) "
+                        "to draw the rest")
+    return arr
+
+
+def _slice_index(value, name: str, size: int, axis: str) -> int:
+    """An index into an axis of ``size`` voxels: an integer (or integral float) in 0..size-1."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not np.isfinite(value) or not float(value).is_integer() or not 0 <= value < size:
+        raise PlotError(f"{name}: expected an integer slice index along {axis} in 0..{size - 1}, "
+                        f"got {value!r}")
+    return int(value)
+
+
 def dvh(plans, names=None, labels=None, dose_fn=None, xlabel="Dose (Gy)", title=None):
     """Cumulative DVHs of one plan or several (solid, dashed, dotted ... per plan).
 
     Parameters
     ----------
     plans : a Plan or a list of Plans on the same patient
-    names : structures to show (default all)
+    names : a structure name or a list of names to show (default all)
     labels : one legend label per plan (a single string for a single plan); default "plan 1",
         "plan 2", ... for several plans and none for one. Each curve's legend entry is the
         structure name followed by its plan's label.
@@ -44,17 +95,33 @@ def dvh(plans, names=None, labels=None, dose_fn=None, xlabel="Dose (Gy)", title=
     plans = list(plans) if isinstance(plans, (list, tuple)) else [plans]
     if not plans:
         raise PlotError("plans: expected a Plan or a non-empty list of Plans")
+    for k, p in enumerate(plans):
+        _check_plan(p, "plans" if len(plans) == 1 else f"plans[{k}]")
     if isinstance(labels, str) and len(plans) == 1:
         labels = [labels]
     if labels is None:
         labels = [f"plan {i + 1}" for i in range(len(plans))] if len(plans) > 1 else [""]
     elif isinstance(labels, str) or len(labels) != len(plans):
         raise PlotError(f"labels: expected one label per plan ({len(plans)}), got {labels!r}")
-    names = names or plans[0].patient.structure_names
+    names = _names(names, plans[0].patient, "plans[0]" if len(plans) > 1 else "plans")
+    if not names:
+        raise PlotError("names: no structures to draw (the patient has none, or names is empty)")
+    for k, p in enumerate(plans[1:], start=1):
+        _names(names, p.patient, f"plans[{k}]")
     styles = ["-", "--", ":", "-."]
+    values = []
+    for k, p in enumerate(plans):
+        where = "plans" if len(plans) == 1 else f"plans[{k}]"
+        row = []
+        for n in names:
+            v = _finite_values(dose_fn(p, n) if dose_fn else p.structure_dose(n),
+                               f"{where} structure '{n}' {'dose_fn values' if dose_fn else 'dose'}").ravel()
+            if v.size == 0:
+                raise PlotError(f"{where} structure '{n}': has no voxels; nothing to draw")
+            row.append(v)
+        values.append(row)
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    values = [[(dose_fn(p, n) if dose_fn else p.structure_dose(n)) for n in names] for p in plans]
     top = max(max(float(np.max(v)) for vs in values for v in vs) * 1.05, 1e-9)
     bins = np.linspace(0, top, 500)
     for k, (plan, label) in enumerate(zip(plans, labels)):
@@ -79,15 +146,32 @@ def dose_slices(plan, values=None, label="Dose (Gy)", z_index=None, x_index=None
     """Axial and sagittal colorwash of a 3-D map (default the plan dose) with structure contours.
 
     Values below ``threshold_pct`` % of the maximum are transparent so the CT shows through.
-    Slices default to the centre of the first target.
+    Slices default to the centre of the first target (else of the first non-empty structure,
+    else of the grid). ``values`` must be finite (NaN, e.g. LETd where the dose is
+    low, is refused: replace it first); ``names`` is a structure name or a list of names (default
+    all; a patient without structures is drawn without contours).
     """
+    _check_plan(plan)
     p = plan.patient
-    values = plan.dose if values is None else np.asarray(values)
-    names = names or p.structure_names
-    targets = [s for s in p.structures if s.role == "target"] or p.structures
-    zz, yy, xx = np.nonzero(targets[0].mask)
-    z_index = int(np.median(zz)) if z_index is None else z_index
-    x_index = int(np.median(xx)) if x_index is None else x_index
+    shape = tuple(p.grid.shape)
+    where = "plan.dose" if values is None else "values"
+    values = _finite_values(plan.dose if values is None else values, where)
+    if values.shape != shape:
+        raise PlotError(f"{where}: expected a 3-D map of the grid's shape {shape} [z, y, x], "
+                        f"got {values.shape}")
+    if isinstance(threshold_pct, (bool, np.bool_)) or not isinstance(threshold_pct, numbers.Real) \
+            or not (np.isfinite(threshold_pct) and 0 <= threshold_pct <= 100):
+        raise PlotError(f"threshold_pct: expected a percentage from 0 to 100, got {threshold_pct!r}")
+    names = _names(names, p)
+    targets = [s for s in p.structures if s.role == "target" and s.mask.any()] \
+        or [s for s in p.structures if s.mask.any()]
+    if targets:
+        zz, _, xx = np.nonzero(targets[0].mask)
+        z_default, x_default = int(np.median(zz)), int(np.median(xx))
+    else:
+        z_default, x_default = shape[0] // 2, shape[2] // 2
+    z_index = z_default if z_index is None else _slice_index(z_index, "z_index", shape[0], "z")
+    x_index = x_default if x_index is None else _slice_index(x_index, "x_index", shape[2], "x")
     (z, y, x) = p.grid.axes_mm()
     vmax = float(np.max(values)) or 1.0
     fig = Figure(figsize=(12, 4.8))
@@ -116,7 +200,8 @@ def dose_slices(plan, values=None, label="Dose (Gy)", z_index=None, x_index=None
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         ax.set_title(ttl)
-    axes[0].legend(fontsize=8, loc="lower right")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8, loc="lower right")
     fig.colorbar(im, ax=axes, label=label, shrink=0.85)
     if title:
         fig.suptitle(title)
@@ -124,8 +209,24 @@ def dose_slices(plan, values=None, label="Dose (Gy)", z_index=None, x_index=None
 
 
 def fluence_maps(plan, maps=None, title="Fluence maps (beamlet weights)"):
-    """One panel per beam with the beam's 2-D weight map (rows: v, columns: u, mm at isocentre)."""
+    """One panel per beam with the beam's 2-D weight map (rows: v, columns: u, mm at isocentre).
+
+    ``maps`` : one 2-D array per beam of ``plan.beams``, default ``plan.fluence_maps()``."""
+    _check_plan(plan)
+    where = "plan.fluence_maps()" if maps is None else "maps"
     maps = plan.fluence_maps() if maps is None else maps
+    if isinstance(maps, (str, bytes, np.ndarray)) or not hasattr(maps, "__len__"):
+        raise PlotError(f"maps: expected a list of 2-D arrays, one per beam, got {type(maps).__name__}")
+    if len(maps) == 0:
+        raise PlotError(f"{where}: no maps to draw (expected one 2-D array per beam, "
+                        f"{len(plan.beams)} beams)")
+    if len(maps) != len(plan.beams):
+        raise PlotError(f"{where}: expected one 2-D array per beam ({len(plan.beams)} beams), "
+                        f"got {len(maps)}")
+    maps = [_finite_values(m, f"{where}[{i}]") for i, m in enumerate(maps)]
+    for i, m in enumerate(maps):
+        if m.ndim != 2 or m.size == 0:
+            raise PlotError(f"{where}[{i}]: expected a non-empty 2-D array [row, col], got shape {m.shape}")
     n = len(maps)
     cols = min(n, 5)
     rows = int(np.ceil(n / cols))

@@ -18,6 +18,7 @@ Conventions
 
 from __future__ import annotations
 
+import numbers
 import re
 
 import numpy as np
@@ -42,10 +43,18 @@ def _values(values: np.ndarray, volumes: np.ndarray | None = None):
     return d, v / v.sum()
 
 
+def _number(value, name: str, expected: str, ok=None) -> float:
+    """One finite real number (a Python or numpy int or float; not a bool, string or array) for
+    which ``ok(value)`` holds, as a float; else EvaluationError naming ``name`` and ``expected``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not np.isfinite(value) or (ok is not None and not ok(value)):
+        raise EvaluationError(f"{name}: expected {expected}, got {value!r}")
+    return float(value)
+
+
 def dose_at_volume(dose: np.ndarray, volume_pct: float, volumes: np.ndarray | None = None) -> float:
     """D_x: the dose (Gy) that the hottest ``volume_pct`` % of the volume receives at least."""
-    if not (isinstance(volume_pct, (int, float, np.number)) and 0 <= volume_pct <= 100):
-        raise EvaluationError(f"volume_pct: expected 0..100, got {volume_pct!r}")
+    volume_pct = _number(volume_pct, "volume_pct", "a volume in % from 0 to 100", lambda x: 0 <= x <= 100)
     d, v = _values(dose, volumes)
     order = np.argsort(-d, kind="stable")
     d, v = d[order], v[order]
@@ -55,6 +64,7 @@ def dose_at_volume(dose: np.ndarray, volume_pct: float, volumes: np.ndarray | No
 
 def volume_at_dose(dose: np.ndarray, dose_Gy: float, volumes: np.ndarray | None = None) -> float:
     """V_x: volume (%) receiving at least ``dose_Gy``."""
+    dose_Gy = _number(dose_Gy, "dose_Gy", "a finite dose in Gy")
     d, v = _values(dose, volumes)
     return float(v[d >= dose_Gy].sum() * 100.0)
 
@@ -95,7 +105,15 @@ def paddick_conformity_index(dose_grid: np.ndarray, target_mask: np.ndarray, pre
     TV: target volume; PIV: volume of the prescription isodose (whole grid); TV_PIV: target
     volume inside it.
     """
-    dose_grid, target_mask = np.asarray(dose_grid), np.asarray(target_mask, dtype=bool)
+    prescription_Gy = _number(prescription_Gy, "prescription_Gy", "a finite prescription dose > 0 Gy",
+                              lambda x: x > 0)
+    try:
+        dose_grid = np.asarray(dose_grid, dtype=float)
+    except (TypeError, ValueError):
+        raise EvaluationError("dose_grid: expected an array of doses (Gy)") from None
+    if not np.all(np.isfinite(dose_grid)):
+        raise EvaluationError("dose_grid: contains NaN or infinite values")
+    target_mask = np.asarray(target_mask, dtype=bool)
     if dose_grid.shape != target_mask.shape:
         raise EvaluationError(f"target_mask: expected the dose grid's shape {dose_grid.shape}, "
                               f"got {target_mask.shape}")
