@@ -109,8 +109,20 @@ def _delivery(patient) -> deliver.Delivery:
 def test_photon_plan_refuses_fractions_that_are_not_positive_integers(tmp_path, setup, fractions):
     patient, info = setup
     delivery = dataclasses.replace(_delivery(patient), fractions=fractions)
-    with pytest.raises(DicomError, match="fractions: expected a positive integer"):
+    with pytest.raises(DicomError, match="delivery.fractions: expected a positive integer"):
         write_rt_plan(tmp_path / "RP.dcm", delivery, patient, info)
+    assert not (tmp_path / "RP.dcm").exists()
+
+
+@pytest.mark.parametrize("kwargs, field", [(dict(prescription_Gy="2"), "prescription_Gy"),
+                                           (dict(prescription_Gy=float("nan")), "prescription_Gy"),
+                                           (dict(energy_MV="6"), "energy_MV"),
+                                           (dict(energy_MV=True), "energy_MV")])
+def test_photon_plan_refuses_a_prescription_or_energy_that_is_not_a_number(tmp_path, setup, kwargs, field):
+    """(strings raised a raw TypeError from np.isfinite)"""
+    patient, info = setup
+    with pytest.raises(DicomError, match=rf"{field}: expected a positive number"):
+        write_rt_plan(tmp_path / "RP.dcm", _delivery(patient), patient, info, **kwargs)
     assert not (tmp_path / "RP.dcm").exists()
 
 

@@ -28,6 +28,7 @@ from ._dicom_common import CTInfo, DicomError, _read_dataset
 from ._dicom_write import (
     _MANUFACTURER,
     _check_ct_info,
+    _check_positive_number,
     _check_target,
     _ds,
     _ds_list,
@@ -147,10 +148,10 @@ def write_rt_plan(path: str | os.PathLike, delivery: Delivery, patient: Patient,
         raise DicomError("delivery: expected an optimizer.deliver.Delivery (optimizer.deliver.sequence), "
                          f"got {type(delivery).__name__}")
     _check_ct_info(ct_info, patient.grid, "write_rt_plan")
-    if prescription_Gy is not None and not (np.isfinite(prescription_Gy) and prescription_Gy > 0):
-        raise DicomError(f"prescription_Gy: expected a positive dose in Gy or None, got {prescription_Gy!r}")
-    if not (np.isfinite(energy_MV) and energy_MV > 0):
-        raise DicomError(f"energy_MV: expected a positive nominal energy in MV, got {energy_MV!r}")
+    if prescription_Gy is not None:
+        prescription_Gy = _check_positive_number(prescription_Gy, "prescription_Gy",
+                                                 "a total dose in Gy, or None")
+    energy_MV = _check_positive_number(energy_MV, "energy_MV", "a nominal energy in MV")
     label = _text(plan_label, "RTPlanLabel", "SH", path)
     machine = _text(delivery.machine.name, "TreatmentMachineName", "SH", path)
     sop_uid = sop_instance_uid or generate_uid()
@@ -174,7 +175,7 @@ def write_rt_plan(path: str | os.PathLike, delivery: Delivery, patient: Patient,
     for number, bd in enumerate(delivery.beams, start=1):
         beams.append(_beam(number, bd, machine, delivery.calibration.sad_mm, energy_MV, path))
         metersets.append((number, bd.mu))
-    _fraction_group(ds, delivery.fractions, metersets)
+    _fraction_group(ds, delivery.fractions, metersets, "delivery.fractions")
     ds.BeamSequence = DicomSequence(beams)
     _save(ds, path, overwrite)
     return sop_uid
