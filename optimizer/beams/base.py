@@ -279,11 +279,8 @@ class BeamModel(ABC):
         the dose is computed in the voxels of ``voxel_mask`` ([z, y, x] bool, default the dose
         mask) only. ``dose_grid``, ``target_rule``: as in :meth:`influence` (``patient`` the CT
         patient, ``voxel_mask`` on the dose grid). Used by :mod:`optimizer.robust`."""
-        fine, patient, dose_mask, isocenter_mm = self._on_dose_grid(patient, dose_grid, target_rule,
-                                                                     dose_mask, target, isocenter_mm)
-        options = self._options(**options)
-        setup = self._traced(self._setup(patient, target, isocenter_mm, dose_mask,
-                                         self._target_required(**options)), fine)
+        _, setup, options = self._prepare(patient, target, isocenter_mm, dose_mask, dose_grid, target_rule,
+                                          options)
         placed = self._place(setup, **options)
         shift = check_point(shift_mm, "shift_mm")
         scale = float(wepl_scale)
@@ -313,13 +310,10 @@ class BeamModel(ABC):
     def _run(self, patient, target, isocenter_mm, dose_mask, max_memory_mb, progress, dose_grid=None,
              target_rule: str = "centre", **options: Any) -> InfluenceSet:
         """Check everything, place the beamlets, refuse what does not fit in memory, compute."""
-        fine, patient, dose_mask, isocenter_mm = self._on_dose_grid(patient, dose_grid, target_rule,
-                                                                     dose_mask, target, isocenter_mm)
+        fine, setup, options = self._prepare(patient, target, isocenter_mm, dose_mask, dose_grid, target_rule,
+                                             options)
         limit = check_max_memory(max_memory_mb)
         progress = _check_flag(progress, "progress")
-        options = self._options(**options)
-        setup = self._traced(self._setup(patient, target, isocenter_mm, dose_mask,
-                                         self._target_required(**options)), fine)
         placed = self._place(setup, **options)
         refuse_if_too_large(lambda: self._estimate(setup, placed, **options), limit,
                             available_memory_mb() if limit is None else None, self._memory_hint)
@@ -328,6 +322,16 @@ class BeamModel(ABC):
             # what PlanProblem checks the patient's grid against, and resamples it by
             out.ct_grid, out.target_rule = fine.grid, target_rule
         return out
+
+    def _prepare(self, patient, target, isocenter_mm, dose_mask, dose_grid, target_rule, options: dict):
+        """(CT patient or None, the checked beam setup, the model's options): the common start of
+        influence, scenario_influence and estimate_memory (on a dose grid: resampled, its depths
+        traced through the CT, aimed at the CT target)."""
+        fine, patient, dose_mask, isocenter_mm = self._on_dose_grid(
+            patient, dose_grid, target_rule, dose_mask, target, isocenter_mm)
+        options = self._options(**options)
+        setup = self._setup(patient, target, isocenter_mm, dose_mask, self._target_required(**options))
+        return fine, self._traced(setup, fine), options
 
     def _on_dose_grid(self, patient, dose_grid, target_rule, dose_mask, target=None, isocenter_mm=None):
         """(CT patient or None, the patient the dose is computed on, its dose mask, the isocentre):
@@ -381,11 +385,8 @@ class BeamModel(ABC):
 
     def _estimate_for(self, patient, target, isocenter_mm, dose_mask, dose_grid=None, target_rule="centre",
                       **options: Any) -> dict[str, float]:
-        fine, patient, dose_mask, isocenter_mm = self._on_dose_grid(
-            patient, dose_grid, target_rule, dose_mask, target, isocenter_mm)
-        options = self._options(**options)
-        setup = self._traced(self._setup(patient, target, isocenter_mm, dose_mask,
-                                         self._target_required(**options)), fine)
+        _, setup, options = self._prepare(patient, target, isocenter_mm, dose_mask, dose_grid, target_rule,
+                                          options)
         return self._estimate(setup, self._place(setup, **options), **options)
 
     def _default_dose_mask(self, patient: Patient, density: np.ndarray | None = None) -> np.ndarray:
