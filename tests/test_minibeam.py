@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from optimizer import phantoms
 from optimizer.beams import proton_halo as ph
 from optimizer.beams import proton_physics as pp
 from optimizer.beams.minibeam import ProtonMinibeams, SlitCollimator
@@ -229,6 +230,13 @@ def test_bad_minibeam_and_collimator_numbers_are_refused_naming_the_field(make, 
     """(used to: raw ValueErrors from float() / arange / concatenate, or strings taken as numbers)"""
     with pytest.raises(BeamError, match=field):
         make()
+
+
+def test_a_dose_grid_too_coarse_for_the_minibeams_is_refused_naming_dose_grid():
+    """(the refusal named grid.spacing_mm, the patient's, which was fine-enough or not the issue)"""
+    ct = phantoms.tg119_cshape(spacing_mm=5.0)
+    with pytest.raises(BeamError, match=r"dose_grid: \(6.0, 6.0, 6.0\) mm gives 6 mm across the minibeams"):
+        ProtonMinibeams(0, _PATTERN, energies_MeV=[100.0]).influence(ct, target="PTV", dose_grid=6.0)
 
 
 def test_pin_array_conserves_energy_and_labels_both_axes():

@@ -138,7 +138,8 @@ class _Minibeams(BeamModel):
         p = self.pattern
         out = []
         for geom in setup.geometries:
-            check_resolution(setup.grid, geom, p)
+            # on a dose grid its spacing is the one to refine, not the patient's
+            check_resolution(setup.grid, geom, p, "grid.spacing_mm" if setup.trace is None else "dose_grid")
             u, v, _ = geom.to_beam(setup.target_positions_mm())
             ext = {"u": (u.min(), u.max()), "v": (v.min(), v.max())}
             a_ax = p.across if p.pattern == "slit" else "u"

@@ -101,16 +101,17 @@ def _axis_spacing(grid: Grid, geom: BeamGeometry, axis: str) -> float:
     return float(max(dx * abs(a[0]), dy * abs(a[1]), dz * abs(a[2])))
 
 
-def check_resolution(grid: Grid, geom: BeamGeometry, pattern: MinibeamPattern) -> None:
+def check_resolution(grid: Grid, geom: BeamGeometry, pattern: MinibeamPattern,
+                     name: str = "grid.spacing_mm") -> None:
     """Refuse a grid with fewer than :data:`MIN_VOXELS_PER_PERIOD` voxels per period across the
     modulation of ``pattern`` seen from ``geom`` (a :class:`~optimizer.errors.BeamError` naming
-    the grid spacing and the finest spacing allowed)."""
+    ``name``, the grid spacing and the finest spacing allowed)."""
     for axis in pattern.modulated_axes():
         h = _axis_spacing(grid, geom, axis)
         need = pattern.ctc_mm / MIN_VOXELS_PER_PERIOD
         if h > need + 1e-9:
             raise BeamError(
-                f"grid.spacing_mm: {tuple(grid.spacing_mm)} mm gives {h:g} mm across the minibeams "
+                f"{name}: {tuple(grid.spacing_mm)} mm gives {h:g} mm across the minibeams "
                 f"(beam axis {axis}, gantry {geom.gantry_deg:g} deg); expected <= {need:g} mm "
                 f"(at least {MIN_VOXELS_PER_PERIOD} voxels per {pattern.ctc_mm:g} mm period; "
                 f"0.1-0.25 mm resolves sub-millimetre peaks): use fine_slab()")
