@@ -211,15 +211,19 @@ class _LQQuantity(_QuadraticInDose):
             raise TermError(f"{type(self).__name__}.lq: expected an objectives.radiobiology.LQ, got {lq!r}")
         super().__init__()
         self.lq = lq
-        self.structure_hint: str | None = None
 
     def alpha_beta(self, ctx: TermContext) -> np.ndarray:
-        """Per-voxel alpha/beta (Gy) of the voxels of ``ctx`` (looked up by the resolved
-        structure name, falling back to the term's own spelling)."""
+        """Per-voxel alpha/beta (Gy) of the voxels of ``ctx``: the LQ entry of its structure,
+        matched as the patient matches names (ignoring case and whitespace: a term on "ptv" with
+        an entry "ptv" reads it for the patient's "PTV"), else the LQ default. From the context
+        only, so a quantity shared by terms on several structures gives each its own (it used to
+        give every structure without an entry the first term's)."""
         name = ctx.structure
-        hint = self.structure_hint
-        if not self.lq.has_structure(name) and hint is not None and self.lq.has_structure(hint):
-            name = hint
+        if not self.lq.has_structure(name) and isinstance(name, str):
+            key = "".join(name.split()).lower()
+            same = [k for k in self.lq.alpha_beta if isinstance(k, str) and "".join(k.split()).lower() == key]
+            if len(same) == 1:
+                name = same[0]
         return self.lq.alpha_beta_for(name, ctx.voxel_index, ctx.grid_shape)
 
 

@@ -119,8 +119,6 @@ class Term:
         if structure is not None and (not isinstance(structure, str) or not structure.strip()):
             raise TermError(f"{type(self).__name__}.structure: expected a structure name, got {structure!r}")
         self.structure = structure
-        if getattr(quantity, "structure_hint", "absent") is None:
-            quantity.structure_hint = structure
         if weight is None and self.soft_only:
             raise TermError(f"{type(self).__name__}: is a soft term and needs a weight >= 0")
         if weight is not None and self.hard_only:

@@ -359,3 +359,28 @@ def test_bad_context_is_reported_at_refresh():
     with pytest.raises(BioplanError, match="GARDFloor.rsi"):
         term.rsi = 1.0
     assert term.rsi == 0.3  # a rejected value leaves the term unchanged
+
+
+def test_a_bed_quantity_shared_by_two_structures_gives_each_its_own_alpha_beta():
+    """One BED(lq) used by terms on T (alpha/beta 10 in the table) and O (not in it: the default
+    2): O's hard BED ceiling holds at alpha/beta 2 by hand. It used to read the first term's
+    structure for every structure without an entry (C-shape: core BED 59.7 Gy under a 40 Gy
+    limit, certified)."""
+    from conftest import make_toy
+
+    from objectives import LQ, Max, SquaredDeviation, SquaredOver
+    from objectives.quantities import BED
+    from optimizer import PlanProblem
+
+    patient, inf, _ = make_toy(n_target=8, n_oar=8, n_beamlets=6, seed=4)
+    n, limit = 5, 12.0
+    bed = BED(LQ({"T": 10.0}, default=2.0))
+    problem = PlanProblem(patient, inf, fractions=n)
+    problem += SquaredDeviation("T", 30.0, weight=1.0)
+    problem += SquaredOver("T", 60.0, weight=1.0, quantity=bed)  # the first user of the quantity
+    problem += Max("O", limit, quantity=bed)
+    for solver in ("CLARABEL", "FIRST_ORDER"):
+        d = problem.solve(solver=solver).structure_dose("O")
+        by_hand = d * (1.0 + d / (n * 2.0))  # BED at alpha/beta 2
+        assert by_hand.max() <= limit + 0.01, solver
+        assert by_hand.max() >= limit - 0.05, solver  # the ceiling acts (the soft terms push dose up)
