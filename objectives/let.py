@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from . import shapes
 from .errors import TermError
 from .quantities import DirtyDose, LETdExcess, LETxDose
-from .terms import positive_number
+from .terms import fixed_setting, positive_number
 
 
 def dirty_dose_matrix(dose, let_dose, let_threshold_keV_um: float) -> sp.csr_matrix:
@@ -102,7 +102,13 @@ class DirtyDoseMax(shapes.Max):
                  weight: float | None = None):
         super().__init__(structure, dose_Gy, DirtyDose(let_threshold_keV_um), weight)
         self.dose_Gy = self.limit
-        self.let_threshold_keV_um = self.quantity.let_threshold_keV_um
+
+    # the quantity's, fixed when the term is made (assigning it was ignored by the built program)
+    let_threshold_keV_um = fixed_setting("let_threshold_keV_um", "_let_threshold", "the LET threshold")
+
+    @property
+    def _let_threshold(self) -> float:
+        return self.quantity.let_threshold_keV_um
 
     def dirty_rows(self, dose_rows, let_dose_rows) -> sp.csr_matrix:
         """Per-fraction dirty-dose rows from the dose and LET x dose rows."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import radiobiology as rb
 from .errors import BioplanError, TermError
-from .terms import TermContext, nonneg_parameter, positive_number
+from .terms import TermContext, fixed_setting, nonneg_parameter, positive_number
 
 
 def array_module(*arrays):
@@ -365,8 +365,11 @@ class DirtyDose(_LinearForm):
     base_forms = ("dose", "let_dose")
     form = "dirty_dose"
 
+    # its rows are derived from it when the program is built (a Parameter could not enter them)
+    let_threshold_keV_um = fixed_setting("let_threshold_keV_um", "_let_threshold", "the LET threshold")
+
     def __init__(self, let_threshold_keV_um: float):
-        self.let_threshold_keV_um = positive_number(let_threshold_keV_um, "DirtyDoseMax.let_threshold_keV_um")
+        self._let_threshold = positive_number(let_threshold_keV_um, "DirtyDoseMax.let_threshold_keV_um")
 
     def linear_forms(self, rows, ctx):
         from .let import dirty_dose_matrix

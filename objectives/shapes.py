@@ -17,7 +17,7 @@ import numpy as np
 from . import projections as pj
 from .errors import TermError
 from .quantities import ParameterSets, array_module, at_voxels
-from .terms import Term, TermContext, lower_cvar, nonneg_parameter, upper_cvar, volume_fraction
+from .terms import Term, TermContext, fixed_setting, lower_cvar, nonneg_parameter, upper_cvar, volume_fraction
 
 
 def _vol(ctx: TermContext, like):
@@ -112,24 +112,6 @@ class Mean(_Limited):
         return pj.halfspace(q, _vol(ctx, q), float(self.limit.value))
 
 
-def _fixed(name: str, attr: str, what: str) -> property:
-    """A term setting fixed when the term is made: it shapes the convex program (not a
-    Parameter), so a later assignment, which the cached program would not see, is refused."""
-
-    def get(self):
-        try:
-            return self.__dict__[attr]
-        except KeyError:  # a term pickled before the setting was fixed kept it under its name
-            return self.__dict__[name]
-
-    def refuse(self, value):
-        raise TermError(f"{type(self).__name__}.{name}: {what} is fixed when the term is made (it shapes "
-                        f"the convex program); make a new term and put it in the problem's place "
-                        f"(problem.terms[i] = {type(self).__name__}(...)), got {value!r}")
-
-    return property(get, refuse)
-
-
 class CVaRMax(_Limited):
     """Hot-tail mean: the volume-weighted mean of q over the hottest ``volume_pct`` % <= limit.
 
@@ -141,7 +123,7 @@ class CVaRMax(_Limited):
     (:func:`objectives.projections.upper_cvar_projection`).
     """
 
-    volume_pct = _fixed("volume_pct", "_volume_pct", "the volume")
+    volume_pct = fixed_setting("volume_pct", "_volume_pct", "the volume")
 
     def __init__(self, structure, limit, volume_pct, quantity=None, weight=None):
         super().__init__(structure, limit, quantity, weight)
@@ -175,7 +157,7 @@ class CVaRMin(_Limited):
 
     requires_affine = True
 
-    volume_pct = _fixed("volume_pct", "_volume_pct", "the volume")
+    volume_pct = fixed_setting("volume_pct", "_volume_pct", "the volume")
 
     def __init__(self, structure, limit, volume_pct, quantity=None, weight=None):
         super().__init__(structure, limit, quantity, weight)
@@ -216,7 +198,7 @@ class GEUDMax(_Limited):
     the maximum). A non-affine quantity enters as pos(q), equal to q where q >= 0, so cvxpy can
     verify the composition. Soft form: weight x max(gEUD - limit, 0)."""
 
-    a = _fixed("a", "_a_value", "the exponent")
+    a = fixed_setting("a", "_a_value", "the exponent")
 
     def __init__(self, structure, limit, a, quantity=None, weight=None):
         super().__init__(structure, limit, quantity, weight)

@@ -292,3 +292,21 @@ def lower_cvar(dose: cp.Expression, volumes: np.ndarray, fraction: float):
     ``max_t t - (1/fraction) sum_i v_i (t - d_i)_+`` (concave in d and t)."""
     t = cp.Variable()
     return t - (volumes @ cp.pos(t - dose)) / fraction, t
+
+
+def fixed_setting(name: str, attr: str, what: str) -> property:
+    """A term setting fixed when the term is made: it shapes the convex program (not a
+    Parameter), so a later assignment, which the cached program would not see, is refused."""
+
+    def get(self):
+        d = self.__dict__
+        if attr not in d and name in d:  # a term pickled before the setting was fixed
+            return d[name]
+        return getattr(self, attr)  # an instance value, or a property of its own (a quantity's)
+
+    def refuse(self, value):
+        raise TermError(f"{type(self).__name__}.{name}: {what} is fixed when the term is made (it shapes "
+                        f"the convex program); make a new term and put it in the problem's place "
+                        f"(problem.terms[i] = {type(self).__name__}(...)), got {value!r}")
+
+    return property(get, refuse)

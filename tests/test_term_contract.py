@@ -332,14 +332,20 @@ def test_cvar_projection_with_equal_volumes_matches_cvxpy(upper):
 
 
 def test_settings_that_shape_the_program_are_fixed_once_the_term_is_made():
-    """volume_pct of a DVH / CVaR term and a of gEUD are not Parameters: assigning them was
-    silently ignored by the cached program (the plan kept the old D10 while the goal table showed
-    D50 as met); now it is refused, naming the field and the way to change it."""
-    from objectives import DVHMax, DVHMin, GEUDMax, TermError
+    """volume_pct of a DVH / CVaR term, a of gEUD and a dirty dose's LET threshold are not
+    Parameters: assigning them was silently ignored by the cached program (the plan kept the old
+    D10 while the goal table showed D50 as met); now it is refused, naming the field and the way
+    to change it."""
+    from objectives import DirtyDoseMax, DVHMax, DVHMin, GEUDMax, TermError
 
+    dirty = DirtyDoseMax("Core", 0.3, 6.0)
     for term, name, value in ((DVHMax("PTV", 51.0, volume_pct=10), "volume_pct", 50),
                               (DVHMin("PTV", 48.0, volume_pct=95), "volume_pct", 98),
-                              (GEUDMax("Core", 20.0, a=8), "a", 4)):
+                              (GEUDMax("Core", 20.0, a=8), "a", 4),
+                              # CLARABEL kept the 6 keV/um rows: 0.948 Gy dirty dose above 3 keV/um
+                              # under a 0.3 Gy limit, certified
+                              (dirty, "let_threshold_keV_um", 3.0),
+                              (dirty.quantity, "let_threshold_keV_um", 3.0)):
         before = getattr(term, name)
         fixed = rf"{type(term).__name__}\.{name}: .* fixed when the term is made"
         with pytest.raises(TermError, match=fixed):
