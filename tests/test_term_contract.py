@@ -352,3 +352,21 @@ def test_settings_that_shape_the_program_are_fixed_once_the_term_is_made():
             setattr(term, name, value)
         assert getattr(term, name) == before
     assert DVHMax("PTV", 51.0, volume_pct=10).describe() == "DVHMax('PTV', D10 <= 51 Gy)"
+
+
+def test_assigning_a_number_to_a_limit_parameter_is_refused_and_its_value_is_what_changes():
+    """term.dose_Gy = 20 replaced the Parameter alias with a number the program never read (the
+    plan kept 30 Gy, describe() still said 30); now refused, pointing to .value, which works."""
+    import pickle
+
+    from objectives import LQ, BEDMax, MaxDose
+
+    for term, name in ((MaxDose("Core", 30.0), "dose_Gy"),
+                       (BEDMax("Core", 40.0, LQ({"Core": 2.0})), "bed_Gy"),
+                       (MaxDose("Core", 30.0), "limit")):
+        with pytest.raises(TermError, match=rf"\.{name}: is a cvxpy Parameter; set {name}\.value = 20"):
+            setattr(term, name, 20.0)
+        getattr(term, name).value = 20.0
+        assert term.limit.value == 20.0 and "20" in term.describe()
+        back = pickle.loads(pickle.dumps(term))  # restored through __dict__, not assignment
+        assert getattr(back, name) is back.limit
