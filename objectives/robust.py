@@ -121,7 +121,7 @@ class Robust(Term):
                             "every scenario with mode='composite'")
         super().__init__(term.structure, None, ScenarioDoses(_count(scenarios)))
         self.term, self.mode = term, mode
-        self.weight = term.weight  # the wrapped term's Parameter: one weight to sweep
+        self.__dict__["weight"] = term.weight  # the wrapped term's Parameter: one weight to sweep
         self.soft_only, self.hard_only = term.soft_only, term.hard_only
         self.smooth = bool(term.smooth) and mode == "expected"
         if hasattr(term, "limit"):

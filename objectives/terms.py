@@ -128,6 +128,17 @@ class Term:
                             f"{quantity.describe()}; use Floor for lower limits of monotone quantities")
         self.weight = None if weight is None else nonneg_parameter(weight, "weight")
 
+    def __setattr__(self, key, value):
+        # ``term.weight = 5`` replaced the Parameter the built program reads (CLARABEL kept the
+        # old weight) or made a hard term soft behind the program's back
+        d = self.__dict__
+        if key == "weight" and key in d and value is not d[key]:
+            what = ("set weight.value = ... to change it (it is re-read at the next solve)"
+                    if d[key] is not None else "a hard term takes no weight; make a soft term instead")
+            raise TermError(f"{type(self).__name__}.weight: is fixed as a cvxpy Parameter when the term is "
+                            f"made; {what}, got {value!r}")
+        super().__setattr__(key, value)
+
     @property
     def hard(self) -> bool:
         return self.weight is None

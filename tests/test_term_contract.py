@@ -370,3 +370,19 @@ def test_assigning_a_number_to_a_limit_parameter_is_refused_and_its_value_is_wha
         assert term.limit.value == 20.0 and "20" in term.describe()
         back = pickle.loads(pickle.dumps(term))  # restored through __dict__, not assignment
         assert getattr(back, name) is back.limit
+
+
+def test_assigning_a_weight_is_refused_and_weight_value_is_what_changes():
+    """term.weight = 5 replaced the Parameter CLARABEL's built program reads (it kept the old weight)
+    or made a hard term soft behind the program's back; now refused, pointing to weight.value."""
+    from objectives import MaxDose, Robust, SquaredDeviation
+
+    soft = SquaredDeviation("PTV", 50.0, weight=1.0)
+    with pytest.raises(TermError, match=r"SquaredDeviation\.weight: .* set weight\.value = \.\.\."):
+        soft.weight = 5.0
+    soft.weight.value = 5.0
+    assert "weight=5" in repr(soft)
+    with pytest.raises(TermError, match=r"MaxDose\.weight: .* a hard term takes no weight"):
+        MaxDose("Core", 20.0).weight = 1.0
+    robust = Robust(soft, "expected", 3)
+    assert robust.weight is soft.weight  # one Parameter to sweep
