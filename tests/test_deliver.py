@@ -372,3 +372,21 @@ def test_scaled_delivery_scales_mu_and_fluence():
                                2 * deliver.delivered_fluence(delivery.beams[0], *args))
     with pytest.raises(DeliveryError, match="factor"):
         delivery.scaled(0.0)
+
+
+def test_leaves_off_the_beamlet_rows_warn_with_the_fluence_error():
+    """Leaf pairs that straddle beamlet rows (60 pairs of 5 mm: boundaries on the row centres here)
+    deliver each pair the average of two rows, silently (C-shape: PTV D95 50.5 -> 44.1 Gy before
+    transmission). Now a warning gives the error; by hand for two rows 8 and 0 under one pair the
+    leaves give 4 to both: 4 / 8 = 50 % of the peak. The aligned default machine stays silent."""
+    import warnings
+
+    m = np.zeros((6, 9))
+    m[2, 3:6] = 8.0  # one lit row; its neighbours 0
+    plan = _plan_of_maps([m])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        deliver.sequence(plan, Machine(), _cal(), levels=8)
+    with pytest.warns(UserWarning, match=r"beam 0's leaf boundaries do not fall on the edges of its 5 mm "
+                                         r"beamlet rows: .* up to 50 % of the peak fluence"):
+        deliver.sequence(plan, Machine(n_leaf_pairs=60), _cal(), levels=8)
