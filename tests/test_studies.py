@@ -206,6 +206,20 @@ def test_resume_computes_only_the_missing_rows(tmp_path, monkeypatch):
     # nothing left: a second resume computes nothing
     calls.clear()
     assert run_study(cohort, path, arms, SETUP, serial=True, resume=True).computed == 0 and not calls
+    # resumed with fewer patients (or arms) the result holds that study's rows only (it returned
+    # every row of the table: the report summarised P0001 in a study of one patient)
+    one = run_study(cohort[:1], path, arms[:1], SETUP, serial=True, resume=True)
+    assert [(r["patient_id"], r["arm"]) for r in one.rows] == [("P0000", "conventional")]
+    assert len(ResultStore(path).rows) == 4  # the table keeps them all
+
+
+def test_a_refused_run_writes_nothing(tmp_path):
+    """n_workers=0 used to be refused only after the study description was written, so a later
+    resume of the same folder was refused as a different study."""
+    path = tmp_path / "results.csv"
+    with pytest.raises(PlanError, match="n_workers: expected an integer >= 1, got 0"):
+        run_study(generate_cohort(1, seed=1), path, default_arms()[:1], SETUP, n_workers=0)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _same(a, b, ignore=RUN_COLUMNS):

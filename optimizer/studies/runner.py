@@ -41,8 +41,10 @@ from .store import ResultStore
 
 @dataclass
 class StudyResult:
-    """What :func:`run_study` did: ``rows`` (all rows of the table, resumed ones included),
-    ``computed`` (rows computed by this run), ``failed`` (rows not "optimal" in the table),
+    """What :func:`run_study` did: ``rows`` (the table's rows of this cohort and these arms,
+    resumed ones included; a table resumed with fewer patients keeps the others' rows, which are
+    not this study's), ``computed`` (rows computed by this run), ``failed`` (of ``rows``, those
+    not "optimal"),
     ``timings_s`` ({"start", "compute", "total"}), ``workers`` (Dask workers, 1 in serial),
     ``executor`` ("serial", "local-cluster" or the scheduler address) and ``path``."""
 
@@ -144,6 +146,11 @@ def run_study(cohort: list[VirtualPatient], results_path: str | os.PathLike, arm
         raise PlanError(f"setup: expected a StudySetup, got {type(setup).__name__}")
     if sum(x is not None for x in (client, scheduler)) + bool(serial) > 1:
         raise PlanError("client / scheduler / serial: give at most one")
+    if client is None and scheduler is None and not serial and (
+            isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1):
+        # before anything is written (a refused run left a study description that a later
+        # --resume then refused as a different study)
+        raise PlanError(f"n_workers: expected an integer >= 1, got {n_workers!r}")
     path = os.fspath(results_path)
     if os.path.exists(path) and not resume:
         raise PlanError(f"results_path: {path} exists; pass resume=True (--resume) to complete it, or choose "
@@ -184,7 +191,8 @@ def run_study(cohort: list[VirtualPatient], results_path: str | os.PathLike, arm
     finally:
         bar.close()
     t_end = time.perf_counter()
-    rows = store.rows
+    wanted = {(pid, a.name) for pid in ids for a in arms}
+    rows = [r for r in store.rows if (r["patient_id"], r["arm"]) in wanted]
     return StudyResult(rows=rows, computed=computed, failed=sum(r["status"] != "optimal" for r in rows),
                        timings_s={"start": t_ready - t_start, "compute": t_end - t_ready,
                                   "total": t_end - t_start},
