@@ -44,6 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.special import erf  # noqa: E402
 
+from optimizer import report  # noqa: E402
 from optimizer._files import atomic_write  # noqa: E402
 from optimizer.beams import proton_halo as ph  # noqa: E402
 from optimizer.beams import proton_physics as pp  # noqa: E402
@@ -155,11 +156,17 @@ def _mc_fsf(table) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the files of an earlier run in --out (refused otherwise)")
     ap.add_argument("--beam-data", default=None, help="a .csv/.json beam-data table (default: generic)")
     ap.add_argument("--cutoff-sigma", type=float, default=DEFAULT_CUTOFF_SIGMA)
     ap.add_argument("--halo-cutoff-sigma", type=float, default=HALO_RADIUS_SIGMAS,
                     help="halo reach of the matrix in halo sigmas (0: the core cut-off alone)")
     args = ap.parse_args(argv)
+    try:
+        report.output_folder(args.out, args.overwrite)
+    except FileExistsError as exc:  # nothing of an earlier run is replaced unasked
+        ap.error(str(exc))
     os.makedirs(args.out, exist_ok=True)
     if args.beam_data and args.beam_data.lower().endswith(".txt"):  # an MCsquare / OpenTPS BDL
         table = ProtonBeamData.from_bdl(args.beam_data)

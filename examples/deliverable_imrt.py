@@ -58,6 +58,8 @@ def segment_figure(bd, machine, beamlet_mm, max_segments=12) -> Figure:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/deliverable", help="output folder (created)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the files of an earlier run in --out (refused otherwise)")
     ap.add_argument("--spacing-mm", type=float, default=4.0, help="dose grid voxel size, mm")
     ap.add_argument("--smoothness", type=float, default=0.05, help="fluence smoothness weight")
     ap.add_argument("--levels", type=int, default=8, help="intensity levels per beam")
@@ -68,6 +70,12 @@ def main(argv=None) -> dict:
                     help="keep the sequenced MU (default: scale them so the delivered PTV D95 equals the "
                          "optimized plan's, the usual plan normalization)")
     args = ap.parse_args(argv)
+    try:
+        report.output_folder(args.out, args.overwrite)
+    except FileExistsError as exc:  # nothing of an earlier run is replaced unasked
+        ap.error(str(exc))
+    if args.levels < 1:  # before the plan is solved (it was refused by deliver.sequence after it)
+        ap.error(f"--levels: expected an integer number of intensity levels >= 1, got {args.levels}")
     t_start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -140,6 +140,8 @@ def _rates(patient, influence, plan, machine, args, region) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/flash_proton", help="output folder (created)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the files of an earlier run in --out (refused otherwise)")
     ap.add_argument("--spacing-mm", type=float, default=6.0, help="dose grid voxel size, mm")
     ap.add_argument("--spot-spacing-mm", type=float, default=6.0, help="spot spacing at isocentre, mm")
     ap.add_argument("--layer-spacing-mm", type=float, default=6.0, help="Bragg-peak layer spacing (WEPL), mm")
@@ -168,6 +170,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-voxels", type=int, default=2000, help="sample size of helper structures (body)")
     ap.add_argument("--solver", default=None, help="any installed cvxpy solver (default CLARABEL)")
     args = ap.parse_args(argv)
+    try:
+        report.output_folder(args.out, args.overwrite)
+    except FileExistsError as exc:  # nothing of an earlier run is replaced unasked
+        ap.error(str(exc))
     t_start = time.perf_counter()
     patient = thorax(spacing_mm=args.spacing_mm, length_mm=48.0)
     bragg_machine = Machine(current_nA=args.current_bragg_nA)

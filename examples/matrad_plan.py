@@ -14,7 +14,8 @@ helpers; the file's own HU -> density table ``ct.hlut`` is used when present), p
 - ring and tissue: squared overdose above 60 % and 40 % of the prescription.
 
 Prints the goal table (target D95 and D2, OAR D2 limits given with ``--oar-max``) and writes
-metrics.json, dvh.png and dose.png into the output folder (existing files are replaced).
+metrics.json, dvh.png and dose.png into the output folder (an earlier run there is replaced only with
+--overwrite).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path", help="matRad patient file (.mat holding ct and cst)")
     ap.add_argument("--out", default="out/matrad", help="output folder (created)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the files of an earlier run in --out (refused otherwise)")
     ap.add_argument("--target", default=None, help="target structure (default: the largest TARGET)")
     ap.add_argument("--body", default=None,
                     help=f"body structure (default: one named {', '.join(BODY_NAMES)}; else CT > -500 HU)")
@@ -127,6 +130,10 @@ def _dose_patient(patient: Patient, notes: list[str]) -> Patient:
 
 def main(argv=None) -> dict:
     args = _parser().parse_args(argv)
+    try:
+        report.output_folder(args.out, args.overwrite)
+    except FileExistsError as exc:  # nothing of an earlier run is replaced unasked
+        _parser().error(str(exc))
     if args.beams < 1:
         raise SystemExit("error: --beams: expected at least 1 beam")
     if not args.prescription_gy > 0 or args.fractions < 1:

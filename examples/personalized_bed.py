@@ -166,6 +166,8 @@ def _solve(problem, label, solver):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/personalized_bed", help="output folder (created)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the files of an earlier run in --out (refused otherwise)")
     ap.add_argument("--spacing-mm", type=float, default=4.0, help="dose grid voxel size, mm")
     ap.add_argument("--beamlet-mm", type=float, default=6.0, help="beamlet size at isocentre, mm")
     ap.add_argument("--rsi", type=float, default=0.45, help="tumour radiosensitivity index, (0, 1)")
@@ -176,6 +178,10 @@ def main(argv=None) -> dict:
                     help="optimization sample of each helper structure (Ring, Tissue)")
     ap.add_argument("--solver", default=None, help="any installed cvxpy solver (default CLARABEL)")
     args = ap.parse_args(argv)
+    try:
+        report.output_folder(args.out, args.overwrite)
+    except FileExistsError as exc:  # nothing of an earlier run is replaced unasked
+        ap.error(str(exc))
     t_start = time.perf_counter()
     n = phantoms.TG119_CSHAPE_FRACTIONS
 

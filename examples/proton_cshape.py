@@ -92,6 +92,8 @@ def rbe_metrics(dose: np.ndarray, plan, names) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/proton_cshape", help="output folder (created)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the files of an earlier run in --out (refused otherwise)")
     ap.add_argument("--spacing-mm", type=float, default=4.0, help="dose grid voxel size, mm")
     ap.add_argument("--spot-spacing-mm", type=float, default=8.0,
                     help="lateral spot spacing at isocentre, mm (in-air spot sigma 5 mm)")
@@ -105,6 +107,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--solver", default=None, help="any installed cvxpy solver (default CLARABEL)")
     ap.add_argument("--no-files", action="store_true", help="write metrics.json only (benchmarks)")
     args = ap.parse_args(argv)
+    try:
+        report.output_folder(args.out, args.overwrite)
+    except FileExistsError as exc:  # nothing of an earlier run is replaced unasked
+        ap.error(str(exc))
     t_start = time.perf_counter()
 
     patient = phantoms.tg119_cshape(spacing_mm=args.spacing_mm)

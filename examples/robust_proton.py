@@ -97,6 +97,8 @@ def scenario_figure(scen, results: dict) -> Figure:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/robust_proton", help="output folder (created)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the files of an earlier run in --out (refused otherwise)")
     ap.add_argument("--spacing-mm", type=float, default=6.0, help="grid voxel size, mm")
     ap.add_argument("--spot-spacing-mm", type=float, default=8.0, help="lateral spot spacing, mm")
     ap.add_argument("--layer-spacing-mm", type=float, default=6.0, help="energy-layer spacing in WEPL, mm")
@@ -107,6 +109,10 @@ def main(argv=None) -> dict:
                     help="cvxpy solver name or FIRST_ORDER; default: PlanProblem's choice (CLARABEL at "
                          "this size)")
     args = ap.parse_args(argv)
+    try:
+        report.output_folder(args.out, args.overwrite)
+    except FileExistsError as exc:  # nothing of an earlier run is replaced unasked
+        ap.error(str(exc))
     t_start = time.perf_counter()
     timings = {}
 

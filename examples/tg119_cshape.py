@@ -25,6 +25,8 @@ from optimizer import PhotonBeams, PlanProblem, evaluate, phantoms, plots, repor
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/cshape", help="output folder (created)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the files of an earlier run in --out (refused otherwise)")
     ap.add_argument("--spacing-mm", type=float, default=4.0, help="dose grid voxel size, mm")
     ap.add_argument("--beamlet-mm", type=float, default=5.0, help="beamlet size at isocentre, mm")
     ap.add_argument("--solver", default=None,
@@ -41,6 +43,10 @@ def main(argv=None) -> dict:
                     help="with --dose-grid-mm: optimize these structures on the CT grid (their dose "
                          "interpolated from the dose grid, as reported there), e.g. PTV")
     args = ap.parse_args(argv)
+    try:
+        report.output_folder(args.out, args.overwrite)
+    except FileExistsError as exc:  # nothing of an earlier run is replaced unasked
+        ap.error(str(exc))
     if args.ct_grid_structures and args.dose_grid_mm is None:
         ap.error("--ct-grid-structures needs --dose-grid-mm (without it every structure is on the CT grid)")
     t_start = time.perf_counter()

@@ -66,3 +66,19 @@ def write_metrics(record: dict, out_dir: str, name: str = "metrics.json") -> str
     at the path is replaced, never written through."""
     path = os.path.join(out_dir, name)
     return write_bytes(path, json.dumps(record, indent=2).encode(), overwrite=True)
+
+
+def output_folder(path: str | os.PathLike, overwrite: bool = False) -> str:
+    """Check an example's output folder before any work: a file there, or a folder that already
+    holds files (an earlier run's), is refused unless ``overwrite`` (its files are then replaced
+    as they are written). Returns the folder, created.
+
+    Raises FileExistsError with a message naming ``--out`` / ``--overwrite``."""
+    path = os.fspath(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"--out {path}: is a file, not a folder; choose another --out")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(f"--out {path}: holds {len(os.listdir(path))} entries of an earlier run; pass "
+                              f"--overwrite to replace them, or choose another --out")
+    os.makedirs(path, exist_ok=True)
+    return path

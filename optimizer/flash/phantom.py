@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import GeometryError
 from ..geometry import Grid, Patient, Structure
 
 #: HU of inflated lung and of heart muscle used here (typical CT numbers; our choice).
@@ -23,6 +24,11 @@ def thorax(spacing_mm: float = 5.0, length_mm: float = 60.0, tumour_radius_mm: f
     Structures: "PTV" (target, sphere of ``tumour_radius_mm`` centred at x = -70, y = 15 mm),
     "Lungs" (oar, both lungs without the PTV), "Heart" (oar), "Cord" (oar), "Body" (other).
     """
+    sizes = {"spacing_mm": spacing_mm, "length_mm": length_mm, "tumour_radius_mm": tumour_radius_mm}
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not (np.isfinite(value) and value > 0):
+            raise GeometryError(f"thorax: {name}: expected a positive length in mm, got {value!r}")
     bx, by = 300.0, 200.0
     n = [max(1, int(round(length_mm / spacing_mm))), int(round((by + 20) / spacing_mm)),
          int(round((bx + 20) / spacing_mm))]
