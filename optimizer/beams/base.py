@@ -351,16 +351,10 @@ class BeamModel(ABC):
             raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
         grid = target_grid(patient.grid, dose_grid, "dose_grid")
         fine, patient = patient, patient.resample(grid, target_rule)
-        if isinstance(target, str):
-            try:
-                wanted = [fine.structure(target).name]
-            except GeometryError:
-                wanted = []  # not on the CT either: the beam setup names it
-        else:
-            wanted = [s.name for s in fine.structures if s.role == "target" and s.mask.any()]
+        wanted = _ct_targets(fine, target)
         kept = set(patient.structure_names)
-        if wanted and not any(name in kept for name in wanted):
-            names = " / ".join(repr(n) for n in wanted)
+        if wanted and not any(s.name in kept for s in wanted):
+            names = " / ".join(repr(s.name) for s in wanted)
             spacing = tuple(float(v) for v in grid.spacing_mm)
             origin = tuple(round(float(v), 2) for v in grid.origin_mm)
             raise BeamError(f"dose_grid: the target {names} has no voxel centre on the {spacing} mm dose "
@@ -375,8 +369,8 @@ class BeamModel(ABC):
             # voxels without dose, biased low (8 / 12 mm: 13 % of the body, up to 75 % of the
             # interpolation weight; a skin max of 14 Gy was 16.4 Gy with the dose computed)
             dose_mask = support_mask(self._default_dose_mask(fine), fine.grid, patient.grid)
-        if isocenter_mm is None:
-            isocenter_mm = _target_centroid(fine, target)
+        if isocenter_mm is None and len(wanted) == 1:
+            isocenter_mm = _centroid_mm(fine.grid, wanted[0].mask)
         return fine, patient, dose_mask, isocenter_mm
 
     def _traced(self, setup: BeamSetup, fine: Patient | None) -> BeamSetup:
@@ -423,7 +417,7 @@ class BeamModel(ABC):
                 raise BeamError(f"target '{target}': structure is empty (no voxels)")
         grid = patient.grid
         if isocenter_mm is None:
-            isocenter_mm = tuple(grid.positions_mm(np.flatnonzero(target_mask.ravel())).mean(axis=0))
+            isocenter_mm = _centroid_mm(grid, target_mask)
         iso = check_point(isocenter_mm, "isocenter_mm")
         density = self._density(patient)
         if dose_mask is None:
@@ -478,18 +472,18 @@ class BeamModel(ABC):
         """The influence set; per beam, :meth:`_beam_done` inside ``with self._progress(progress)``."""
 
 
-def _target_centroid(patient: Patient, target) -> tuple[float, float, float] | None:
-    """Centroid (mm) of the structure named ``target`` (None: the single role-"target" one), or
-    None where there is no such non-empty structure (the beam setup then names the problem)."""
-    if target is None:
-        names = [s.name for s in patient.structures if s.role == "target"]
-        target = names[0] if len(names) == 1 else None
-    if not isinstance(target, str):
-        return None
-    try:
-        mask = patient.structure(target).mask
-    except GeometryError:
-        return None
-    if not mask.any():
-        return None
-    return tuple(float(c) for c in patient.grid.positions_mm(np.flatnonzero(mask.ravel())).mean(axis=0))
+def _ct_targets(patient: Patient, target) -> list:
+    """The structures the beams aim at on the CT patient: the one named ``target`` (none if the
+    CT has no such structure: the beam setup names the problem), or every non-empty role-"target"
+    one."""
+    if isinstance(target, str):
+        try:
+            return [patient.structure(target)]
+        except GeometryError:
+            return []
+    return [s for s in patient.structures if s.role == "target" and s.mask.any()]
+
+
+def _centroid_mm(grid: Grid, mask: np.ndarray) -> tuple[float, float, float]:
+    """Mean position (LPS, mm) of the voxels of ``mask``: the default isocentre."""
+    return tuple(float(c) for c in grid.positions_mm(np.flatnonzero(mask.ravel())).mean(axis=0))
