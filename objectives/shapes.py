@@ -34,14 +34,10 @@ class _Limited(Term):
         super().__init__(structure, weight, quantity)
         self.limit = nonneg_parameter(limit, f"{type(self).__name__}.{self._limit_name}")
 
-    def __setattr__(self, key, value):
-        # ``term.dose_Gy = 40`` replaced the Parameter (or its alias) with a number the built
-        # program never reads: the plan kept the old limit while describe() showed the old one too
-        d = self.__dict__
-        if key in d and key in ("limit", type(self)._limit_name) and value is not d[key]:
-            raise TermError(f"{type(self).__name__}.{key}: is a cvxpy Parameter; set {key}.value = "
-                            f"{value!r} to change the limit (it is re-read at the next solve)")
-        super().__setattr__(key, value)
+    @property
+    def _parameter_attributes(self) -> tuple[str, ...]:
+        # the limit under its own name and its alias (dose_Gy, bed_Gy, ...), refused as numbers
+        return ("weight", "limit", self._limit_name)
 
     def _unit(self) -> str:
         return self.quantity.unit

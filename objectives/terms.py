@@ -128,11 +128,18 @@ class Term:
                             f"{quantity.describe()}; use Floor for lower limits of monotone quantities")
         self.weight = None if weight is None else nonneg_parameter(weight, "weight")
 
+    #: attributes holding the term's cvxpy Parameters (a subclass adds its limit's names)
+    _parameter_attributes: tuple[str, ...] = ("weight",)
+
     def __setattr__(self, key, value):
-        # ``term.weight = 5`` replaced the Parameter the built program reads (CLARABEL kept the
-        # old weight) or made a hard term soft behind the program's back
+        # ``term.weight = 5`` or ``term.dose_Gy = 20`` replaced a Parameter the built program reads
+        # with a number it never reads (CLARABEL kept the old value), or made a hard term soft
+        # behind the program's back
         d = self.__dict__
-        if key == "weight" and key in d and value is not d[key]:
+        if key in d and key in self._parameter_attributes and value is not d[key]:
+            if key != "weight":
+                raise TermError(f"{type(self).__name__}.{key}: is a cvxpy Parameter; set {key}.value = "
+                                f"{value!r} to change the limit (it is re-read at the next solve)")
             what = ("set weight.value = ... to change it (it is re-read at the next solve)"
                     if d[key] is not None else "a hard term takes no weight; make a soft term instead")
             raise TermError(f"{type(self).__name__}.weight: is fixed as a cvxpy Parameter when the term is "
