@@ -710,12 +710,13 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         # before, repeats itself up to max_outer (multipliers from the same z are the same)
         key = (cert["objective"], cert["max_violation"], cert["rel_gap"], list(rho),
                [float(xp.max(xp.asarray(r))) for r in rho_e])
-        if bool(xp.all(z == z_start)) and key == stuck_key:
+        unmoved = bool(xp.all(z == z_start))
+        if unmoved and key == stuck_key:
             raise SolverError(
                 f"first-order solver: the inner {inner} solves made no progress in two outer iterations "
                 f"({outer} outer iterations, {evals} evaluations): {_residuals(cert, settings)}; try "
                 f"inner='spg', warm_start=False or solver='CLARABEL'")
-        stuck_key = key if bool(xp.all(z == z_start)) else None
+        stuck_key = key if unmoved else None
     else:
         raise SolverError(
             f"first-order solver: no certified optimum after {settings.max_outer} outer iterations "

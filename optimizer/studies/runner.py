@@ -207,9 +207,7 @@ def _run_dask(todo, setup, client, scheduler, n_workers, retries, record):
         if scheduler is not None:
             client = own_client = Client(scheduler)
             executor = str(scheduler)
-        else:
-            if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-                raise PlanError(f"n_workers: expected an integer >= 1, got {n_workers!r}")
+        else:  # n_workers was checked by run_study, before anything was written
             own_cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                        dashboard_address=None)
             client = own_client = Client(own_cluster)
