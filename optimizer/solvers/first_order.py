@@ -666,8 +666,8 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         model.working = None
         evals += f.evals
         lam_new, mu, cert = _update_and_certify(model, z, lam, rho, mu, rho_e, blocks, floors)
-        history.append({"outer": outer, "evals": f.evals, **{k: cert[k] for k in
-                                                              ("max_violation", "rel_gap", "kkt")}})
+        history.append({"outer": outer, "evals": f.evals, "penalty_steps": steps,
+                        **{k: cert[k] for k in ("max_violation", "rel_gap", "kkt")}})
         if settings.verbose:
             print(f"outer {outer}: evals {f.evals}, violation {cert['max_violation']:.3g}, "
                   f"gap {cert['rel_gap']:.2e}, kkt {cert['kkt']:.2e}")
@@ -680,22 +680,10 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
                 f"outer iterations ({evals} evaluations, {time.perf_counter() - t_start:.1f} s) without a "
                 f"certified optimum: {_residuals(cert, settings)}; raise time_limit_s or try "
                 f"solver='CLARABEL'")
-        # raise the penalty while the hard terms are violated beyond tolerance and the violation
-        # does not shrink fast enough (standard augmented-Lagrangian safeguard)
-        if cert["max_violation"] > settings.violation_tol and cert["max_violation"] > 0.25 * prev_viol:
-            rho = [r * 10.0 for r in rho]
-            steps += 1
-        elif steps > 0 and cert["max_violation"] <= settings.violation_tol \
-                and abs(cert["complementarity"]) > settings.gap_tol and len(history) > 1 \
-                and cert["rel_gap"] > history[-2]["rel_gap"]:
-            # ... and lower it again (never below the initial one) when the hard terms hold but the
-            # gap grew, driven by the multiplier step: a penalty raised for an early large violation
-            # makes the multiplier updates overshoot and the gap swing round after round (residual
-            # balancing, Boyd et al., Found Trends Mach Learn 2011, sec 3.4.1). CT C-shape photons:
-            # 11,901 -> 4382 evaluations. Lowered whenever the gap stays out, a small DADR problem
-            # crept with the gap at 2.6e-2 for 30 rounds at the initial penalty.
-            rho = [r / 10.0 for r in rho]
-            steps -= 1
+        step = _penalty_step(cert, prev_viol, history[-2]["rel_gap"] if len(history) > 1 else np.inf,
+                             steps, settings)
+        rho = [r * 10.0 ** step for r in rho]
+        steps += step
         prev_viol = cert["max_violation"]
         if _looks_infeasible(history, steps, settings):
             worst = max(cert["hard_terms"], key=lambda c: c["max_violation"])
@@ -877,6 +865,25 @@ def _stalled(seen: list, cert: dict, settings: Settings) -> bool:
         return False
     recent = [v[1] for v in seen[-3:]]
     return max(recent) - min(recent) <= 0.1 * settings.gap_tol * max(abs(recent[-1]), 1e-12)
+
+
+def _penalty_step(cert: dict, prev_viol: float, prev_gap: float, steps: int, settings: Settings) -> int:
+    """+1: raise the hard terms' penalty tenfold, while they are violated beyond tolerance and the
+    violation did not shrink to a quarter of the previous round's (the standard augmented
+    Lagrangian safeguard). -1: lower it tenfold (only back towards the initial penalty, ``steps``
+    tenfold steps above it) when the hard terms hold but the gap grew from the previous round's
+    (``prev_gap``) with the multiplier step (the complementarity part) out of tolerance: a penalty
+    raised for an early large violation makes the multiplier updates overshoot and the gap swing
+    round after round (residual balancing, Boyd et al., Found Trends Mach Learn 2011, sec 3.4.1;
+    CT C-shape photons: 11,901 -> 4382 evaluations). Lowered whenever the gap stayed out, a small
+    DADR problem crept at a 2.6e-2 gap for 30 rounds at the initial penalty. 0: keep it."""
+    viol = cert["max_violation"]
+    if viol > settings.violation_tol and viol > 0.25 * prev_viol:
+        return 1
+    if steps > 0 and viol <= settings.violation_tol and abs(cert["complementarity"]) > settings.gap_tol \
+            and cert["rel_gap"] > prev_gap:
+        return -1
+    return 0
 
 
 #: a problem whose hard violation, above tolerance, changed by at most INFEASIBLE_CHANGE
