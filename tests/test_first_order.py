@@ -387,19 +387,24 @@ def test_warm_start_must_be_a_bool(toy):
 
 def test_the_penalty_is_raised_on_a_slow_violation_and_lowered_when_the_gap_grows():
     """_penalty_step: +1 while the hard violation is out of tolerance and shrank to more than a
-    quarter of the previous round's; -1 when the hard terms hold, the multiplier step is out of
-    tolerance and the gap grew, but only back towards the initial penalty; else 0."""
+    quarter of the previous round's; once the hard terms hold with the multiplier step out of
+    tolerance: -1 when the gap grew, but only back towards the initial penalty, +1 when the inner
+    solve was exact (KKT) and the gap shrank by less than half; else 0."""
     from optimizer.solvers import first_order as fo
 
     s = fo.Settings()
     out = {"max_violation": 0.5, "rel_gap": 0.1, "complementarity": 0.05}
     assert fo._penalty_step(out, 1.0, 0.2, 0, s) == 1  # 0.5 > 0.25 x 1.0
     assert fo._penalty_step(out, 4.0, 0.2, 0, s) == 0  # shrank fast enough
-    held = {"max_violation": 0.004, "rel_gap": 0.3, "complementarity": 0.2}
+    held = {"max_violation": 0.004, "rel_gap": 0.3, "complementarity": 0.2, "kkt": 1e-2}
     assert fo._penalty_step(held, 0.005, 0.1, 3, s) == -1  # the gap grew 0.1 -> 0.3
     assert fo._penalty_step(held, 0.005, 0.1, 0, s) == 0  # never below the initial penalty
-    assert fo._penalty_step(held, 0.005, 0.5, 3, s) == 0  # the gap shrank
+    assert fo._penalty_step(held, 0.005, 0.5, 3, s) == 0  # the gap shrank (inexact inner solve)
     assert fo._penalty_step({**held, "complementarity": 1e-5}, 0.005, 0.1, 3, s) == 0
+    creeping = {"max_violation": 0.001, "rel_gap": 1.7e-4, "complementarity": 1.5e-4, "kkt": 1e-6}
+    assert fo._penalty_step(creeping, 0.001, 1.75e-4, 0, s) == 1  # exact inner solve, slow gap
+    assert fo._penalty_step(creeping, 0.001, 4e-4, 0, s) == 0  # the gap halved
+    assert fo._penalty_step({**creeping, "kkt": 1e-3}, 0.001, 1.75e-4, 0, s) == 0  # inexact inner solve
 
 
 def test_a_lowered_penalty_still_certifies_clarabels_optimum():
