@@ -213,18 +213,11 @@ class _LQQuantity(_QuadraticInDose):
         self.lq = lq
 
     def alpha_beta(self, ctx: TermContext) -> np.ndarray:
-        """Per-voxel alpha/beta (Gy) of the voxels of ``ctx``: the LQ entry of its structure,
-        matched as the patient matches names (ignoring case and whitespace: a term on "ptv" with
-        an entry "ptv" reads it for the patient's "PTV"), else the LQ default. From the context
-        only, so a quantity shared by terms on several structures gives each its own (it used to
-        give every structure without an entry the first term's)."""
-        name = ctx.structure
-        if not self.lq.has_structure(name) and isinstance(name, str):
-            key = "".join(name.split()).lower()
-            same = [k for k in self.lq.alpha_beta if isinstance(k, str) and "".join(k.split()).lower() == key]
-            if len(same) == 1:
-                name = same[0]
-        return self.lq.alpha_beta_for(name, ctx.voxel_index, ctx.grid_shape)
+        """Per-voxel alpha/beta (Gy) of the voxels of ``ctx``: the LQ entry of its structure (the
+        LQ table matches names as the patient does, ignoring case and whitespace), else the LQ
+        default. From the context only, so a quantity shared by terms on several structures gives
+        each its own (it used to give every structure without an entry the first term's)."""
+        return self.lq.alpha_beta_for(ctx.structure, ctx.voxel_index, ctx.grid_shape)
 
 
 class BED(_LQQuantity):
