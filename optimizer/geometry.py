@@ -8,6 +8,7 @@ coordinate system (LPS, mm). ``Grid.origin_mm`` is the position of the *centre* 
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,19 +36,41 @@ HU_TO_RED_TABLE = np.array(
 )
 
 
+def check_hu_table(table, quantity: str = "density") -> np.ndarray:
+    """A CT calibration as a float (N, 2) array (HU, ``quantity``), N >= 2, finite, HU strictly
+    increasing, ``quantity`` >= 0; else :class:`GeometryError` naming what is wrong. A table
+    whose ``quantity`` falls as HU rises (a typo, or the columns swapped) gives a warning: no
+    tissue gets less dense with its CT number."""
+    try:
+        t = np.asarray(table, dtype=float)
+    except (TypeError, ValueError):
+        raise GeometryError(f"table: expected an (N, 2) array of HU and {quantity}, got {table!r}") from None
+    if t.ndim != 2 or t.shape[1] != 2 or t.shape[0] < 2:
+        raise GeometryError(f"table: expected an (N, 2) array (N >= 2) of HU and {quantity}, "
+                            f"got shape {t.shape}")
+    if not np.all(np.isfinite(t)):
+        raise GeometryError("table: contains NaN or infinite values")
+    if np.any(np.diff(t[:, 0]) <= 0):
+        raise GeometryError("table: HU values (first column) must be strictly increasing")
+    if np.any(t[:, 1] < 0):
+        raise GeometryError(f"table: {quantity} values (second column) must be >= 0, got "
+                            f"{t[:, 1].min():g} (columns swapped? expected HU first)")
+    falls = np.flatnonzero(np.diff(t[:, 1]) < 0)
+    if falls.size:
+        warnings.warn(f"table: {quantity} falls as HU rises between rows {falls[0]} and {falls[0] + 1}; "
+                      "check the calibration", stacklevel=3)
+    return t
+
+
 def hu_to_red(hu: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
     """Relative electron density (water = 1) from CT numbers in HU.
 
-    Linear interpolation in ``table`` (N x 2: HU, density), clamped at the ends. A table that is
-    not a finite (N, 2) array with strictly increasing HU raises :class:`GeometryError`.
+    Linear interpolation in ``table`` (N x 2: HU, density), clamped at the ends; the table is
+    checked by :func:`check_hu_table` (:class:`GeometryError` when it is not N >= 2 finite rows
+    of strictly increasing HU and densities >= 0; a swapped-column table, HU -1000.. as density,
+    used to give a silently wrong dose).
     """
-    try:
-        t = HU_TO_RED_TABLE if table is None else np.asarray(table, dtype=float)
-    except (TypeError, ValueError):
-        t = np.empty((0,))
-    if t.ndim != 2 or t.shape[1] != 2 or t.shape[0] < 1 or not np.all(np.isfinite(t)) \
-            or np.any(np.diff(t[:, 0]) <= 0):
-        raise GeometryError("table: expected an (N, 2) array of strictly increasing HU and density")
+    t = HU_TO_RED_TABLE if table is None else check_hu_table(table, "density")
     return np.interp(np.asarray(hu, dtype=float), t[:, 0], t[:, 1]).astype(np.float32)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import GeometryError
+from .geometry import check_hu_table
 
 #: HU -> RSP (water = 1), N x 2, strictly increasing HU; see the module docstring for sources.
 HU_TO_RSP_TABLE = np.array(
@@ -46,22 +47,6 @@ HU_TO_RSP_TABLE = np.array(
 )
 
 
-def _check_table(table) -> np.ndarray:
-    try:
-        t = np.asarray(table, dtype=float)
-    except (TypeError, ValueError):
-        raise GeometryError("table: expected an (N, 2) array of HU and relative stopping power") from None
-    if t.ndim != 2 or t.shape[1] != 2 or t.shape[0] < 2:
-        raise GeometryError(f"table: expected an (N, 2) array (N >= 2) of HU and RSP, got shape {t.shape}")
-    if not np.all(np.isfinite(t)):
-        raise GeometryError("table: contains NaN or infinite values")
-    if np.any(np.diff(t[:, 0]) <= 0):
-        raise GeometryError("table: HU values (first column) must be strictly increasing")
-    if np.any(t[:, 1] < 0):
-        raise GeometryError("table: relative stopping powers (second column) must be >= 0")
-    return t
-
-
 def hu_to_rsp(hu, table=None) -> np.ndarray:
     """Relative stopping power (water = 1) of CT numbers in HU.
 
@@ -75,7 +60,7 @@ def hu_to_rsp(hu, table=None) -> np.ndarray:
     -------
     float32 array of the shape of ``hu``.
     """
-    t = HU_TO_RSP_TABLE if table is None else _check_table(table)
+    t = HU_TO_RSP_TABLE if table is None else check_hu_table(table, "relative stopping power")
     try:
         h = np.asarray(hu, dtype=float)
     except (TypeError, ValueError):
