@@ -453,3 +453,27 @@ def test_every_truncation_is_reported_naming_the_file():
                 warnings.simplefilter("ignore")
                 with pytest.raises(DicomError, match=r"CT_0001\.dcm"):
                     load_ct_series(folder)
+
+
+@pytest.mark.parametrize("position", ["FFS", "HFP", "ffp", "HFDR"])
+def test_a_ct_not_head_first_supine_loads_with_a_warning_not_silently(tmp_path, position):
+    """The beam geometry places gantry 90 deg at the patient's left (+x), true for HFS only: a CT
+    of another PatientPosition (here with the axial orientation kept) used to load silently. It
+    loads (the image is right in patient coordinates) with a warning; no position: no warning."""
+    patient = make_patient()
+    write_ct_series(patient, tmp_path)
+    files = sorted(tmp_path.glob("CT_*.dcm"))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.PatientPosition = position
+        ds.save_as(f)
+    expected = f"PatientPosition '{position.upper()}'.*placed for head-first supine"
+    with pytest.warns(UserWarning, match=expected):
+        assert load_ct_series(tmp_path).grid.shape == patient.grid.shape
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.PatientPosition
+        ds.save_as(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_ct_series(tmp_path).grid.shape == patient.grid.shape

@@ -1,9 +1,10 @@
 """CT Image series: :func:`load_ct_series` reads an axial series from a folder,
 :func:`write_ct_series` writes a patient's CT as one file per slice.
 
-Only axial images (``ImageOrientationPatient`` = [1, 0, 0, 0, 1, 0], head-first or feet-first
-supine) are read; positions are in the DICOM patient coordinate system (LPS, mm) and arrays are
-``[z, y, x]``.
+Only axial images (``ImageOrientationPatient`` = [1, 0, 0, 0, 1, 0]) are read. The beam geometry
+places IEC gantry angles for a head-first supine patient: a ``PatientPosition`` other than HFS (or
+none given) loads with a warning, as beams on it would be mirrored or turned. Positions are in the
+DICOM patient coordinate system (LPS, mm) and arrays are ``[z, y, x]``.
 """
 
 from __future__ import annotations
@@ -128,8 +129,17 @@ def _parse_ct_slice(ds: Dataset, path: str) -> _Slice:
         if np.max(np.abs(orientation - AXIAL_ORIENTATION)) > _ORIENTATION_TOL:
             raise DicomError(
                 f"{path}: ImageOrientationPatient {list(np.round(orientation, 6))} is not axial "
-                f"{list(AXIAL_ORIENTATION)}; only axial, supine (HFS/FFS) CT is supported"
+                f"{list(AXIAL_ORIENTATION)}; only axial CT is supported"
             )
+        patient_position = str(ds.get("PatientPosition", "") or "").strip().upper()
+        if patient_position not in ("", "HFS"):
+            # BeamGeometry puts gantry 90 deg at the patient's left (+x): true for HFS only (feet
+            # first: the right; prone: gantry 0 is posterior). The image itself is right (LPS), so
+            # it loads, but beams planned on it are placed as for HFS: said, not silent.
+            warnings.warn(
+                f"CT PatientPosition {patient_position!r}: the CT loads in patient coordinates, but "
+                f"beam gantry angles are placed for head-first supine (HFS): for this position they "
+                f"are mirrored or turned against the machine's", UserWarning, stacklevel=2)
         position = _floats(ds, "ImagePositionPatient", 3, path)
         spacing = _floats(ds, "PixelSpacing", 2, path)
         if np.any(spacing <= 0):
