@@ -477,3 +477,18 @@ def test_a_ct_not_head_first_supine_loads_with_a_warning_not_silently(tmp_path, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_ct_series(tmp_path).grid.shape == patient.grid.shape
+
+
+def test_a_contour_through_voxel_centres_fills_the_same_voxels_either_way_round():
+    """An 8 x 8 mm square with its corners on voxel centres of a 2 mm grid: 5 x 5 = 25 centres on
+    or inside it (edges count in), centroid at its centre (8, 8) mm, drawn clockwise or not (the
+    radius-0 test gave 20 and 12 voxels, centroid y 9 mm)."""
+    from optimizer.io.rtstruct import _rasterize
+
+    xs = ys = np.arange(0.0, 20.0, 2.0)
+    square = np.array([[4.0, 4.0], [12.0, 4.0], [12.0, 12.0], [4.0, 12.0]])
+    for poly in (square, square[::-1]):
+        mask = _rasterize([poly], xs, ys)
+        iy, ix = np.nonzero(mask)
+        assert mask.sum() == 25
+        assert (xs[ix].mean(), ys[iy].mean()) == (8.0, 8.0)
