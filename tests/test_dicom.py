@@ -492,3 +492,17 @@ def test_a_contour_through_voxel_centres_fills_the_same_voxels_either_way_round(
         iy, ix = np.nonzero(mask)
         assert mask.sum() == 25
         assert (xs[ix].mean(), ys[iy].mean()) == (8.0, 8.0)
+
+
+def test_a_repeated_roi_number_is_refused_not_one_structure_lost(exported, tmp_path):
+    """Two ROIs sharing ROINumber 1 used to load as one (the second's contours under the first's
+    name; the other structure gone without a word)."""
+    ds = pydicom.dcmread(exported["root"] / "ct" / "RS.dcm")
+    rois = ds.StructureSetROISequence
+    assert len(rois) >= 2
+    first, second = str(rois[0].ROIName), str(rois[1].ROIName)
+    rois[1].ROINumber = rois[0].ROINumber
+    ds.save_as(tmp_path / "RS.dcm")
+    with pytest.raises(DicomError, match=f"ROINumber {int(rois[0].ROINumber)} is used by two ROIs, "
+                                         f"'{first}' and '{second}'"):
+        load_rtstruct(tmp_path / "RS.dcm", exported["patient"].grid, exported["info"].frame_of_reference_uid)

@@ -233,12 +233,22 @@ def _structures_from_rtstruct(ds: Dataset, path: str, grid: Grid, strict: bool =
         raise DicomError(f"{path}: no {', '.join(missing)} (file truncated?)")
     names = {}
     for roi in ds.get("StructureSetROISequence", []) or []:
-        names[int(roi.ROINumber)] = str(roi.get("ROIName", "") or f"ROI {roi.ROINumber}").strip()
+        name = str(roi.get("ROIName", "") or f"ROI {roi.ROINumber}").strip()
+        if int(roi.ROINumber) in names:  # keyed by number: the second would replace the first
+            raise DicomError(f"{path}: ROINumber {int(roi.ROINumber)} is used by two ROIs, "
+                             f"'{names[int(roi.ROINumber)]}' and '{name}'; ROI numbers must be unique")
+        names[int(roi.ROINumber)] = name
     types = {}
     for obs in ds.get("RTROIObservationsSequence", []) or []:
+        if int(obs.ReferencedROINumber) in types:
+            raise DicomError(f"{path}: two RT ROI Observations items refer to ROINumber "
+                             f"{int(obs.ReferencedROINumber)}; expected one per ROI")
         types[int(obs.ReferencedROINumber)] = str(obs.get("RTROIInterpretedType", "") or "")
     contours = {}
     for item in ds.get("ROIContourSequence", []) or []:
+        if int(item.ReferencedROINumber) in contours:
+            raise DicomError(f"{path}: two ROI Contour items refer to ROINumber "
+                             f"{int(item.ReferencedROINumber)}; expected one per ROI")
         contours[int(item.ReferencedROINumber)] = item
     zs, ys, xs = grid.axes_mm()
     structures: list[Structure] = []
