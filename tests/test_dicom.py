@@ -506,3 +506,16 @@ def test_a_repeated_roi_number_is_refused_not_one_structure_lost(exported, tmp_p
     with pytest.raises(DicomError, match=f"ROINumber {int(rois[0].ROINumber)} is used by two ROIs, "
                                          f"'{first}' and '{second}'"):
         load_rtstruct(tmp_path / "RS.dcm", exported["patient"].grid, exported["info"].frame_of_reference_uid)
+
+
+def test_ct_info_of_a_shifted_grid_is_refused_by_the_writers(exported, tmp_path):
+    """The same number of slices on a grid shifted by half a slice: the RTSTRUCT used to be
+    written with every contour referencing the wrong CT slice (all dropped on reload)."""
+    patient = exported["patient"]
+    g = patient.grid
+    shifted = Grid(g.shape, g.spacing_mm, (g.origin_mm[0] + 0.5 * g.spacing_mm[0],) + tuple(g.origin_mm[1:]))
+    moved = Patient(shifted, patient.ct_hu, list(patient.structures))
+    with pytest.raises(DicomError, match=r"write_rtstruct: ct_info's slice positions .* differ by up to "
+                                         f"{0.5 * g.spacing_mm[0]:.3g} mm"):
+        write_rtstruct(moved, tmp_path / "RS.dcm", exported["info"])
+    assert not (tmp_path / "RS.dcm").exists()

@@ -128,6 +128,17 @@ def _check_ct_info(ct_info: CTInfo, grid: Grid, what: str) -> None:
             f"{what}: ct_info lists {len(ct_info.sop_instance_uids)} CT slices, the patient grid has "
             f"{grid.shape[0]}"
         )
+    # the same count on another z (a shifted grid) wrote contours and dose planes that reference
+    # the wrong CT slices; a quarter slice is what the RTSTRUCT reader accepts (rtstruct.py)
+    z_grid = np.asarray(grid.axes_mm()[0], dtype=float)
+    z_ct = np.asarray(ct_info.slice_z_mm, dtype=float)
+    off = np.abs(z_ct - z_grid) if z_ct.shape == z_grid.shape else np.array([np.inf])
+    dz = float(grid.spacing_mm[0])
+    if not float(off.max()) <= 0.25 * dz:
+        raise DicomError(
+            f"{what}: ct_info's slice positions are not the patient grid's: they differ by up to "
+            f"{float(off.max()):.3g} mm (slice spacing {dz:g} mm); pass the CTInfo of this patient's CT "
+            f"series (write_ct_series / load_ct_series result)")
 
 
 def _call_form(name: str, of_plan: Callable, of_arrays: Callable, index: int, args: tuple,
