@@ -162,3 +162,25 @@ def test_dciodvfy_reports_no_errors(written):
     report = run.stdout + run.stderr
     assert "Assertion" not in report, report
     assert [line for line in report.splitlines() if line.startswith("Error")] == [], report
+
+
+def test_jaws_that_move_after_the_first_control_point_are_refused(written, tmp_path):
+    """A beam holds one jaw pair: X jaws closing to +-5 mm from control point 2 used to load as
+    the first control point's jaws (the delivered fluence over-estimated); repeated unchanged
+    jaws still load."""
+    ds = pydicom.dcmread(written["root"] / "RP.dcm")
+    cps = ds.BeamSequence[0].ControlPointSequence
+    jaws = [d for d in cps[0].BeamLimitingDevicePositionSequence if d.RTBeamLimitingDeviceType == "ASYMX"][0]
+    repeat = pydicom.Dataset()
+    repeat.RTBeamLimitingDeviceType = "ASYMX"
+    repeat.LeafJawPositions = list(jaws.LeafJawPositions)
+    cps[1].BeamLimitingDevicePositionSequence.append(repeat)
+    ds.save_as(tmp_path / "RP.dcm")
+    assert len(load_rt_plan(tmp_path / "RP.dcm").beams) == len(ds.BeamSequence)
+    cps[2].BeamLimitingDevicePositionSequence.append(pydicom.Dataset())
+    moving = cps[2].BeamLimitingDevicePositionSequence[-1]
+    moving.RTBeamLimitingDeviceType = "ASYMX"
+    moving.LeafJawPositions = [-5.0, 5.0]
+    ds.save_as(tmp_path / "RP.dcm")
+    with pytest.raises(DicomError, match=r"control point 2: ASYMX jaws move from .* to \[-5.0, 5.0\] mm"):
+        load_rt_plan(tmp_path / "RP.dcm")

@@ -202,6 +202,27 @@ def _device_values(seq, kind: str, path: str, where: str) -> np.ndarray:
     raise DicomError(f"{path}: {where} has no {kind} positions")
 
 
+#: jaw positions in later control points that differ from the first by more than this (mm) move
+JAW_TOLERANCE_MM = 1e-3
+
+
+def _check_jaws_fixed(cps, first: dict, path: str, where: str) -> None:
+    """Later control points repeat the jaws (or leave them out: unchanged); a delivery holds one
+    jaw pair per beam, so jaws that move (jaw tracking) are refused rather than read as the first
+    control point's (the delivered fluence was over-estimated, 930 vs 515 MU cells)."""
+    for k, cp in enumerate(cps[1:], start=1):
+        for item in cp.get("BeamLimitingDevicePositionSequence", []) or []:
+            kind = item.RTBeamLimitingDeviceType
+            if kind in first:
+                values = np.asarray([float(v) for v in item.LeafJawPositions])
+                same = values.shape == first[kind].shape
+                if not same or np.max(np.abs(values - first[kind])) > JAW_TOLERANCE_MM:
+                    raise DicomError(
+                        f"{path}: {where} control point {k}: {kind} jaws move from "
+                        f"{first[kind].tolist()} to {values.tolist()} mm; moving jaws (jaw tracking) "
+                        f"are not supported (one jaw pair per beam)")
+
+
 def load_rt_plan(path: str | os.PathLike) -> RTPlanContents:
     """Read a photon RT Plan's beams (MLCX leaf positions, jaws, angles, isocentre and MU per
     control point) as written by :func:`write_rt_plan`; other RT Plans with ASYMX / ASYMY / MLCX
@@ -227,6 +248,7 @@ def load_rt_plan(path: str | os.PathLike) -> RTPlanContents:
             first = cps[0]
             jaw_x = _device_values(first.BeamLimitingDevicePositionSequence, "ASYMX", path, where)
             jaw_y = _device_values(first.BeamLimitingDevicePositionSequence, "ASYMY", path, where)
+            _check_jaws_fixed(cps, {"ASYMX": jaw_x, "ASYMY": jaw_y}, path, where)
             leaves = np.array([_device_values(cp.BeamLimitingDevicePositionSequence, "MLCX", path,
                                               f"{where} control point {k}") for k, cp in enumerate(cps)])
             if leaves.shape[1] != 2 * n:
