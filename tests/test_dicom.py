@@ -519,3 +519,25 @@ def test_ct_info_of_a_shifted_grid_is_refused_by_the_writers(exported, tmp_path)
                                          f"{0.5 * g.spacing_mm[0]:.3g} mm"):
         write_rtstruct(moved, tmp_path / "RS.dcm", exported["info"])
     assert not (tmp_path / "RS.dcm").exists()
+
+
+def test_slice_positions_that_drift_within_the_step_tolerance_are_refused(tmp_path):
+    """Every step within 1 % of the spacing, but 2.5 mm for 25 steps then 2.5 x 1.0099 mm: the
+    middle slice lies an eighth of a slice off the uniform grid, which used to load silently; the
+    same series with exact positions loads."""
+    n = 51
+    g = Grid((n, 4, 4), (2.5, 2.0, 2.0), (0.0, 0.0, 0.0))
+    patient = Patient(g, np.zeros(g.shape, np.float32), [Structure("B", np.ones(g.shape, bool))])
+    write_ct_series(patient, tmp_path)
+    assert load_ct_series(tmp_path).grid.shape == g.shape
+    steps = np.where(np.arange(n - 1) < 25, 2.5, 2.5 * 1.0099)
+    z = np.concatenate([[0.0], np.cumsum(steps)])
+    for f in sorted(tmp_path.glob("CT_*.dcm")):
+        ds = pydicom.dcmread(f)
+        k = int(f.stem.split("_")[1])
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], f"{z[k]:.4f}"]
+        ds.save_as(f)
+    # by hand: the grid spacing is the median step, (2.5 + 2.5 x 1.0099) / 2 = 2.512375 mm; slice 25
+    # (z = 62.5 mm) is the farthest from 25 x 2.512375 = 62.809 mm: 0.309 mm, an eighth of a slice
+    with pytest.raises(DicomError, match=r"CT_0025.dcm \(z = 62.5 mm\) lies 0.309 mm off it"):
+        load_ct_series(tmp_path)
