@@ -541,3 +541,17 @@ def test_slice_positions_that_drift_within_the_step_tolerance_are_refused(tmp_pa
     # (z = 62.5 mm) is the farthest from 25 x 2.512375 = 62.809 mm: 0.309 mm, an eighth of a slice
     with pytest.raises(DicomError, match=r"CT_0025.dcm \(z = 62.5 mm\) lies 0.309 mm off it"):
         load_ct_series(tmp_path)
+
+
+def test_a_one_voxel_wide_grid_is_written_with_contours_one_voxel_wide(tmp_path):
+    """nx = 1 with dx = 3 mm: the contour spans the voxel, x in [-1.5, 1.5] mm around its centre
+    0 (it was 1 mm wide, a third of the area for another planning system)."""
+    g = Grid((2, 3, 1), (2.5, 2.0, 3.0), (0.0, -2.0, 0.0))
+    patient = Patient(g, np.zeros(g.shape, np.float32), [Structure("B", np.ones(g.shape, bool))])
+    info = write_ct_series(patient, tmp_path)
+    write_rtstruct(patient, tmp_path / "RS.dcm", info)
+    ds = pydicom.dcmread(tmp_path / "RS.dcm")
+    for c in ds.ROIContourSequence[0].ContourSequence:
+        pts = np.asarray([float(v) for v in c.ContourData]).reshape(-1, 3)
+        assert (pts[:, 0].min(), pts[:, 0].max()) == pytest.approx((-1.5, 1.5))
+        assert (pts[:, 1].min(), pts[:, 1].max()) == pytest.approx((-3.0, 3.0))  # y: 3 x 2 mm

@@ -310,8 +310,10 @@ def _drop_collinear(pts: np.ndarray) -> np.ndarray:
     return pts[keep] if keep.sum() >= 3 else pts
 
 
-def _slice_contours(mask2d: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> list[np.ndarray]:
-    """Closed iso-0.5 contours (marching squares, contourpy) of a [y, x] mask, in (x, y) mm.
+def _slice_contours(mask2d: np.ndarray, xs: np.ndarray, ys: np.ndarray, dy: float,
+                    dx: float) -> list[np.ndarray]:
+    """Closed iso-0.5 contours (marching squares, contourpy) of a [y, x] mask, in (x, y) mm;
+    ``dy``, ``dx``: the grid spacing (mm; a one-voxel axis has no neighbour to take it from).
 
     The mask is padded with a ring of zeros so every contour closes. Contour vertices lie half
     way between voxel centres, so re-filling with the even-odd rule reproduces the mask exactly.
@@ -319,8 +321,6 @@ def _slice_contours(mask2d: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> list[
     import contourpy
 
     padded = np.pad(mask2d.astype(np.float64), 1)
-    dx = xs[1] - xs[0] if xs.size > 1 else 1.0
-    dy = ys[1] - ys[0] if ys.size > 1 else 1.0
     px = np.concatenate([[xs[0] - dx], xs, [xs[-1] + dx]])
     py = np.concatenate([[ys[0] - dy], ys, [ys[-1] + dy]])
     gen = contourpy.contour_generator(px, py, padded, line_type=contourpy.LineType.Separate)
@@ -380,7 +380,7 @@ def write_rtstruct(patient: Patient, path: str | os.PathLike, ct_info: CTInfo,
         rois.append(roi)
         items = []
         for k in np.flatnonzero(s.mask.any(axis=(1, 2))):
-            for poly in _slice_contours(s.mask[k], xs, ys):
+            for poly in _slice_contours(s.mask[k], xs, ys, *grid.spacing_mm[1:]):
                 c = Dataset()
                 img = Dataset()
                 img.ReferencedSOPClassUID = CTImageStorage
