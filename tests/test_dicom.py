@@ -555,3 +555,18 @@ def test_a_one_voxel_wide_grid_is_written_with_contours_one_voxel_wide(tmp_path)
         pts = np.asarray([float(v) for v in c.ContourData]).reshape(-1, 3)
         assert (pts[:, 0].min(), pts[:, 0].max()) == pytest.approx((-1.5, 1.5))
         assert (pts[:, 1].min(), pts[:, 1].max()) == pytest.approx((-3.0, 3.0))  # y: 3 x 2 mm
+
+
+def test_an_roi_without_an_observation_item_loads_with_a_warning_naming_its_role(exported, tmp_path):
+    """The target's RT ROI Observations item removed: it used to load as role "other" silently."""
+    ds = pydicom.dcmread(exported["root"] / "ct" / "RS.dcm")
+    number = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
+    obs = ds.RTROIObservationsSequence
+    k = next(i for i, o in enumerate(obs) if str(o.RTROIInterpretedType) == "PTV")
+    name = number[int(obs[k].ReferencedROINumber)]
+    del obs[k]
+    ds.save_as(tmp_path / "RS.dcm")
+    with pytest.warns(UserWarning, match=f"ROI '{name}' has no RT ROI Observations item.*role 'other'"):
+        structures = load_rtstruct(tmp_path / "RS.dcm", exported["patient"].grid,
+                                   exported["info"].frame_of_reference_uid)
+    assert {s.name: s.role for s in structures}[name] == "other"

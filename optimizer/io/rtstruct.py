@@ -273,6 +273,9 @@ def _structures_from_rtstruct(ds: Dataset, path: str, grid: Grid, strict: bool =
         if unique != name:
             warnings.warn(f"{path}: ROI name '{name}' repeated; renamed '{unique}'", stacklevel=4)
         used.add("".join(unique.split()).lower())
+        if number not in types:
+            warnings.warn(f"{path}: ROI '{name}' has no RT ROI Observations item (its type, e.g. PTV); "
+                          f"loaded with role '{_role('')}'", stacklevel=4)
         structures.append(Structure(unique, mask, role=_role(types.get(number, "")),
                                     color=_display_color(item)))
     return structures
