@@ -162,6 +162,11 @@ def resample_patient(patient: Patient, spacing_mm, target_rule: str = "centre") 
             warnings.warn(f"structure '{s.name}': no voxel of the {tuple(grid.spacing_mm)} mm grid has its "
                           f"centre inside it; left out (use a finer dose grid)", stacklevel=2)
             continue
+        kept = covered_fraction(grid, patient.grid, s.mask)
+        if kept < 1.0:  # a grid that covers the structure only partly: the rest is cut off
+            warnings.warn(f"structure '{s.name}': only {100 * kept:.1f} % of its volume lies inside the "
+                          f"{tuple(float(v) for v in grid.spacing_mm)} mm grid of shape {grid.shape}; the "
+                          f"rest is left out", stacklevel=2)
         structures.append(Structure(s.name, mask, s.role, s.color))
     out = Patient(grid, ct.astype(np.float32), structures,
                   name=f"{patient.name} ({grid.spacing_mm[2]:g} mm)")
@@ -185,15 +190,24 @@ def resample_dose(dose: np.ndarray, from_grid: Grid, to_grid: Grid) -> np.ndarra
     return np.where(inside, out, 0.0)
 
 
-def inside_of(from_grid: Grid, to_grid: Grid, mask: np.ndarray) -> bool:
-    """Whether every voxel of ``mask`` (on ``to_grid``) takes its dose from ``from_grid`` in
-    :func:`resample_dose` (the others get 0)."""
+def covered_fraction(from_grid: Grid, to_grid: Grid, mask: np.ndarray) -> float:
+    """The fraction of the voxels of ``mask`` (on ``to_grid``) that take their dose from
+    ``from_grid`` in :func:`resample_dose` (the others lie outside it and get 0); 1 for an
+    empty mask."""
     idx = np.nonzero(mask)
+    if not len(idx[0]):
+        return 1.0
     ok = np.ones(len(idx[0]), bool)
     for axis, i in enumerate(idx):
         c = _fractional_index(to_grid, from_grid, axis, i)
         ok &= _in_source(c, from_grid.shape[axis])
-    return bool(ok.all())
+    return float(ok.mean())
+
+
+def inside_of(from_grid: Grid, to_grid: Grid, mask: np.ndarray) -> bool:
+    """Whether every voxel of ``mask`` (on ``to_grid``) takes its dose from ``from_grid`` in
+    :func:`resample_dose` (the others get 0)."""
+    return covered_fraction(from_grid, to_grid, mask) == 1.0
 
 
 def interpolation_matrix(from_grid: Grid, to_grid: Grid, flat_index) -> sp.csr_matrix:

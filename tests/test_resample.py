@@ -6,7 +6,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-from optimizer import GeometryError, Patient, PhotonBeams, PlanError, PlanProblem, Structure, phantoms
+from optimizer import (
+    BeamError,
+    GeometryError,
+    Patient,
+    PhotonBeams,
+    PlanError,
+    PlanProblem,
+    Structure,
+    phantoms,
+)
 from optimizer.resample import coarse_grid, resample_dose, support_mask
 
 
@@ -245,16 +254,24 @@ def test_a_grid_as_dose_grid_and_its_errors():
     ct = phantoms.tg119_cshape(spacing_mm=6.0)
     beams = PhotonBeams([0, 180], beamlet_mm=10.0)
     lo = np.asarray(ct.grid.origin_mm) - 3.0
-    grid = Grid((14, 17, 20), (10.0, 11.0, 12.0), tuple(lo + 30.0))  # not aligned with the CT box
-    inf = beams.influence(ct, target="PTV", dose_grid=grid)
+    grid = Grid((14, 17, 20), (10.0, 11.0, 12.0), tuple(lo + 4.0))  # not aligned with the CT box
+    with pytest.warns(UserWarning, match="structure 'Body': only 67.2 % of its volume lies inside"):
+        inf = beams.influence(ct, target="PTV", dose_grid=grid)
     assert inf.grid == grid
     problem = PlanProblem(ct, inf, fractions=25)
     assert problem.patient.grid == grid and problem.patient.structure("PTV").n_voxels > 0
     # the same as computing on ct.resample(grid) with the same dose region
-    ref = beams.influence(ct.resample(grid), target="PTV", isocenter_mm=_ct_centroid(ct),
+    with pytest.warns(UserWarning, match="structure 'Body'"):
+        on_grid = ct.resample(grid)
+    ref = beams.influence(on_grid, target="PTV", isocenter_mm=_ct_centroid(ct),
                           dose_mask=support_mask(ct.body().mask, ct.grid, grid))
     assert (inf.voxel_index == ref.voxel_index).all() and inf.matrix.shape == ref.matrix.shape
     assert all((inf.beamlets[k] == ref.beamlets[k]).all() for k in ("beam", "row", "col"))
+    # a grid that holds the target only in part (92.9 % of the PTV's CT voxels) used to be planned
+    # on that part silently
+    partly = r"dose_grid: the \(10.0, 11.0, 12.0\) mm dose grid .* covers only 92.9 % of the target 'PTV'"
+    with pytest.warns(UserWarning), pytest.raises(BeamError, match=partly):
+        beams.influence(ct, target="PTV", dose_grid=dataclasses.replace(grid, origin_mm=tuple(lo + 30.0)))
     away = dataclasses.replace(grid, origin_mm=(5000.0, 0.0, 0.0))
     with pytest.raises(GeometryError, match="dose_grid: the grid spans .* does not overlap"):
         beams.influence(ct, target="PTV", dose_grid=away)

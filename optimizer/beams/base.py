@@ -44,7 +44,7 @@ from tqdm import tqdm
 from ..errors import BeamError, GeometryError
 from ..geometry import Grid, Patient
 from ..influence import InfluenceSet
-from ..resample import TARGET_RULES, support_mask, target_grid
+from ..resample import TARGET_RULES, covered_fraction, support_mask, target_grid
 from .raytrace import (
     BeamGeometry,
     available_memory_mb,
@@ -360,6 +360,12 @@ class BeamModel(ABC):
             raise BeamError(f"dose_grid: the target {names} has no voxel centre on the {spacing} mm dose "
                             f"grid of shape {grid.shape} (origin {origin} mm); use a finer dose grid or "
                             f"one that covers the target")
+        for t in wanted:  # a target planned on the part the grid covers would be planned short
+            kept = covered_fraction(grid, fine.grid, t.mask)
+            if kept < 1.0:
+                raise BeamError(f"dose_grid: the {tuple(float(v) for v in grid.spacing_mm)} mm dose grid of "
+                                f"shape {grid.shape} covers only {100 * kept:.1f} % of the target "
+                                f"'{t.name}'; use a dose grid that covers the whole target")
         if dose_mask is not None and np.shape(dose_mask) == fine.grid.shape != patient.grid.shape:
             # a CT-grid mask: the dose-grid voxels its interpolation reads (as the default)
             dose_mask = support_mask(check_dose_mask(dose_mask, fine.grid.shape), fine.grid, patient.grid)
