@@ -570,3 +570,28 @@ def test_an_roi_without_an_observation_item_loads_with_a_warning_naming_its_role
         structures = load_rtstruct(tmp_path / "RS.dcm", exported["patient"].grid,
                                    exported["info"].frame_of_reference_uid)
     assert {s.name: s.role for s in structures}[name] == "other"
+
+
+def test_a_repeated_or_non_planar_contour_is_dropped_with_a_warning_not_cancelling(exported, tmp_path):
+    """A polygon listed twice on a slice cancelled itself by the even-odd fill, and a contour
+    whose z spans 5 mm was put on one slice where it could cancel the one there: both silently.
+    Now each is dropped with a warning, and the ROI keeps exactly the exported mask."""
+    import copy
+
+    patient, info = exported["patient"], exported["info"]
+    ds = pydicom.dcmread(exported["root"] / "ct" / "RS.dcm")
+    number = {str(r.ROIName): int(r.ROINumber) for r in ds.StructureSetROISequence}
+    item = next(i for i in ds.ROIContourSequence if int(i.ReferencedROINumber) == number["PTV C"])
+    first = item.ContourSequence[0]
+    item.ContourSequence.append(copy.deepcopy(first))
+    tilted = copy.deepcopy(first)
+    pts = np.asarray([float(v) for v in tilted.ContourData]).reshape(-1, 3)
+    pts[1:, 2] += 5.0  # all but the first point 5 mm up
+    tilted.ContourData = [f"{v:.4f}" for v in pts.ravel()]
+    item.ContourSequence.append(tilted)
+    ds.save_as(tmp_path / "RS.dcm")
+    with pytest.warns(UserWarning, match=r"ROI 'PTV C': 2 contour\(s\) dropped: repeats another contour"
+                                         r".*not planar: z spans 5 mm"):
+        structures = load_rtstruct(tmp_path / "RS.dcm", patient.grid, info.frame_of_reference_uid)
+    got = {s.name: s for s in structures}["PTV C"].mask
+    assert np.array_equal(got, patient.structure("PTV C").mask)

@@ -173,7 +173,14 @@ def _contour_points(contour: Dataset) -> tuple[np.ndarray | None, str | None, fl
     if far > _MAX_COORD_MM:
         return None, f"coordinate(s) beyond +-{_MAX_COORD_MM:g} mm ({far:g} mm), far outside any CT", z
     pts = data.reshape(-1, 3)
+    span = float(np.ptp(pts[:, 2]))
+    if span > PLANAR_TOLERANCE_MM:  # placed on one slice, it could cancel a contour there
+        return None, f"not planar: z spans {span:g} mm ({pts[:, 2].min():g} to {pts[:, 2].max():g} mm)", z
     return pts, None, float(np.mean(pts[:, 2]))
+
+
+#: the most a CLOSED_PLANAR contour's z may vary (mm): rounding, far below any slice spacing
+PLANAR_TOLERANCE_MM = 0.1
 
 
 def _dropped_message(path: str, name: str, dropped: list[tuple[str, float | None]]) -> str:
@@ -211,7 +218,12 @@ def _roi_polygons(item: Dataset | None, grid: Grid) -> tuple[dict[int, list[np.n
         if px1 < x_lo or px0 > x_hi or py1 < y_lo or py0 > y_hi:
             dropped.append(("x, y entirely outside the CT", z))
             continue
-        per_slice.setdefault(k, []).append(pts[:, :2])
+        polygon = pts[:, :2]
+        if any(p.shape == polygon.shape and np.array_equal(p, polygon) for p in per_slice.get(k, [])):
+            # the even-odd fill would cancel the two copies: the ROI lost the area on this slice
+            dropped.append(("repeats another contour of the ROI on this slice", z))
+            continue
+        per_slice.setdefault(k, []).append(polygon)
     return per_slice, dropped
 
 
