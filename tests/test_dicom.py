@@ -299,7 +299,8 @@ def test_pydicom_rtstruct_is_rasterized_and_checked():
 
 
 def test_pydicom_rtdose_is_read_and_rtplan_rejected(tmp_path):
-    dose, grid = load_rtdose(get_testdata_file("rtdose.dcm"))
+    with pytest.warns(UserWarning, match="rtdose.dcm: DoseUnits 'RELATIVE': the values are not in Gy"):
+        dose, grid = load_rtdose(get_testdata_file("rtdose.dcm"))
     assert dose.shape == grid.shape and np.all(dose >= 0)
     plan = get_testdata_file("rtplan.dcm")
     with pytest.raises(DicomError, match="rtplan.dcm: not an RT Structure Set"):
@@ -595,3 +596,17 @@ def test_a_repeated_or_non_planar_contour_is_dropped_with_a_warning_not_cancelli
         structures = load_rtstruct(tmp_path / "RS.dcm", patient.grid, info.frame_of_reference_uid)
     got = {s.name: s for s in structures}["PTV C"].mask
     assert np.array_equal(got, patient.structure("PTV C").mask)
+
+
+def test_an_rbe_weighted_rt_dose_loads_with_a_warning_a_physical_one_without(exported, tmp_path):
+    """DoseType EFFECTIVE (RBE-weighted, Gy(RBE)) used to load as bare numbers like a physical
+    dose; the exported physical dose in Gy loads without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        physical, _ = load_rtdose(exported["root"] / "RD.dcm")
+    ds = pydicom.dcmread(exported["root"] / "RD.dcm")
+    ds.DoseType = "EFFECTIVE"
+    ds.save_as(tmp_path / "RD.dcm")
+    with pytest.warns(UserWarning, match="DoseType 'EFFECTIVE': not physical dose .*RBE-weighted"):
+        effective, _ = load_rtdose(tmp_path / "RD.dcm")
+    assert np.array_equal(effective, physical)

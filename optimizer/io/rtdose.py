@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import overload
 
@@ -58,7 +59,8 @@ def load_rtdose(path: str | os.PathLike) -> tuple[np.ndarray, Grid]:
     Returns
     -------
     dose : float64 ``[z, y, x]`` in the file's DoseUnits (Gy, or relative when RELATIVE), i.e.
-        stored values times DoseGridScaling.
+        stored values times DoseGridScaling. DoseUnits other than GY and a DoseType other than
+        PHYSICAL (EFFECTIVE: RBE-weighted; ERROR) give a warning naming them.
     grid : the dose grid (origin = centre of the first voxel, LPS mm).
     """
     path = str(path)
@@ -87,6 +89,14 @@ def load_rtdose(path: str | os.PathLike) -> tuple[np.ndarray, Grid]:
                                                               _int(ds, "Columns", path))
         grid = Grid(shape=arr.shape, spacing_mm=(dz, float(spacing[0]), float(spacing[1])),
                     origin_mm=(float(position[2]), float(position[1]), float(position[0])))
+        units = str(ds.get("DoseUnits", "") or "").strip().upper()
+        kind = str(ds.get("DoseType", "") or "").strip().upper()
+        if units != "GY":  # the caller gets bare numbers: say what they are
+            warnings.warn(f"{path}: DoseUnits {units or 'missing'!r}: the values are not in Gy "
+                          f"(RELATIVE: relative to an unstated reference)", UserWarning, stacklevel=2)
+        if kind not in ("", "PHYSICAL"):
+            warnings.warn(f"{path}: DoseType {kind!r}: not physical dose (EFFECTIVE: RBE-weighted, Gy(RBE); "
+                          f"ERROR: a dose difference)", UserWarning, stacklevel=2)
         return arr * scaling, grid
     except DicomError:
         raise
