@@ -57,8 +57,8 @@ def _rasterize(polygons: list[np.ndarray], xs: np.ndarray, ys: np.ndarray) -> np
 
     out = np.zeros((ys.size, xs.size), dtype=bool)
     for poly in polygons:
-        x0, y0 = poly.min(axis=0)
-        x1, y1 = poly.max(axis=0)
+        x0, y0 = poly.min(axis=0) - EDGE_TOLERANCE_MM  # the centres the radius test can count in
+        x1, y1 = poly.max(axis=0) + EDGE_TOLERANCE_MM
         ix = np.flatnonzero((xs >= x0) & (xs <= x1))
         iy = np.flatnonzero((ys >= y0) & (ys <= y1))
         if ix.size == 0 or iy.size == 0:
@@ -67,8 +67,9 @@ def _rasterize(polygons: list[np.ndarray], xs: np.ndarray, ys: np.ndarray) -> np
         x, y = poly[:, 0], poly[:, 1]
         if np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y) < 0:  # shoelace: clockwise
             poly = poly[::-1]
+        # matplotlib (agg conv_contour) offsets the path by half the radius: 2 x the tolerance
         inside = MplPath(poly).contains_points(np.column_stack([gx.ravel(), gy.ravel()]),
-                                               radius=EDGE_TOLERANCE_MM)
+                                               radius=2.0 * EDGE_TOLERANCE_MM)
         out[iy[0]: iy[-1] + 1, ix[0]: ix[-1] + 1] ^= inside.reshape(iy.size, ix.size)
     return out
 
@@ -237,6 +238,11 @@ def _display_color(item: Dataset | None) -> tuple[float, float, float] | None:
     return tuple(min(max(v / 255.0, 0.0), 1.0) for v in rgb) if len(rgb) == 3 else None
 
 
+def _roi_label(names: dict[int, str], number: int) -> str:
+    """'name' of ROI ``number`` for messages, or a note that no StructureSetROISequence item has it."""
+    return f"'{names[number]}'" if number in names else "not in the StructureSetROISequence"
+
+
 def _structures_from_rtstruct(ds: Dataset, path: str, grid: Grid, strict: bool = False) -> list[Structure]:
     # mandatory; a file cut between elements parses without them (and would load empty or role-less)
     missing = [k for k in ("StructureSetROISequence", "ROIContourSequence", "RTROIObservationsSequence")
@@ -253,14 +259,16 @@ def _structures_from_rtstruct(ds: Dataset, path: str, grid: Grid, strict: bool =
     types = {}
     for obs in ds.get("RTROIObservationsSequence", []) or []:
         if int(obs.ReferencedROINumber) in types:
-            raise DicomError(f"{path}: two RT ROI Observations items refer to ROINumber "
-                             f"{int(obs.ReferencedROINumber)}; expected one per ROI")
+            number = int(obs.ReferencedROINumber)
+            raise DicomError(f"{path}: two RT ROI Observations items refer to ROINumber {number} "
+                             f"(ROI {_roi_label(names, number)}); expected one per ROI")
         types[int(obs.ReferencedROINumber)] = str(obs.get("RTROIInterpretedType", "") or "")
     contours = {}
     for item in ds.get("ROIContourSequence", []) or []:
         if int(item.ReferencedROINumber) in contours:
-            raise DicomError(f"{path}: two ROI Contour items refer to ROINumber "
-                             f"{int(item.ReferencedROINumber)}; expected one per ROI")
+            number = int(item.ReferencedROINumber)
+            raise DicomError(f"{path}: two ROI Contour items refer to ROINumber {number} "
+                             f"(ROI {_roi_label(names, number)}); expected one per ROI")
         contours[int(item.ReferencedROINumber)] = item
     zs, ys, xs = grid.axes_mm()
     structures: list[Structure] = []
