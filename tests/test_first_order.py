@@ -429,3 +429,44 @@ def test_a_lowered_penalty_still_certifies_clarabels_optimum():
     assert fo.solver["status"] == "optimal" and fo.solver["max_violation"] <= 0.01
     exact = problem.solve(solver="CLARABEL")
     assert fo.solver["objective"] == pytest.approx(exact.solver["objective"], rel=1e-4)
+
+
+def test_a_beamlet_no_termed_voxel_sees_keeps_the_others_scaled():
+    """A 5th beamlet that reaches only a structure without a term: its diagonal (0) was floored
+    at 1e-24 x the largest and the scales normalized by their mean, so the four working beamlets
+    got scales ~5e-12 and L-BFGS-B never moved them ('hard terms look infeasible'). Both solvers
+    must reach the same objective with and without the idle beamlet."""
+    import scipy.sparse as sp
+
+    from objectives import MaxDose
+    from optimizer import Grid, InfluenceMatrix, Patient, Structure
+    from optimizer.solvers import first_order
+
+    grid = Grid((1, 3, 6), (3.0, 3.0, 3.0))
+    masks = [np.zeros(grid.shape, bool) for _ in range(3)]
+    for row, mask in enumerate(masks):
+        mask[0, row] = True
+    patient = Patient(grid, np.zeros(grid.shape), [Structure("T", masks[0], "target"),
+                                                   Structure("O", masks[1], "oar"),
+                                                   Structure("Body", masks[2], "other")])
+    rng = np.random.default_rng(0)
+    dense = np.zeros((grid.n_voxels, 5))
+    dense[:6, :4] = rng.uniform(0.5, 1.5, (6, 4))
+    dense[6:12, :4] = rng.uniform(0.0, 0.6, (6, 4))
+    dense[12:, 4] = 1.0  # the idle beamlet: only Body, which has no term
+    beamlets = {"beam": np.zeros(5, int), "row": np.zeros(5, int), "col": np.arange(5)}
+    beams = [{"gantry_deg": 0.0, "couch_deg": 0.0, "isocenter_mm": [0, 0, 0], "map_shape": [1, 5]}]
+    inf = InfluenceMatrix(sp.csr_matrix(dense.astype(np.float32)), np.arange(grid.n_voxels), grid,
+                          beamlets, beams)
+    objectives = {}
+    for solver in ("CLARABEL", "FIRST_ORDER"):
+        problem = PlanProblem(patient, inf, fractions=5, max_voxels_per_structure=None)
+        problem += SquaredDeviation("T", 10.0, weight=1.0)
+        problem += MaxDose("O", 3.0)
+        plan = problem.solve(solver=solver)
+        assert plan.solver["status"] == "optimal"
+        assert plan.structure_dose("O").max() <= 3.0 + 0.01
+        objectives[solver] = plan.solver["objective"]
+    assert objectives["FIRST_ORDER"] == pytest.approx(objectives["CLARABEL"], rel=1e-4)
+    scale, _ = first_order._diagonal_scaling(first_order.build_model(problem))
+    assert float(scale.min()) > 0.5 and float(scale.max()) < 2.0

@@ -822,9 +822,23 @@ def _diagonal_scaling(model: Model):
     plain = model.column_norms() ** 2
     ratio = float(soft.mean()) / max(float(plain.mean()), 1e-300)
     diag = soft + 1e-2 * ratio * plain if float(soft.max()) > 0 else plain
-    scale = 1.0 / xp.sqrt(xp.maximum(diag, 1e-24 * float(diag.max())))
-    scale = scale / float(scale.mean())
+    positive = diag[diag > 0]
+    if positive.size == 0:
+        return xp.ones_like(diag), 1.0
+    # relative to the typical (median) beamlet, not the largest or the mean: one beamlet that no
+    # termed voxel sees (diagonal 0) or that grazes one with a 1e-8 dose would otherwise take a
+    # scale ~1e12 and, after the normalization, shrink every other beamlet's to ~1e-12
+    typical = float(xp.median(positive))
+    regular = diag >= DIAG_FLOOR * typical
+    diag = xp.where(diag > 0, xp.maximum(diag, DIAG_FLOOR * typical), typical)
+    scale = 1.0 / xp.sqrt(diag)
+    scale = scale / float(scale[regular].mean())  # mean 1 over the beamlets the floor left alone
     return scale, float((diag * scale * scale).mean())
+
+
+#: the smallest diagonal :func:`_diagonal_scaling` uses, as a share of the median beamlet's: a
+#: beamlet scaled more than 1e3 times the typical one gains nothing (bug: a 1e-8 Gy graze)
+DIAG_FLOOR = 1e-6
 
 
 #: inexact augmented Lagrangian: an inner round ends when the hard violation, above tolerance,
