@@ -115,18 +115,26 @@ def test_metrics_json_physical_rows_keep_the_historical_keys(tmp_path):
 # -- one tolerance -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("hard_tolerance, met", [(0.02, True), (0.005, False)])
-def test_bio_and_physical_goals_are_judged_with_the_same_tolerance(hard_tolerance, met):
+def test_bio_goals_are_judged_with_what_the_certified_dose_tolerance_moves_them(hard_tolerance, met):
+    """The certified tolerance is in Gy of dose. At 50 Gy / 25 fx and alpha/beta 10 a dose
+    change h moves BED by h (1 + 2d/(a/b)) = 1.4 h (d = 2 Gy) and GARD (alpha 0.3, beta 0.03) by
+    h (alpha + 2 beta D / n) = 0.42 h, to first order. Each goal misses its limit by 0.01 (BED by
+    0.014, GARD by 0.0042): met with h = 0.02, not with h = 0.005. (Before, a BED goal took h as
+    Gy BED and GARD only 1e-6 relative, so a certified GARD floor was reported NOT met.)"""
     D = 50.0
     plan = known_plan([D, D], [0.0], solver={"hard_tolerance": hard_tolerance})
-    b = float(bed(D, 25, 10.0))
-    # both goals miss their limit by 0.01 in their own unit (Gy and Gy BED)
-    goals = [("T", "min", ">=", D + 0.01), ("T", "BED min", ">=", b + 0.01), ("T", "max", "<=", D - 0.01),
-             ("T", "BED max", "<=", b - 0.01)]
+    b, g = float(bed(D, 25, 10.0)), 0.3 * float(bed(D, 25, 10.0))
+    goals = [("T", "min", ">=", D + 0.01), ("T", "BED min", ">=", b + 0.014), ("T", "max", "<=", D - 0.01),
+             ("T", "BED max", "<=", b - 0.014), ("T", "GARD min", ">=", g + 0.0042),
+             ("T", "EQD2 min", ">=", D + 0.01 * 1.4 / 1.2)]
     res = evaluate.evaluate_goals(plan, goals, lq=LQ_TO)
-    assert [r.met for r in res] == [met] * 4
-    assert [r.tolerance for r in res] == pytest.approx([hard_tolerance] * 4)
-    # an explicit tolerance overrides the plan's for both
-    assert all(r.met for r in evaluate.evaluate_goals(plan, goals, tolerance=0.011, lq=LQ_TO))
+    assert [r.met for r in res] == [met] * 6
+    h = hard_tolerance
+    assert [r.tolerance for r in res] == pytest.approx([h, 1.4 * h, h, 1.4 * h, 0.42 * h, 1.4 / 1.2 * h],
+                                                       rel=1e-3)
+    # an explicit tolerance is in the goal's unit (Gy, Gy BED, Gy EQD2; GARD: relative only)
+    explicit = evaluate.evaluate_goals(plan, goals, tolerance=0.015, lq=LQ_TO)
+    assert [r.met for r in explicit] == [True, True, True, True, False, True]
     assert not any(r.met for r in evaluate.evaluate_goals(plan, goals, tolerance=0.0, lq=LQ_TO))
 
 

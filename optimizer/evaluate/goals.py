@@ -16,10 +16,13 @@ any quantity), "Gy BED" / "Gy EQD2" for BED / EQD2 dose metrics and "" for GARD
 physical-dose rows of ``metrics.json``.
 
 Tolerance (:func:`goal_tolerance`): a goal is met within the tolerance the solver certified hard
-terms to (``plan.solver["hard_tolerance"]``, in the term's unit) or the ``tolerance`` given, for
-every goal in a dose-like unit (Gy, Gy BED, Gy EQD2); never below ``GOAL_RELATIVE_TOLERANCE``
-(1e-6) x |limit|, or ``rel_tol`` x |limit| when that is larger. Volume (%) and GARD goals get
-only the relative part.
+terms to (``plan.solver["hard_tolerance"]``, Gy of physical dose) or the ``tolerance`` given (in
+the goal's unit, for goals in Gy, Gy BED or Gy EQD2); never below ``GOAL_RELATIVE_TOLERANCE``
+(1e-6) x |limit|, or ``rel_tol`` x |limit| when that is larger. With the certified tolerance, a
+BED, EQD2 or GARD goal (not a volume one) is judged with what that dose tolerance changes its
+metric by: the metric recomputed with every voxel's dose moved by it, towards the limit. A BED
+floor certified to 0.01 Gy of dose is thus met at BED limit - 0.01 (1 + 2d/(alpha/beta)). Volume
+(%) goals, and GARD goals given an explicit ``tolerance``, get only the relative part.
 """
 
 from __future__ import annotations
@@ -122,6 +125,26 @@ def goal_tolerance(plan, limit: float, tolerance: float | None = None, rel_tol: 
     return max(tolerance, relative * abs(float(limit)))
 
 
+def _certified_dose_tolerance(plan) -> float:
+    return _tolerance_number(float((getattr(plan, "solver", None) or {}).get("hard_tolerance", 0.0)),
+                             "plan.solver['hard_tolerance']")
+
+
+class _DoseShifted:
+    """A read-only view of a plan whose dose is moved by ``shift_gy`` in every voxel (clipped at
+    0): the plan a certified dose tolerance allows, for judging biological goals."""
+
+    def __init__(self, plan, shift_gy: float):
+        self._plan = plan
+        self.dose = np.maximum(np.asarray(plan.dose, dtype=float) + shift_gy, 0.0)
+
+    def __getattr__(self, name):
+        return getattr(self._plan, name)
+
+    def structure_dose(self, name: str) -> np.ndarray:
+        return self.dose[self._plan.patient.structure(name).mask]
+
+
 # -- the evaluator -----------------------------------------------------------------------------
 
 def _goal(goal, i: int) -> tuple[str, str, str, float]:
@@ -164,7 +187,14 @@ def evaluate_goals(plan, goals, tolerance: float | None = None, *, lq=None, rsi=
         value = metric(plan, structure, spec, lq=lq, rsi=rsi)
         unit = metric_unit(spec)
         dose_like = unit.startswith("Gy")  # % and dimensionless GARD: only the relative part
-        tol = goal_tolerance(plan, limit, tolerance if dose_like else 0.0, rel_tol)
+        if tolerance is None and quantity != "dose" and unit != "%":
+            # the certified tolerance is in Gy of physical dose: a BED / EQD2 / GARD goal gets what
+            # a dose within it can change the metric by (dBED/dD = 1 + 2d/(alpha/beta) > 1)
+            shift = _certified_dose_tolerance(plan) * (1.0 if op == ">=" else -1.0)
+            moved = metric(_DoseShifted(plan, shift), structure, spec, lq=lq, rsi=rsi) if shift else value
+            tol = goal_tolerance(plan, limit, abs(float(moved) - float(value)), rel_tol)
+        else:
+            tol = goal_tolerance(plan, limit, tolerance if dose_like else 0.0, rel_tol)
         met = value >= limit - tol if op == ">=" else value <= limit + tol
         out.append(GoalResult(structure, spec, op, limit, float(value), bool(met), unit, tol, quantity))
         logger.debug("goal %s %s %s %g %s: value %g, %s (tolerance %g)", structure, spec, op, limit, unit,
