@@ -610,3 +610,42 @@ def test_an_rbe_weighted_rt_dose_loads_with_a_warning_a_physical_one_without(exp
     with pytest.warns(UserWarning, match="DoseType 'EFFECTIVE': not physical dose .*RBE-weighted"):
         effective, _ = load_rtdose(tmp_path / "RD.dcm")
     assert np.array_equal(effective, physical)
+
+
+@pytest.mark.parametrize("how", ["another start point", "the other way round"])
+def test_a_contour_repeated_from_another_start_or_direction_is_dropped(exported, tmp_path, how):
+    """The repeat check compared the point lists as given, so the same polygon listed again from
+    its third vertex, or reversed, still cancelled the first by the even-odd fill."""
+    import copy
+
+    patient, info = exported["patient"], exported["info"]
+    ds = pydicom.dcmread(exported["root"] / "ct" / "RS.dcm")
+    number = {str(r.ROIName): int(r.ROINumber) for r in ds.StructureSetROISequence}
+    item = next(i for i in ds.ROIContourSequence if int(i.ReferencedROINumber) == number["PTV C"])
+    again = copy.deepcopy(item.ContourSequence[0])
+    pts = np.asarray([float(v) for v in again.ContourData]).reshape(-1, 3)
+    pts = np.roll(pts, -2, axis=0) if how == "another start point" else pts[::-1]
+    again.ContourData = [f"{v:.4f}" for v in pts.ravel()]
+    item.ContourSequence.append(again)
+    ds.save_as(tmp_path / "RS.dcm")
+    with pytest.warns(UserWarning, match=r"ROI 'PTV C': 1 contour\(s\) dropped: repeats another contour"):
+        structures = load_rtstruct(tmp_path / "RS.dcm", patient.grid, info.frame_of_reference_uid)
+    got = {s.name: s for s in structures}["PTV C"].mask
+    assert np.array_equal(got, patient.structure("PTV C").mask)
+
+
+def test_observation_and_contour_items_of_no_roi_warn(exported, tmp_path):
+    """An RT ROI Observations or ROI Contour item whose ROI number no StructureSetROISequence
+    item has (an ROI deleted from one sequence only) was ignored without a word."""
+    patient, info = exported["patient"], exported["info"]
+    ds = pydicom.dcmread(exported["root"] / "ct" / "RS.dcm")
+    ds.StructureSetROISequence = ds.StructureSetROISequence[1:]
+    gone = int(ds.ROIContourSequence[0].ReferencedROINumber)
+    ds.save_as(tmp_path / "RS.dcm")
+    with pytest.warns(UserWarning) as caught:
+        structures = load_rtstruct(tmp_path / "RS.dcm", patient.grid, info.frame_of_reference_uid)
+    messages = [str(w.message) for w in caught]
+    for label in ("RT ROI Observations", "ROI Contour"):
+        assert any(f"{label} items refer to ROINumber {gone}, which no StructureSetROISequence item has"
+                   in m for m in messages), messages
+    assert len(structures) == len(patient.structures) - 1

@@ -220,12 +220,25 @@ def _roi_polygons(item: Dataset | None, grid: Grid) -> tuple[dict[int, list[np.n
             dropped.append(("x, y entirely outside the CT", z))
             continue
         polygon = pts[:, :2]
-        if any(p.shape == polygon.shape and np.array_equal(p, polygon) for p in per_slice.get(k, [])):
+        if any(_same_polygon(p, polygon) for p in per_slice.get(k, [])):
             # the even-odd fill would cancel the two copies: the ROI lost the area on this slice
             dropped.append(("repeats another contour of the ROI on this slice", z))
             continue
         per_slice.setdefault(k, []).append(polygon)
     return per_slice, dropped
+
+
+def _same_polygon(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two polygons have the same vertices in the same cyclic order, from any start
+    point and run either way round (a closing vertex repeating the first is ignored)."""
+    a, b = (p[:-1] if len(p) > 1 and np.array_equal(p[0], p[-1]) else p for p in (a, b))
+    if a.shape != b.shape:
+        return False
+    for start in np.flatnonzero(np.all(b == a[0], axis=1)):
+        rolled = np.roll(b, -start, axis=0)
+        if np.array_equal(rolled, a) or np.array_equal(np.roll(rolled[::-1], 1, axis=0), a):
+            return True
+    return False
 
 
 def _display_color(item: Dataset | None) -> tuple[float, float, float] | None:
@@ -270,6 +283,11 @@ def _structures_from_rtstruct(ds: Dataset, path: str, grid: Grid, strict: bool =
             raise DicomError(f"{path}: two ROI Contour items refer to ROINumber {number} "
                              f"(ROI {_roi_label(names, number)}); expected one per ROI")
         contours[int(item.ReferencedROINumber)] = item
+    for label, numbers in (("RT ROI Observations", types), ("ROI Contour", contours)):
+        orphans = sorted(set(numbers) - set(names))
+        if orphans:  # e.g. an ROI deleted from StructureSetROISequence only
+            warnings.warn(f"{path}: {label} items refer to ROINumber {', '.join(map(str, orphans))}, which "
+                          f"no StructureSetROISequence item has; ignored", stacklevel=4)
     zs, ys, xs = grid.axes_mm()
     structures: list[Structure] = []
     used: set[str] = set()
