@@ -18,6 +18,19 @@ def _problem(patient, inf, fractions=5, d95=19.0):
     return problem
 
 
+def _three_rows(k: int, roles: dict):
+    """A 1 x 3 x k grid of 3 mm voxels whose rows are the structures ``roles`` (name -> role)."""
+    from optimizer import Grid, Patient, Structure
+
+    grid = Grid((1, 3, k), (3.0, 3.0, 3.0))
+    structures = []
+    for row, (name, role) in enumerate(roles.items()):
+        mask = np.zeros(grid.shape, bool)
+        mask[0, row] = True
+        structures.append(Structure(name, mask, role))
+    return grid, Patient(grid, np.zeros(grid.shape), structures)
+
+
 @pytest.fixture(scope="module")
 def toy():
     patient, inf, _ = make_toy(n_target=40, n_oar=40, n_beamlets=15, seed=3)
@@ -271,16 +284,10 @@ def test_a_structure_no_beamlet_reaches_is_refused_by_both_solvers():
     import scipy.sparse as sp
 
     from objectives import SquaredUnderdose
-    from optimizer import Grid, InfluenceMatrix, Patient, PlanError, Structure
+    from optimizer import InfluenceMatrix, PlanError
 
     _, inf, A = make_toy(n_target=20, n_oar=20, n_beamlets=10, seed=1)
-    grid = Grid((1, 3, 20), (3.0, 3.0, 3.0))
-    masks = [np.zeros(grid.shape, bool) for _ in range(3)]
-    for row, mask in enumerate(masks):
-        mask[0, row] = True
-    patient = Patient(grid, np.zeros(grid.shape), [Structure("T", masks[0], "target"),
-                                                   Structure("O", masks[1], "oar"),
-                                                   Structure("U", masks[2], "oar")])
+    grid, patient = _three_rows(20, {"T": "target", "O": "oar", "U": "oar"})
     dense = np.zeros((grid.n_voxels, 10))
     dense[:40] = A[:40]  # rows of T and O; U (the third row) gets nothing
     rows = np.flatnonzero(dense.any(axis=1))
@@ -439,16 +446,10 @@ def test_a_beamlet_no_termed_voxel_sees_keeps_the_others_scaled():
     import scipy.sparse as sp
 
     from objectives import MaxDose
-    from optimizer import Grid, InfluenceMatrix, Patient, Structure
+    from optimizer import InfluenceMatrix
     from optimizer.solvers import first_order
 
-    grid = Grid((1, 3, 6), (3.0, 3.0, 3.0))
-    masks = [np.zeros(grid.shape, bool) for _ in range(3)]
-    for row, mask in enumerate(masks):
-        mask[0, row] = True
-    patient = Patient(grid, np.zeros(grid.shape), [Structure("T", masks[0], "target"),
-                                                   Structure("O", masks[1], "oar"),
-                                                   Structure("Body", masks[2], "other")])
+    grid, patient = _three_rows(6, {"T": "target", "O": "oar", "Body": "other"})
     rng = np.random.default_rng(0)
     dense = np.zeros((grid.n_voxels, 5))
     dense[:6, :4] = rng.uniform(0.5, 1.5, (6, 4))
