@@ -258,6 +258,11 @@ class InfluenceMatrix:
                                parts[0].modality)
 
 
+#: attributes of a scenario influence set (:func:`optimizer.robust.influence.scenario_influence`)
+#: that :meth:`InfluenceSet.of` and the constructor carry over
+SCENARIO_ATTRIBUTES = ("scenarios", "scenario_structures", "scenario_times_s", "scenario_executor")
+
+
 class InfluenceSet(InfluenceMatrix):
     """Named linear forms of one set of beamlets on one grid: the dose matrix (this object
     itself, so it is used wherever an :class:`InfluenceMatrix` is) plus further forms such as
@@ -274,6 +279,11 @@ class InfluenceSet(InfluenceMatrix):
         self.ct_grid = getattr(dose, "ct_grid", None)
         #: how its targets were resampled onto the dose grid ("centre" or "support")
         self.target_rule = getattr(dose, "target_rule", "centre")
+        # what optimizer.robust.influence.scenario_influence records (the scenario list, the
+        # structures with scenario doses, ...): PlanProblem's copy checks robust terms against it
+        for name in SCENARIO_ATTRIBUTES:
+            if hasattr(dose, name):
+                setattr(self, name, getattr(dose, name))
         self._extra: dict[str, InfluenceMatrix] = {}
         for name, form in forms.items():
             self.add_form(name, form)

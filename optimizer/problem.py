@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -38,6 +39,9 @@ FIRST_ORDER = "FIRST_ORDER"
 #: 2.5 mm CT, 5 mm dose grid, PTV on the CT grid: 48 vs 490 s, 2026-11-28).
 AUTO_FIRST_ORDER_NNZ = 30_000_000
 
+
+#: the dose form of one robust scenario (:func:`objectives.robust.scenario_form`)
+_SCENARIO_FORM = re.compile(r"dose_s\d+")
 
 @dataclass
 class _VoxelSet:
@@ -425,11 +429,30 @@ class PlanProblem:
             raise PlanError(f"{term.describe()}: needs the {', '.join(missing)} form(s); pass an "
                             f"InfluenceSet that carries them (ProtonBeams.influence(..., with_let=True) for "
                             f"LET terms, optimizer.robust.influence.scenario_influence for Robust terms)")
+        self._check_scenarios(term, vs)
         base = {f: vs.rows(available[f]) for f in quantity.base_forms}
         rows = quantity.linear_forms(base, ctx)
         # a derived form (e.g. the dirty dose at a threshold) belongs to its quantity
         return {(vs.name, vs.kind, f if f in available else f"{f}@{quantity.describe()}"): R
                 for f, R in rows.items()}
+
+    def _check_scenarios(self, term: Term, vs: _VoxelSet) -> None:
+        """A robust term must read every scenario of the influence set, and its structure must
+        have scenario doses: otherwise it holds (or costs) only on the scenarios it read, or on
+        doses of 0 (both were solved and marked optimal)."""
+        wanted = [f for f in term.quantity.base_forms if _SCENARIO_FORM.fullmatch(f)]
+        if not wanted:
+            return
+        carried = sorted((f for f in self.influence.forms if _SCENARIO_FORM.fullmatch(f)),
+                         key=lambda f: int(f[len("dose_s"):]))
+        if len(wanted) != len(carried):
+            raise PlanError(f"{term.describe()}: reads {len(wanted)} scenario(s), the influence set carries "
+                            f"{len(carried)} ({carried[0]} .. {carried[-1]}); give Robust(..., scenarios=) "
+                            f"the scenario list the influence was built with (or its length)")
+        covered = getattr(self.influence, "scenario_structures", None)
+        if covered is not None and not any(_normalize(c) == _normalize(vs.name) for c in covered):
+            raise PlanError(f"{term.describe()}: structure '{vs.name}' has no scenario doses (covered: "
+                            f"{', '.join(covered)}); list it in scenario_influence(structures=...)")
 
     # -- solve ---------------------------------------------------------------------------------
     def _pick_solver(self, solver: str | None) -> str:

@@ -199,6 +199,41 @@ def test_bad_input_is_named():
         prob.solve(solver="CLARABEL")
 
 
+
+def test_a_robust_term_reads_every_scenario_of_the_set_or_is_refused():
+    """scenarios=3 on a set of 9 scenario doses read dose_s0..s2 only: the hard O max (12 Gy)
+    held there, 'optimal', and reached 14 Gy in the 6 others (the default 9 on set21()'s 21
+    likewise). Now refused naming both counts; the full count solves and holds everywhere."""
+    patient, inf, mats = _tiny(n_scen=9)
+    prob = PlanProblem(patient, inf, fractions=FX)
+    prob += SquaredUnderdose("T", 50.0, weight=10.0)
+    prob += Robust(MaxDose("O", 12.0), scenarios=3)
+    with pytest.raises(PlanError, match=r"reads 3 scenario\(s\), the influence set carries 9 "
+                                        r"\(dose_s0 \.\. dose_s8\)"):
+        prob.solve(solver="CLARABEL")
+    prob.terms[-1] = Robust(MaxDose("O", 12.0), scenarios=9)
+    plan = prob.solve(solver="CLARABEL")
+    worst = max(float((FX * M[6:] @ plan.weights).max()) for M in mats)
+    assert worst <= 12.0 + 1e-3
+
+
+def test_a_robust_term_on_a_structure_without_scenario_doses_is_refused():
+    """Scenario doses built for O only: a robust underdose term on T read doses of 0 in every
+    scenario, a constant cost, and the plan came back 'optimal' with T at thousands of Gy."""
+    from optimizer.robust.influence import scenario_influence
+
+    p = phantoms.water_box(size_mm=(18, 60, 60), spacing_mm=6.0)
+    z, y, x = np.meshgrid(*p.grid.axes_mm(), indexing="ij")
+    p.add_structure(Structure("T", (np.abs(x) <= 9) & (np.abs(y) <= 9) & (np.abs(z) <= 3), "target"))
+    p.add_structure(Structure("O", (x > 12) & (x <= 24) & (np.abs(y) <= 9) & (np.abs(z) <= 3), "oar"))
+    scen = nominal9(with_range=False)
+    inf = scenario_influence(PhotonBeams([0.0, 90.0], beamlet_mm=6.0), p, scen, ["O"])
+    prob = PlanProblem(p, inf, fractions=FX)
+    prob += Robust(SquaredUnderdose("T", 50.0, weight=10.0), "composite", scenarios=scen)
+    with pytest.raises(PlanError, match="structure 'T' has no scenario doses \\(covered: O\\); "
+                                        "list it in scenario_influence"):
+        prob.solve(solver="CLARABEL")
+
 # -- evaluation ------------------------------------------------------------------------------------
 def test_robust_metrics_bands_and_block_match_the_scenario_doses_by_hand():
     """Per-scenario doses are FX x M_s w; "worst" is the lowest D95 and the highest D10 / max;
