@@ -322,8 +322,12 @@ class InfluenceSet(InfluenceMatrix):
 
 
 
+#: LETd is undefined without dose: below this dose per fraction (Gy) :func:`let_d_map` gives NaN
+LETD_MIN_DOSE_GY = 1e-3
+
+
 def let_d_map(influence: InfluenceMatrix, let_dose: InfluenceMatrix, weights: np.ndarray,
-              min_dose_Gy: float = 1e-3) -> np.ndarray:
+              min_dose_Gy: float = LETD_MIN_DOSE_GY) -> np.ndarray:
     """Dose-averaged LET of a plan on the full grid, keV/um: (L x) / (D x) where the dose per
     fraction is at least ``min_dose_Gy`` (Gy), NaN elsewhere (LETd is undefined without dose).
     The one definition of LETd in bioplan."""

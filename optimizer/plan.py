@@ -17,7 +17,11 @@ from ._archive import ARCHIVE_VERSION, read_checked_arrays, read_meta
 from ._files import atomic_write
 from .errors import GeometryError, PlanError
 from .geometry import Patient, Structure
-from .influence import InfluenceMatrix, InfluenceSet, let_d_map
+from .influence import LETD_MIN_DOSE_GY, InfluenceMatrix, InfluenceSet, let_d_map
+
+#: extras that are dose-averaged (NaN without dose): :meth:`Plan.on_patient` interpolates them
+#: through their product with the dose
+DOSE_AVERAGED_EXTRAS = ("LETd_keV_um",)
 
 
 @dataclass
@@ -85,7 +89,8 @@ class Plan:
         """This plan's dose interpolated (trilinear) onto another patient's grid, e.g. the CT
         grid of a plan optimized on a coarser dose grid (:meth:`Patient.resample`), so goals can
         be reported on both. Weights, beams and the solver record are kept; the influence
-        matrix is not (it indexes the other grid); ``solver["dose_grid"]`` records the source grid."""
+        matrix is not (it indexes the other grid); ``solver["dose_grid"]`` records the source grid.
+        Extra maps are interpolated too: LETd dose-averaged (see :meth:`_extra_on`)."""
         from .resample import inside_of, resample_dose, target_grid
 
         if not isinstance(patient, Patient):
@@ -103,8 +108,32 @@ class Plan:
         grid = self.patient.grid
         solver = {**self.solver, "dose_grid": {"shape": list(grid.shape), "spacing_mm": list(grid.spacing_mm),
                                                "origin_mm": list(grid.origin_mm)}}
+        extras = {k: self._extra_on(k, v, patient.grid, dose) for k, v in self.extras.items()}
         return Plan(patient, self.weights, self.fractions, dose, dict(self.beamlets), list(self.beams),
-                    self.modality, solver, None, {})
+                    self.modality, solver, None, extras)
+
+    def _extra_on(self, name: str, values, grid, dose_there: np.ndarray) -> np.ndarray:
+        """An extra map on another grid: a dose-averaged one (LETd) as the ratio of the
+        interpolated LETd x dose and dose, NaN where the dose per fraction is below
+        LETD_MIN_DOSE_GY (as :func:`optimizer.influence.let_d_map` defines it); any other
+        trilinear, NaN wherever the interpolation reads a NaN voxel."""
+        from .resample import resample_dose
+
+        v = np.asarray(values, dtype=float)
+        if v.shape != self.patient.grid.shape:
+            raise PlanError(f"extras['{name}']: shape {v.shape}, expected the grid's "
+                            f"{self.patient.grid.shape}")
+        nan = np.isnan(v)
+        if name in DOSE_AVERAGED_EXTRAS:
+            product = resample_dose(np.where(nan, 0.0, v) * self.dose, self.patient.grid, grid)
+            out = np.full(grid.shape, np.nan)
+            ok = dose_there >= LETD_MIN_DOSE_GY * self.fractions
+            out[ok] = product[ok] / dose_there[ok]
+            return out
+        out = resample_dose(np.where(nan, 0.0, v), self.patient.grid, grid)
+        if nan.any():
+            out[resample_dose(nan.astype(float), self.patient.grid, grid) > 0] = np.nan
+        return out
 
     # -- archive -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> str:

@@ -397,3 +397,27 @@ def test_a_target_lost_on_the_dose_grid_is_refused_naming_dose_grid():
         with pytest.warns(UserWarning, match="PTV"), \
                 pytest.raises(BeamError, match=r"dose_grid: the target 'PTV' has no voxel centre on the"):
             beams.influence(ct, **kwargs)
+
+
+def test_on_patient_carries_the_extra_maps_letd_dose_averaged():
+    """on_patient dropped every extra map (a saved plan then lost its LETd). Two 10 mm voxels,
+    doses 10 / 30 Gy and LETd 2 / 6 keV/um, onto a 5 mm grid: the voxel between them gets the
+    dose-averaged LETd (2 x 10 + 6 x 30) / (10 + 30) = 5.0 (plain interpolation: 4.0); another
+    map is interpolated plainly, NaN where it reads a NaN; LETd is NaN where the dose is 0."""
+    from optimizer import Grid, Plan
+
+    coarse, fine = Grid((1, 1, 2), (10.0, 10.0, 10.0)), Grid((1, 1, 3), (5.0, 5.0, 5.0))
+    body = Structure("Body", np.ones(coarse.shape, bool), "other")
+    dose = np.array([[[10.0, 30.0]]])
+    extras = {"LETd_keV_um": np.array([[[2.0, 6.0]]]), "RBE": np.array([[[1.1, np.nan]]])}
+    plan = Plan(Patient(coarse, np.zeros(coarse.shape), [body]), np.zeros(1), 5, dose,
+                {"beam": np.zeros(1, int)}, [], "proton", {}, None, extras)
+    there = Patient(fine, np.zeros(fine.shape), [Structure("Body", np.ones(fine.shape, bool), "other")])
+    moved = plan.on_patient(there)
+    np.testing.assert_allclose(moved.dose.ravel(), [10.0, 20.0, 30.0])
+    np.testing.assert_allclose(moved.extras["LETd_keV_um"].ravel(), [2.0, 5.0, 6.0])
+    rbe = moved.extras["RBE"].ravel()
+    assert rbe[0] == pytest.approx(1.1) and np.isnan(rbe[1:]).all()
+    plan.dose[0, 0, 1], plan.extras["LETd_keV_um"][0, 0, 1] = 0.0, np.nan  # no dose, no LETd
+    letd = plan.on_patient(there).extras["LETd_keV_um"].ravel()
+    assert letd[:2] == pytest.approx([2.0, 2.0]) and np.isnan(letd[2])
