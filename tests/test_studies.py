@@ -213,6 +213,50 @@ def test_resume_computes_only_the_missing_rows(tmp_path, monkeypatch):
     assert len(ResultStore(path).rows) == 4  # the table keeps them all
 
 
+def test_resume_refuses_stored_rows_without_their_study_description(tmp_path):
+    """With the .study.json gone, a resume accepted any setup (rows of 30 fractions mixed with
+    rows of 5, the new description claiming 5 for all); now it is refused and writes nothing."""
+    cohort, arms, path = generate_cohort(1, seed=0), default_arms()[:1], tmp_path / "results.csv"
+    run_study(cohort, path, arms, SETUP, serial=True)
+    os.unlink(f"{path}.study.json")
+    before = path.read_bytes()
+    with pytest.raises(PlanError, match=r"holds 1 row\(s\) but its study description .*study.json "
+                                        r"is missing"):
+        run_study(generate_cohort(2, seed=0), path, arms, dataclasses.replace(SETUP, fractions=5),
+                  serial=True, resume=True)
+    assert path.read_bytes() == before and not os.path.exists(f"{path}.study.json")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_the_table_keeps_columns_it_does_not_write_and_refuses_fractional_counts(tmp_path, suffix):
+    """A column the study does not write (a reviewer's note) was dropped from the file by the
+    next append; an int column given 2.9 stored 2."""
+    path = tmp_path / f"results{suffix}"
+    row = {c: None for c in ResultStore(path).columns}
+    row.update(patient_id="P1", arm="conventional", status="optimal", seed=1, hypoxic_voxels=0, ptv_voxels=9,
+               goals_met=2, goals_total=3, iterations=7)
+    ResultStore(path).append([row])
+    if suffix == ".csv":
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join([lines[0] + ",reviewer_note", lines[1] + ",checked by Dr X"]) + "\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        pq.write_table(table.append_column("reviewer_note", pa.array(["checked by Dr X"])), path)
+    store = ResultStore(path)
+    assert store.extra_columns == ("reviewer_note",)
+    store.append([{**row, "patient_id": "P2"}])
+    again = ResultStore(path)
+    assert [(r["patient_id"], r["reviewer_note"]) for r in again.rows] == [
+        ("P1", "checked by Dr X"), ("P2", "" if suffix == ".csv" else None)]
+    assert [r["goals_met"] for r in again.rows] == [2, 2]
+    with pytest.raises(PlanError, match="column 'goals_met': cannot read 2.9 as a whole number"):
+        again.append([{**row, "patient_id": "P3", "goals_met": 2.9}])
+    assert len(ResultStore(path).rows) == 2
+
+
 def test_a_refused_run_writes_nothing(tmp_path):
     """n_workers=0 used to be refused only after the study description was written, so a later
     resume of the same folder was refused as a different study."""

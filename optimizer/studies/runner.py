@@ -74,9 +74,14 @@ def _manifest(setup: StudySetup, arms: list[Arm], cohort: list[VirtualPatient]) 
             "patients": {vp.patient_id: json.loads(json.dumps(asdict(vp))) for vp in cohort}}
 
 
-def _merge_manifest(path: str, new: dict) -> dict:
-    """The stored study description merged with this run's, or a PlanError naming what differs."""
+def _merge_manifest(path: str, new: dict, stored_rows: int = 0) -> dict:
+    """The stored study description merged with this run's, or a PlanError naming what differs.
+    Rows stored without a description are refused: their setup cannot be checked."""
     if not os.path.exists(path):
+        if stored_rows:
+            raise PlanError(f"resume: the results table holds {stored_rows} row(s) but its study description "
+                            f"{path} is missing, so the setup, arms and patients they were computed with "
+                            f"cannot be checked against this run's; restore that file, or start a new table")
         return new
     try:
         with open(path, encoding="utf-8") as f:
@@ -157,7 +162,7 @@ def run_study(cohort: list[VirtualPatient], results_path: str | os.PathLike, arm
                         f"another path")
     store = ResultStore(path)
     manifest_path = path + ".study.json"
-    manifest = _merge_manifest(manifest_path, _manifest(setup, arms, cohort)) if resume else \
+    manifest = _merge_manifest(manifest_path, _manifest(setup, arms, cohort), len(store)) if resume else \
         _manifest(setup, arms, cohort)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_bytes(manifest_path, json.dumps(manifest, indent=1).encode(), overwrite=True)

@@ -30,6 +30,7 @@ COLUMN_TYPES = {
     "iterations": "int", "resolved": "bool",
 }
 FORMATS = (".parquet", ".csv")
+_KIND_NAMES = {"int": "a whole number", "bool": "True or False", "float": "a number"}
 
 
 def _convert(value, kind: str, column: str, path: str):
@@ -37,7 +38,10 @@ def _convert(value, kind: str, column: str, path: str):
         if kind == "str":
             return "" if value is None else str(value)
         if kind == "int":
-            return int(value)
+            number = float(value)  # int(2.9) would store 2
+            if isinstance(value, bool) or not number.is_integer():
+                raise ValueError(value)
+            return int(number)
         if kind == "bool":
             if isinstance(value, str):
                 if value not in ("True", "False"):
@@ -46,7 +50,8 @@ def _convert(value, kind: str, column: str, path: str):
             return bool(value)
         return float("nan") if value is None or value == "" else float(value)
     except (TypeError, ValueError):
-        raise PlanError(f"{path}: column '{column}': cannot read {value!r} as {kind}") from None
+        raise PlanError(f"{path}: column '{column}': cannot read {value!r} as "
+                        f"{_KIND_NAMES.get(kind, kind)}") from None
 
 
 class ResultStore:
@@ -65,6 +70,10 @@ class ResultStore:
             raise PlanError(f"results path: expected a file ending in .parquet or .csv, got {self.path!r}")
         self.format = ext[1:]
         self.columns = tuple(columns)
+        #: columns of the file this study does not write (e.g. a user's notes): kept as read,
+        #: empty in new rows; with their Arrow types for Parquet
+        self.extra_columns: tuple[str, ...] = ()
+        self._extra_types: dict = {}
         self.rows: list[dict] = self._read() if os.path.exists(self.path) else []
 
     # -- reading -------------------------------------------------------------------------------
@@ -74,9 +83,11 @@ class ResultStore:
 
             try:
                 raw = pq.read_table(self.path).to_pylist()
-                names = pq.read_schema(self.path).names
+                schema = pq.read_schema(self.path)
             except Exception as exc:
                 raise PlanError(f"{self.path}: not a readable Parquet table ({exc})") from None
+            names = schema.names
+            self._extra_types = {n: schema.field(n).type for n in names if n not in self.columns}
         else:
             with open(self.path, newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f)
@@ -85,8 +96,9 @@ class ResultStore:
         if missing:
             raise PlanError(f"{self.path}: not a results table of this study version; missing columns: "
                             f"{', '.join(missing)}")
-        return [{c: _convert(r[c], COLUMN_TYPES.get(c, "float"), c, self.path) for c in self.columns}
-                for r in raw]
+        self.extra_columns = tuple(n for n in names if n not in self.columns)
+        return [{**{c: _convert(r[c], COLUMN_TYPES.get(c, "float"), c, self.path) for c in self.columns},
+                 **{c: r[c] for c in self.extra_columns}} for r in raw]
 
     def keys(self) -> set[tuple]:
         """(patient_id, arm) of every stored row."""
@@ -99,8 +111,8 @@ class ResultStore:
     def append(self, rows: list[dict]) -> None:
         """Add rows (a row with the key of a stored one replaces it) and rewrite the table
         atomically."""
-        new = [{c: _convert(r.get(c), COLUMN_TYPES.get(c, "float"), c, self.path) for c in self.columns}
-               for r in rows]
+        new = [{**{c: _convert(r.get(c), COLUMN_TYPES.get(c, "float"), c, self.path) for c in self.columns},
+                **{c: r.get(c) for c in self.extra_columns}} for r in rows]
         keys = {tuple(r[k] for k in KEY_COLUMNS) for r in new}
         self.rows = [r for r in self.rows if tuple(r[k] for k in KEY_COLUMNS) not in keys] + new
         atomic_write(self.path, self._write, overwrite=True)
@@ -111,20 +123,23 @@ class ResultStore:
             import pyarrow.parquet as pq
 
             types = {"str": pa.string(), "int": pa.int64(), "bool": pa.bool_()}
-            schema = pa.schema([(c, types.get(COLUMN_TYPES.get(c, "float"), pa.float64()))
-                                for c in self.columns])
+            fields = [(c, types.get(COLUMN_TYPES.get(c, "float"), pa.float64())) for c in self.columns]
+            schema = pa.schema(fields + [(c, self._extra_types[c]) for c in self.extra_columns])
             table = pa.Table.from_pylist(self.rows, schema=schema)
             pq.write_table(table, f)
             return
         text = io.StringIO()
         w = csv.writer(text, lineterminator="\n")
-        w.writerow(self.columns)
+        columns = self.columns + self.extra_columns
+        w.writerow(columns)
         for r in self.rows:
-            w.writerow([_csv_cell(r[c]) for c in self.columns])
+            w.writerow([_csv_cell(r[c]) for c in columns])
         f.write(text.getvalue().encode("utf-8"))
 
 
 def _csv_cell(v) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return "nan" if math.isnan(v) else repr(v)
     return str(v)
