@@ -19,7 +19,10 @@ older records keep working. Examples may add keys.
 from __future__ import annotations
 
 import json
+import math
 import os
+
+import numpy as np
 
 from . import evaluate
 from ._files import write_bytes
@@ -65,7 +68,25 @@ def write_metrics(record: dict, out_dir: str, name: str = "metrics.json") -> str
     The record replaces an earlier one atomically (examples rewrite it on every run); a symlink
     at the path is replaced, never written through."""
     path = os.path.join(out_dir, name)
-    return write_bytes(path, json.dumps(record, indent=2).encode(), overwrite=True)
+    text = json.dumps(_json_ready(record), indent=2, allow_nan=False)
+    return write_bytes(path, text.encode(), overwrite=True)
+
+
+def _json_ready(value):
+    """``value`` with every NaN / infinite float as None: strict JSON (``null``), which other
+    readers (jq, JavaScript, json.loads with a strict parse_constant) accept; Python's default
+    writes ``NaN`` and ``Infinity``, which they refuse."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.generic):
+        return _json_ready(value.item())
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    return value
 
 
 def output_folder(path: str | os.PathLike, overwrite: bool = False) -> str:

@@ -267,3 +267,17 @@ def test_evaluation_plots_and_geometry_raise_no_bare_builtin_errors():
                         and isinstance(node.exc, ast.Call):
                     bare.append(f"{path.relative_to(ROOT)}:{node.lineno} {exc.id}")
     assert not bare, bare
+
+
+def test_metrics_json_is_strict_json_with_null_for_missing_numbers(tmp_path):
+    """NaN and infinite values were written as NaN / Infinity, which strict JSON readers (jq,
+    JavaScript) refuse; they are now null, and NumPy scalars are plain numbers."""
+    record = {"case": "x", "structures": {"T": {"D95_Gy": float("nan"), "max_Gy": float("inf"),
+                                                "mean_Gy": np.float32(2.5), "dvh": np.array([1.0, np.nan])}}}
+    path = report.write_metrics(record, os.fspath(tmp_path))
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    back = json.loads(Path(path).read_text(), parse_constant=refuse)
+    assert back["structures"]["T"] == {"D95_Gy": None, "max_Gy": None, "mean_Gy": 2.5, "dvh": [1.0, None]}
