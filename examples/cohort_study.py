@@ -2,7 +2,7 @@
 boost) planning across patients whose radiosensitivity, hypoxia and anatomy vary, on Dask.
 
 Run:  python examples/cohort_study.py --patients 20 --out out/cohort [--scheduler ADDRESS]
-      [--resume] [--workers 2] [--serial] [--csv] [--seed 0]
+      [--resume [--retry-failed]] [--workers 2] [--serial] [--csv] [--seed 0]
 
 Cohort (``optimizer.studies.generate_cohort``, seeded; patient i is the same in every cohort of
 the same seed): a small head-and-neck-like phantom per patient (spherical PTV of radius 15-20 mm,
@@ -21,8 +21,9 @@ Arms (``optimizer.studies.default_arms``; hard cord EQD2 max 50 Gy in every arm)
 Execution: an embedded LocalCluster of ``--workers`` processes (one thread each) unless
 ``--scheduler`` names a running Dask scheduler (``tcp://host:8786``) or ``--serial`` runs in this
 process. Rows are written to ``DIR/results.parquet`` (``--csv``: ``results.csv``) as each
-finishes; ``--resume`` computes only the rows missing from it. Failing patients are rows with
-status "infeasible" / "failed" and the reason.
+finishes; ``--resume`` computes only the rows missing from it (``--retry-failed``: also the rows
+whose status is "failed", e.g. after a lost worker). Failing patients are rows with status
+"infeasible" / "failed" and the reason.
 
 Writes into ``--out``: ``results.parquet`` or ``results.csv`` (one row per patient x arm, columns
 ``optimizer.studies.ROW_COLUMNS``), ``results.<ext>.study.json`` (the study description used by
@@ -53,12 +54,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--serial", action="store_true", help="run in this process, no Dask")
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows in DIR/results.* and compute the rest")
+    ap.add_argument("--retry-failed", action="store_true",
+                    help="with --resume, compute the rows with status 'failed' again")
     ap.add_argument("--csv", action="store_true", help="results.csv instead of results.parquet")
     ap.add_argument("--spacing-mm", type=float, default=studies.StudySetup.spacing_mm, help="dose grid, mm")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.patients < 1:
         ap.error("--patients: expected at least 1")
+    if args.retry_failed and not args.resume:
+        ap.error("--retry-failed: needs --resume")
     if args.serial and args.scheduler:
         ap.error("--serial and --scheduler exclude each other")
     t0 = time.perf_counter()
@@ -69,7 +74,8 @@ def main(argv=None) -> dict:
     print(f"cohort: {len(cohort)} patients (seed {args.seed}), arms: {', '.join(a.name for a in arms)}; "
           f"{'serial' if args.serial else args.scheduler or f'LocalCluster of {args.workers} workers'}")
     result = studies.run_study(cohort, path, arms, setup, scheduler=args.scheduler, n_workers=args.workers,
-                               serial=args.serial, resume=args.resume, progress=not args.no_progress)
+                               serial=args.serial, resume=args.resume, progress=not args.no_progress,
+                               retry_failed=args.retry_failed)
     t1 = time.perf_counter()
     names = [a.name for a in arms]
     record = write_report(result, names, args.out, patients=len(cohort), setup=setup.as_dict(),

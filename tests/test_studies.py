@@ -166,6 +166,35 @@ def test_failing_patients_are_recorded_and_the_rest_complete(tmp_path):
     assert s["tricky"]["infeasible"] == 1 and s["tricky"]["paired_patients"] == 1
 
 
+def test_resume_retries_failed_rows_only_when_asked(tmp_path, monkeypatch):
+    """Resume never computed a stored "failed" row again (a lost worker, a fixed bug):
+    retry_failed=True does, replacing it; without it, and for "infeasible" rows, nothing runs."""
+    cohort, path = generate_cohort(2, seed=0), tmp_path / "results.csv"
+    arms = [Arm("conventional", conventional_terms), Arm("tricky", impossible_for_p0001)]
+    real = study_work.solve_family
+    run_study(cohort[1:], path, arms, SETUP, serial=True)
+    store = ResultStore(path)  # mark the optimal row as lost by a worker
+    failed = [dict(r, status="failed", reason="worker lost") for r in store.rows[:1]]
+    assert failed[0]["patient_id"] == "P0001" and failed[0]["arm"] == "conventional"
+    store.append(failed)
+    calls = []
+
+    def counting(case, vp, fam):
+        calls.append((vp.patient_id, tuple(a.name for a in fam)))
+        return real(case, vp, fam)
+
+    monkeypatch.setattr(study_work, "solve_family", counting)
+    run_study(cohort[1:], path, arms, SETUP, serial=True, resume=True)
+    assert calls == []
+    with pytest.raises(PlanError, match="retry_failed: applies to a resumed study"):
+        run_study(cohort[1:], tmp_path / "other.csv", arms, SETUP, serial=True, retry_failed=True)
+    res = run_study(cohort[1:], path, arms, SETUP, serial=True, resume=True, retry_failed=True)
+    assert calls == [("P0001", ("conventional",))]  # not the infeasible "tricky" row
+    by = {(r["patient_id"], r["arm"]): r for r in res.rows}
+    assert by[("P0001", "conventional")]["status"] == "optimal"
+    assert by[("P0001", "tricky")]["status"] == "infeasible" and len(ResultStore(path).rows) == 2
+
+
 class _Interrupt(Exception):
     pass
 

@@ -119,7 +119,8 @@ def _work_list(cohort, arms, done: set) -> list[tuple[VirtualPatient, list[list[
 def run_study(cohort: list[VirtualPatient], results_path: str | os.PathLike, arms: list[Arm] | None = None,
               setup: StudySetup | None = None, *, client=None, scheduler: str | None = None,
               n_workers: int = 2, serial: bool = False, resume: bool = False, progress: bool = False,
-              retries: int = 1, on_rows: Callable[[list[dict]], None] | None = None) -> StudyResult:
+              retries: int = 1, on_rows: Callable[[list[dict]], None] | None = None,
+              retry_failed: bool = False) -> StudyResult:
     """Compute every missing (patient, arm) row of a study into ``results_path``.
 
     Parameters
@@ -133,6 +134,9 @@ def run_study(cohort: list[VirtualPatient], results_path: str | os.PathLike, arm
     progress : show a tqdm progress bar (rows)
     retries : Dask retries of a task that raised (planning errors never raise: they are rows)
     on_rows : called with each batch of rows after it is written (e.g. for monitoring)
+    retry_failed : with ``resume``, also compute again the stored rows whose status is "failed"
+        (an error, e.g. a lost worker or a fixed bug), replacing them; "infeasible" rows are
+        planning results and stay
 
     Returns
     -------
@@ -156,6 +160,10 @@ def run_study(cohort: list[VirtualPatient], results_path: str | os.PathLike, arm
         # before anything is written (a refused run left a study description that a later
         # --resume then refused as a different study)
         raise PlanError(f"n_workers: expected an integer >= 1, got {n_workers!r}")
+    if not isinstance(retry_failed, bool):
+        raise PlanError(f"retry_failed: expected True or False, got {retry_failed!r}")
+    if retry_failed and not resume:
+        raise PlanError("retry_failed: applies to a resumed study; pass resume=True too")
     path = os.fspath(results_path)
     if os.path.exists(path) and not resume:
         raise PlanError(f"results_path: {path} exists; pass resume=True (--resume) to complete it, or choose "
@@ -166,7 +174,8 @@ def run_study(cohort: list[VirtualPatient], results_path: str | os.PathLike, arm
         _manifest(setup, arms, cohort)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_bytes(manifest_path, json.dumps(manifest, indent=1).encode(), overwrite=True)
-    todo = _work_list(cohort, arms, store.keys())
+    done = {(r["patient_id"], r["arm"]) for r in store.rows if not (retry_failed and r["status"] == "failed")}
+    todo = _work_list(cohort, arms, done)
     n_rows = sum(len(f) for _, fams in todo for f in fams)
 
     from tqdm.auto import tqdm
