@@ -204,7 +204,8 @@ def test_soft_terms_only_certify_and_match_clarabel(toy):
 
 def test_warm_start_after_the_terms_were_edited_starts_the_changed_multipliers_cold():
     """The warm state is kept per problem; after a hard term is replaced by one on another
-    structure, or a robust term changes its scenario count, the old multipliers no longer fit:
+    structure, or a robust term changes its mode (one worst case -> one per voxel), the old
+    multipliers no longer fit:
     they are dropped (the solve equals a cold one) instead of breaking the solve."""
     from conftest import make_scenario_toy
 
@@ -227,7 +228,7 @@ def test_warm_start_after_the_terms_were_edited_starts_the_changed_multipliers_c
     problem += Robust(SquaredUnderdose("T", 50.0, weight=10.0), "composite", 4)
     problem += SquaredOverdose("O", 10.0, weight=1.0)
     problem.solve(solver="FIRST_ORDER")
-    problem.terms[0] = Robust(SquaredUnderdose("T", 50.0, weight=10.0), "composite", 2)
+    problem.terms[0] = Robust(SquaredUnderdose("T", 50.0, weight=10.0), "voxelwise", 4)
     warm = problem.solve(solver="FIRST_ORDER").solver
     ref = problem.solve(solver="CLARABEL").solver
     assert warm["status"] == "optimal" and warm["objective"] == pytest.approx(ref["objective"], rel=1e-3)
