@@ -262,8 +262,17 @@ class _Minibeams(BeamModel):
         ac, bc = pl["a"], pl["b"]
         pa = self.pattern.ctc_mm
         pb = (bc[1] - bc[0]) if len(bc) > 1 else 1.0
-        ka = int(math.ceil((pl["ha"] + reach.max(initial=0.0)) / pa)) + 1
-        kb = 0 if len(bc) == 1 else int(math.ceil((pl["hb"] + reach.max(initial=0.0)) / pb)) + 1
+        # a "period" component (septum transmission, edge scatter) covers the column's whole
+        # collimator cell: the period across the modulation and, for a pin, along it too (the
+        # pins' square lattice); a slit segment's length already tiles its slit
+        period = any(kind == "period" for _, _, kind in comps)
+        half_cell = self.pattern.ctc_mm / 2
+        ha_period = half_cell
+        hb_period = half_cell if self.pattern.pattern == "pin" else pl["hb"]
+        ha_far = max(pl["ha"], ha_period) if period else pl["ha"]
+        hb_far = max(pl["hb"], hb_period) if period else pl["hb"]
+        ka = int(math.ceil((ha_far + reach.max(initial=0.0)) / pa)) + 1
+        kb = 0 if len(bc) == 1 else int(math.ceil((hb_far + reach.max(initial=0.0)) / pb)) + 1
         ia0 = np.rint((a - ac[0]) / pa).astype(np.int64)
         ib0 = np.rint((b - bc[0]) / pb).astype(np.int64) if len(bc) > 1 else np.zeros(len(b), np.int64)
         da = np.arange(-ka, ka + 1)
@@ -277,15 +286,15 @@ class _Minibeams(BeamModel):
         lat = self._lateral_scale(t[rows0])[r]  # isocentre plane -> mm at the voxel's depth
         xa = (a[r] - ac[ja]) * lat
         xb = (b[r] - bc[jb]) * lat
-        near = (np.abs(xa) <= pl["ha"] * lat + reach[r]) & (np.abs(xb) <= pl["hb"] * lat + reach[r])
+        near = (np.abs(xa) <= ha_far * lat + reach[r]) & (np.abs(xb) <= hb_far * lat + reach[r])
         r, ja, jb, xa, xb, lat = r[near], ja[near], jb[near], xa[near], xb[near], lat[near]
         val = np.zeros(len(r))
         # the pattern (centres, slit and segment widths) is drawn at the isocentre plane and scales
         # with the beam's divergence (lat), so segments tile their slit at every depth
-        hb = pl["hb"] * lat if pl["hb"] > 0 else 0.0
         for amp, sig, kind in comps:  # a handful of physics components, not voxels or beams
-            ha = self.pattern.ctc_mm / 2 if kind == "period" else pl["ha"]
+            ha, hb = (ha_period, hb_period) if kind == "period" else (pl["ha"], pl["hb"])
             ha = ha * lat if ha > 0 else 0.0
+            hb = hb * lat if hb > 0 else 0.0
             s = sig[r]
             val += amp[r] * profile(xa, ha, s, self.normalised) * profile(xb, hb, s, self.normalised)
         val *= scale[r]
