@@ -13,7 +13,7 @@ from optimizer.beams import proton_physics as pp
 from optimizer.beams.minibeam import ProtonMinibeams, SlitCollimator
 from optimizer.beams.minibeam_pattern import MinibeamPattern, fine_slab
 from optimizer.beams.minibeam_photon import PhotonMinibeams
-from optimizer.errors import BeamError
+from optimizer.errors import BeamError, EvaluationError
 from optimizer.evaluate.pvdr import lateral_profile, peak_valley_masks, pvdr
 from optimizer.geometry import Grid, Patient, Structure
 
@@ -298,3 +298,29 @@ def test_a_square_photon_pin_lattice_is_symmetric_under_swapping_its_axes(septum
     np.testing.assert_allclose(d, d.T, rtol=1e-9, atol=1e-12 * d.max())
     mid_x, mid_z = d[24, 28], d[28, 24]  # (z, x) = (0, 1) and (1, 0) mm: midway between pins
     assert mid_x == pytest.approx(mid_z, rel=1e-9)
+
+
+def test_pvdr_leaves_out_the_voxels_past_the_slit_ends_and_names_bad_input():
+    """8 mm slits on a grid 24 mm long along them: two thirds of the dosed voxels lie past the
+    slit ends, where only the tails reach; counted as peaks and valleys they pulled the entrance
+    peak mean to 0.75 Gy where the slits give 2.26 Gy. The default region now stops half an edge
+    (1.5 mm) inside the ends: the mean of the peak voxels of the central plane is the reference."""
+    g = Grid((24, 20, 64), (1.0, 1.0, 0.25), (-11.5, -10.0, -7.875))
+    z, y, x = np.meshgrid(*g.axes_mm(), indexing="ij")
+    target = (np.abs(x) <= 3) & (np.abs(y) <= 3) & (np.abs(z) <= 3)
+    p = Patient(g, np.zeros(g.shape, np.float32), [Structure("Body", np.ones(g.shape, bool)),
+                                                   Structure("T", target, "target")])
+    inf = ProtonMinibeams(0, MinibeamPattern(0.6, 3.0), energies_MeV=[100.0], field_mm=12,
+                          length_mm=8).influence(p)
+    d = dose_of(inf)
+    rows = pvdr(d, g, inf, bin_mm=4.0)["by_depth"]
+    inside = pvdr(d, g, inf, bin_mm=4.0, within=(d > 0) & (np.abs(z) <= 2.5))["by_depth"]
+    assert [r["peak_Gy"] for r in rows] == pytest.approx([r["peak_Gy"] for r in inside], rel=1e-12)
+    peak, _ = peak_valley_masks(g, inf)
+    entrance = peak & (y < y[d > 0].min() + 4.0) & (np.abs(x) <= 3.0) & (np.abs(z) < 0.6)
+    assert rows[0]["peak_Gy"] == pytest.approx(d[entrance].mean(), rel=0.02)
+    for kwargs, field in [({"bin_mm": -2.0}, "bin_mm"), ({"bin_mm": float("nan")}, "bin_mm"),
+                          ({"edge_mm": -5.0}, "edge_mm"), ({"within": (d > 0)[0]}, "within"),
+                          ({"structures": {"T": target.astype(int)}}, r"structures\['T'\]")]:
+        with pytest.raises(EvaluationError, match=field):
+            pvdr(d, g, inf, **kwargs)

@@ -235,6 +235,7 @@ class _Minibeams(BeamModel):
                               "sad_mm": pl["geom"].sad_mm,
                               "across": pl["a_axis"], "pattern": self.pattern.pattern,
                               "beam_width_mm": self.pattern.beam_width_mm, "ctc_mm": self.pattern.ctc_mm,
+                              "half_length_mm": float(pl["hb"]),  # of a column along the array
                               "offset_mm": self.pattern.offset_mm,
                               "energies_MeV": [x for x in pl["layers"] if x is not None],
                               "model": type(self).__name__, **self._beam_info()})

@@ -87,8 +87,10 @@ def pvdr(dose, grid: Grid, influence, *, beam: int = 0, within: np.ndarray | Non
     influence : the minibeam influence set (its beam table carries the pattern)
     beam : which beam's pattern defines peaks, valleys and depth
     within : [z, y, x] bool region of the depth table (default: voxels with dose > 0); the outer
-        ``edge_mm`` (default one spacing) of the array's field across the modulation is excluded
-    bin_mm : depth bin, mm (default the grid's largest spacing)
+        ``edge_mm`` (default one spacing, >= 0) of the array's field is excluded across the
+        modulation, and half of it along the array (from a slit's ends, or the outer pins),
+        so voxels that only the tails reach are left out
+    bin_mm : depth bin, mm (> 0; default the grid's largest spacing)
     structures : {name: [z, y, x] mask} evaluated over their whole volume
 
     Returns
@@ -99,18 +101,25 @@ def pvdr(dose, grid: Grid, influence, *, beam: int = 0, within: np.ndarray | Non
     d = _dose(dose, grid)
     pattern, _ = _beam(influence, beam)
     peak, valley = peak_valley_masks(grid, influence, beam)
-    a, _, t = beam_coordinates(grid, influence, beam)
-    region = d > 0 if within is None else np.asarray(within, bool)
-    if region.shape != grid.shape or not region.any():
+    a, b, t = beam_coordinates(grid, influence, beam)
+    region = d > 0 if within is None else _mask(within, grid, "within")
+    if not region.any():
         raise EvaluationError(f"within: expected a non-empty bool mask of grid.shape {grid.shape}")
     bm = influence.beams[beam]
-    centres = np.asarray(influence.beamlets["u_mm" if bm["across"] == "u" else "v_mm"])[
-        np.asarray(influence.beamlets["beam"]) == beam]
-    edge = pattern.ctc_mm if edge_mm is None else float(edge_mm)
+    mine = np.asarray(influence.beamlets["beam"]) == beam
+    centres = np.asarray(influence.beamlets["u_mm" if bm["across"] == "u" else "v_mm"])[mine]
+    along = np.asarray(influence.beamlets["v_mm" if bm["across"] == "u" else "u_mm"])[mine]
+    edge = pattern.ctc_mm if edge_mm is None else _number(edge_mm, "edge_mm", 0.0)
     region = region & (a >= centres.min() + edge - 1e-9) & (a <= centres.max() - edge + 1e-9)
+    # along the array too: past a slit's ends (or the outer pins) only the tails reach, which
+    # pulled the peak and valley means of every depth down (3x with 8 mm slits on a 24 mm grid)
+    # (half the edge: a 3-row pin array keeps its valley rows between the pins)
+    half = 0.0 if pattern.pattern == "pin" else float(bm.get("half_length_mm", 0.0))
+    lo, hi = along.min() - half + edge / 2, along.max() + half - edge / 2
+    region = region & (b >= lo - 1e-9) & (b <= hi + 1e-9)
     if not (region & peak).any() or not (region & valley).any():
         raise EvaluationError("within: no peak or no valley voxel inside the array's field; widen the field")
-    step = max(grid.spacing_mm) if bin_mm is None else float(bin_mm)
+    step = max(grid.spacing_mm) if bin_mm is None else _number(bin_mm, "bin_mm", 0.0, strict=True)
     t0 = t[region].min()
     k = np.floor((t - t0) / step + 1e-9).astype(int)
     rows = []
@@ -122,13 +131,29 @@ def pvdr(dose, grid: Grid, influence, *, beam: int = 0, within: np.ndarray | Non
                          "valley_Gy": float(v.mean()), "pvdr": _ratio(p.mean(), v.mean())})
     out_s = {}
     for name, m in (structures or {}).items():
-        m = np.asarray(m, bool)
+        m = _mask(m, grid, f"structures['{name}']")
         p, v = d[m & peak], d[m & valley]
         if not len(p) or not len(v):
             raise EvaluationError(f"structures['{name}']: no peak or no valley voxel in it")
         out_s[name] = {"peak_mean_Gy": float(p.mean()), "valley_mean_Gy": float(v.mean()),
                        "valley_max_Gy": float(v.max()), "pvdr": _ratio(p.mean(), v.mean())}
     return {"by_depth": rows, "structures": out_s}
+
+
+def _number(value, name: str, low: float, strict: bool = False) -> float:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not np.isfinite(value) or (value <= low if strict else value < low):
+        raise EvaluationError(f"{name}: expected a finite number {'>' if strict else '>='} {low:g} mm, "
+                              f"got {value!r}")
+    return float(value)
+
+
+def _mask(mask, grid: Grid, name: str) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.dtype != bool or m.shape != grid.shape:
+        raise EvaluationError(f"{name}: expected a bool mask of grid.shape {grid.shape} [z, y, x], got "
+                              f"{m.dtype} of shape {m.shape}")
+    return m
 
 
 def _ratio(p, v) -> float:
