@@ -58,3 +58,15 @@ def test_bed_at_volume_goes_through_the_same_check():
     plan = Plan(patient, np.zeros(1), 25, np.full(grid.shape, 50.0), {"beam": np.zeros(1, int)}, [], "photon")
     with pytest.raises(EvaluationError, match="volume_pct"):
         evaluate.bed_at_volume(plan, "T", LQ({"T": 10.0}), True)
+
+
+def test_a_voxel_without_volume_is_no_part_of_any_volume_metric():
+    """Volumes of 0 are accepted, but such a voxel still had a point on the cumulative volume
+    curve: doses 100 / 10 / 10 / 10 with volumes 0 / 1 / 1 / 1 gave D2 89.2, D10 46.0 and max 100
+    beside V50Gy = 0 %. Every metric now equals the one without that voxel."""
+    from optimizer.evaluate.dose_volume import dose_at_volume, dose_statistics, volume_at_dose
+
+    d, v = np.array([100.0, 10.0, 10.0, 10.0]), np.array([0.0, 1.0, 1.0, 1.0])
+    with_zero, without = dose_statistics(d, v), dose_statistics(d[1:], v[1:])
+    assert with_zero == without
+    assert with_zero["max_Gy"] == 10.0 and dose_at_volume(d, 2, v) == 10.0 and volume_at_dose(d, 50, v) == 0.0

@@ -40,7 +40,8 @@ def _values(values: np.ndarray, volumes: np.ndarray | None = None):
         raise EvaluationError(f"volumes: expected {d.shape} voxel volumes, got {v.shape}")
     if not np.all(np.isfinite(v)) or np.any(v < 0) or v.sum() <= 0:
         raise EvaluationError("volumes: expected finite voxel volumes >= 0 with a positive sum")
-    return d, v / v.sum()
+    keep = v > 0  # a voxel without volume is no part of any volume metric (it set D2 and max)
+    return d[keep], v[keep] / v.sum()
 
 
 def _number(value, name: str, expected: str, ok=None) -> float:
