@@ -148,3 +148,20 @@ def test_bad_input_named():
         DADRMin("OAR", -40.0, 100.0)
     with pytest.raises(PlanError, match="threshold_Gy"):
         pbs_dose_rate_map(_influence(), W, threshold_Gy=0.0)
+
+
+def test_a_timeline_of_other_weights_or_another_machine_is_refused():
+    """Only the timeline's shape was checked: one built for weights 30 / 50 and passed with
+    300 / 5 gave DADR 971 / 488 Gy/s instead of 97.2 / 48.8. The timeline of these weights on
+    this machine gives the same maps as none."""
+    m = Machine(current_nA=100.0)
+    inf = _influence()
+    new = np.array([300.0, 5.0])
+    stale = delivery_timeline(inf.beamlets, W, m)
+    for rate in (dadr_map, pbs_dose_rate_map):
+        with pytest.raises(PlanError, match="timeline: its spot times are not those of these weights"):
+            rate(inf, new, m, timeline=stale)
+        with pytest.raises(PlanError, match="another Machine"):
+            rate(inf, W, Machine(current_nA=50.0), timeline=stale)
+        fresh = delivery_timeline(inf.beamlets, new, m)
+        np.testing.assert_array_equal(rate(inf, new, m, timeline=fresh), rate(inf, new, m))

@@ -51,6 +51,12 @@ def _timeline(influence, w, timeline, machine) -> Timeline:
         return delivery_timeline(influence.beamlets, w, machine)
     if not isinstance(timeline, Timeline) or timeline.duration_s.shape != w.shape:
         raise PlanError("timeline: expected the optimizer.flash.Timeline of these weights")
+    # a timeline of other weights (or another machine) gave rates 10x off without a word
+    expected = (Machine() if machine is None else machine).spot_times_s(w)
+    if not np.allclose(timeline.duration_s, expected, rtol=1e-9, atol=0.0):
+        raise PlanError("timeline: its spot times are not those of these weights on this machine (a "
+                        "timeline of other weights, or of another Machine); rebuild it with "
+                        "delivery_timeline(influence.beamlets, weights, machine), or leave it out")
     return timeline
 
 
