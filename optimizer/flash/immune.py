@@ -51,6 +51,19 @@ def edic(plan, lung, heart, body, model: EDICModel | None = None) -> dict:
             "fractions": int(plan.fractions)}
 
 
+def _refuse_overlaps(patient, names: list, comp: str) -> None:
+    """EDIC takes the mean dose over the union of a component's structures; shares by voxel
+    count count shared voxels twice (LungA / LungB sharing a voxel: 1.857 Gy against EDIC 1.641)."""
+    masks = [patient.structure(n).mask for n in names]
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            shared = int(np.count_nonzero(masks[i] & masks[j]))
+            if shared:
+                raise PlanError(f"{comp}: structures '{names[i]}' and '{names[j]}' share {shared} voxel(s); "
+                                f"EDIC uses the mean over their union: give one structure for it (or "
+                                f"non-overlapping ones)")
+
+
 def immune_terms(patient, lung, heart, body, weight: float = 1.0, model: EDICModel | None = None,
                  influence=None) -> list:
     """Soft terms whose sum is ``weight x EDIC`` (Gy): one :class:`~objectives.immune.ImmuneMeanDose`
@@ -67,6 +80,7 @@ def immune_terms(patient, lung, heart, body, weight: float = 1.0, model: EDICMod
 
     for comp, value in (("lung", lung), ("heart", heart)):
         names = _names(value, comp)
+        _refuse_overlaps(patient, names, comp)
         sizes = np.array([patient.structure(n).n_voxels for n in names], dtype=float)
         c = getattr(model, comp)
         for n, share in zip(names, sizes / sizes.sum()):
