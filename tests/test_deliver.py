@@ -378,6 +378,20 @@ def test_scaled_delivery_scales_mu_and_fluence():
         delivery.scaled(0.0)
 
 
+def test_a_delivery_checks_its_fractions_and_technique_when_made():
+    """Delivery(fractions=0 / 2.5 / True) was accepted and failed only at DICOM export, if
+    ever; the MU per fraction read it meanwhile."""
+    import dataclasses
+
+    delivery = deliver.sequence(_plan_of_maps(_random_maps(8, n=1)), Machine(), _cal(), levels=6)
+    for bad in (0, 2.5, True, float("nan"), "25"):
+        with pytest.raises(DeliveryError, match="fractions: expected a whole number of fractions >= 1"):
+            dataclasses.replace(delivery, fractions=bad)
+    with pytest.raises(DeliveryError, match="technique"):
+        dataclasses.replace(delivery, technique="vmat")
+    assert dataclasses.replace(delivery, fractions=25.0).fractions == 25
+
+
 def test_leaves_off_the_beamlet_rows_warn_with_the_fluence_error():
     """Leaf pairs that straddle beamlet rows (60 pairs of 5 mm: boundaries on the row centres here)
     deliver each pair the average of two rows, silently (C-shape: PTV D95 50.5 -> 44.1 Gy before

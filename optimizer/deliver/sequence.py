@@ -17,6 +17,7 @@ MU are per fraction.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -101,6 +102,16 @@ class Delivery:
     technique: str
     method: str | None = None
     skipped_beams: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        # checked here, not only at export: MU per fraction and the delivered dose read it
+        f = self.fractions
+        if isinstance(f, (bool, np.bool_)) or not isinstance(f, numbers.Real) or not (
+                np.isfinite(f) and float(f).is_integer() and f >= 1):
+            raise DeliveryError(f"fractions: expected a whole number of fractions >= 1, got {f!r}")
+        self.fractions = int(f)
+        if self.technique not in TECHNIQUES:
+            raise DeliveryError(f"technique: expected one of {TECHNIQUES}, got {self.technique!r}")
 
     def scaled(self, factor: float) -> Delivery:
         """The same segments with every MU multiplied by ``factor`` (> 0): plan normalization.
