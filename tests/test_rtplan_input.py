@@ -12,7 +12,7 @@ import pytest
 from test_dicom_io_layout import tiny_patient
 
 from optimizer import Plan, deliver
-from optimizer.deliver import Calibration, Machine, MUCalibration
+from optimizer.deliver import Calibration, DeliveryError, Machine, MUCalibration
 from optimizer.io import DicomError, write_ct_series
 from optimizer.io.rtplan import write_rt_ion_plan
 from optimizer.io.rtplan_photon import write_rt_plan
@@ -107,8 +107,12 @@ def _delivery(patient) -> deliver.Delivery:
 
 @pytest.mark.parametrize("fractions", [2.5, True, "3", float("nan"), 0])
 def test_photon_plan_refuses_fractions_that_are_not_positive_integers(tmp_path, setup, fractions):
+    """Refused when the Delivery is made, and by the writer when it was changed afterwards."""
     patient, info = setup
-    delivery = dataclasses.replace(_delivery(patient), fractions=fractions)
+    delivery = _delivery(patient)
+    with pytest.raises(DeliveryError, match="fractions: expected a whole number"):
+        dataclasses.replace(delivery, fractions=fractions)
+    delivery.fractions = fractions
     with pytest.raises(DicomError, match="delivery.fractions: expected a positive integer"):
         write_rt_plan(tmp_path / "RP.dcm", delivery, patient, info)
     assert not (tmp_path / "RP.dcm").exists()
