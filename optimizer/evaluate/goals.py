@@ -221,8 +221,13 @@ def goal_table(plan, goals, tolerance: float | None = None, *, lq=None, rsi=None
                     f"{g.value:>10.2f}  {g.unit or '-':<9}{'yes' if g.met else 'NO'}")
     base = goal_tolerance(plan, 0.0, tolerance)
     relative = max(GOAL_RELATIVE_TOLERANCE, _tolerance_number(rel_tol, "rel_tol"))
-    rows.append(f"(met within {base:g} Gy (Gy BED, Gy EQD2) or {relative:g} x the goal, whichever is "
-                f"larger; % and GARD goals within {relative:g} x the goal)")
+    if tolerance is None:  # the certified dose tolerance: biological goals get what it moves them by
+        rows.append(f"(met within {base:g} Gy or {relative:g} x the goal, whichever is larger; BED, EQD2 and "
+                    f"GARD goals within what {base:g} Gy of dose moves them by; % goals within {relative:g} "
+                    f"x the goal)")
+    else:
+        rows.append(f"(met within {base:g} Gy (Gy BED, Gy EQD2) or {relative:g} x the goal, whichever is "
+                    f"larger; % and GARD goals within {relative:g} x the goal)")
     return "\n".join(rows)
 
 
