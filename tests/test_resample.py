@@ -357,6 +357,11 @@ def test_influence_with_the_support_rule_plans_on_the_support_target():
         beams.influence(ct, target="PTV", target_rule="support")
     with pytest.raises(Exception, match="target_rule: expected one of"):
         beams.influence(ct, target="PTV", dose_grid=12.0, target_rule="edge")
+    # the rule goes by role: a target of another role would have been resampled by its centres
+    relabelled = Patient(ct.grid, ct.ct_hu, [dataclasses.replace(s, role="oar") if s.name == "PTV" else s
+                                             for s in ct.structures])
+    with pytest.raises(BeamError, match="target_rule: 'support' .* the target 'PTV' has role 'oar'"):
+        beams.influence(relabelled, target="PTV", dose_grid=12.0, target_rule="support")
 
 
 @pytest.mark.parametrize("where", ["whole box", "part of the box", "inside the core"])

@@ -350,8 +350,12 @@ class BeamModel(ABC):
         if not isinstance(patient, Patient):
             raise BeamError(f"patient: expected an optimizer.Patient, got {type(patient).__name__}")
         grid = target_grid(patient.grid, dose_grid, "dose_grid")
+        wanted = _ct_targets(patient, target)
+        other = [s.name for s in wanted if s.role != "target"]
+        if target_rule == "support" and other:  # the rule goes by role: this target would not get it
+            raise BeamError(f"target_rule: 'support' resamples the structures of role 'target'; the target "
+                            f"'{other[0]}' has role '{wanted[0].role}': give it role 'target'")
         fine, patient = patient, patient.resample(grid, target_rule)
-        wanted = _ct_targets(fine, target)
         kept = set(patient.structure_names)
         if wanted and not any(s.name in kept for s in wanted):
             names = " / ".join(repr(s.name) for s in wanted)
