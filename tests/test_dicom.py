@@ -649,3 +649,26 @@ def test_observation_and_contour_items_of_no_roi_warn(exported, tmp_path):
         assert any(f"{label} items refer to ROINumber {gone}, which no StructureSetROISequence item has"
                    in m for m in messages), messages
     assert len(structures) == len(patient.structures) - 1
+
+
+def test_a_plan_on_a_dose_grid_writes_its_rt_dose_either_way_it_names(tmp_path):
+    """write_rtdose(plan, ...) of a plan on an 8 mm dose grid with the 4 mm CT's ct_info refused
+    with a bare slice count; it now names the two ways out, and both write what they say: the
+    dose grid itself (read back voxel for voxel) and the dose on the CT grid."""
+    from objectives import SquaredDeviation
+    from optimizer import PhotonBeams, PlanProblem, phantoms
+
+    ct = phantoms.tg119_cshape(spacing_mm=8.0)
+    inf = PhotonBeams([0, 120, 240], beamlet_mm=16.0).influence(ct, target="PTV", dose_grid=16.0)
+    problem = PlanProblem(ct, inf, fractions=25)
+    problem += SquaredDeviation("PTV", 50.0, weight=1.0)
+    plan = problem.solve(solver="CLARABEL")
+    info = write_ct_series(ct, tmp_path / "ct")
+    with pytest.raises(DicomError, match=r"a plan on a dose grid\?\): write plan.on_patient\(ct_patient\)"):
+        write_rtdose(plan, tmp_path / "RD.dcm", info)
+    write_rtdose(plan.dose, ct, tmp_path / "RD.dcm", info, grid=plan.patient.grid)
+    dose, grid = load_rtdose(tmp_path / "RD.dcm")
+    assert grid == plan.patient.grid
+    np.testing.assert_allclose(dose, plan.dose, atol=1e-6 * plan.dose.max())
+    write_rtdose(plan.on_patient(ct), tmp_path / "RD_ct.dcm", info)
+    assert load_rtdose(tmp_path / "RD_ct.dcm")[1].shape == ct.grid.shape

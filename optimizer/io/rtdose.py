@@ -162,6 +162,12 @@ def _rtdose_of_plan(plan: Plan, path: str | os.PathLike, ct_info: CTInfo, *, ove
                     referenced_plan_uid: str | None = None) -> str:
     # protons (and other ion plans) are RT Ion Plans; photon plans RT Plans
     modality = "proton" if str(plan.modality).lower() in ("proton", "ion", "carbon", "helium") else "photon"
+    if isinstance(ct_info, CTInfo) and len(ct_info.sop_instance_uids) != plan.patient.grid.shape[0]:
+        raise DicomError(
+            f"write_rtdose: ct_info lists {len(ct_info.sop_instance_uids)} CT slices, the plan's grid has "
+            f"{plan.patient.grid.shape[0]} (a plan on a dose grid?): write plan.on_patient(ct_patient) for "
+            f"its dose on the CT grid, or write_rtdose(plan.dose, ct_patient, path, ct_info, "
+            f"grid=plan.patient.grid) for the dose grid itself")
     return _rtdose_of_array(plan.dose, plan.patient, path, ct_info, overwrite, referenced_plan_uid,
                             plan_modality=modality)
 
