@@ -52,3 +52,31 @@ def test_fluence_smoothness_smooths_the_maps_at_a_small_cost(cshape):
     # the plan part of the objective rises only a little; the total is the plan part + cost
     plan_part = smooth.solver["objective"] - W_SMOOTH * float(r1 @ r1)
     assert base.solver["objective"] <= plan_part + 1e-6 <= 1.2 * base.solver["objective"]
+
+
+def test_osqp_hard_terms_are_checked_on_the_dose_of_the_returned_weights():
+    """The full-grid check read the solver's own values of unsampled terms; OSQP meets the
+    d == A x tie only to its tolerance, so a mean limit was reported met while the dose of the
+    returned weights broke it. Now either the plan's record equals the violation recomputed
+    from plan.dose, within hard_tolerance, or the solve raises SolverError."""
+    from conftest import make_toy
+
+    from objectives import MaxDose, MeanDose, SquaredDeviation, SquaredOverdose
+    from optimizer import PlanProblem, SolverError
+
+    patient, inf, _ = make_toy(n_target=20, n_oar=40, n_beamlets=10, seed=3)
+    problem = PlanProblem(patient, inf, fractions=5, max_voxels_per_structure=None)
+    problem += SquaredDeviation("T", 20.0, weight=1.0)
+    problem += SquaredOverdose("O", 0.0, weight=0.3)
+    problem += MeanDose("O", 6.0)
+    problem += MaxDose("O", 12.0)
+    try:
+        plan = problem.solve(solver="OSQP", eps_abs=1e-3, eps_rel=1e-3)
+    except SolverError as err:
+        assert "violated on the full grid" in str(err)
+        return
+    dose = plan.structure_dose("O")
+    actual = {"MeanDose": max(dose.mean() - 6.0, 0.0), "MaxDose": max(dose.max() - 12.0, 0.0)}
+    for record in plan.solver["hard_terms"]:
+        assert record["max_violation"] == pytest.approx(actual[record["term"].split("(")[0]], abs=1e-9)
+        assert record["max_violation"] <= plan.solver["hard_tolerance"]
