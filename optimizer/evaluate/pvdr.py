@@ -17,6 +17,7 @@ from ..beams.minibeam_pattern import MinibeamPattern, _axis_spacing, peak_valley
 from ..beams.raytrace import BeamGeometry
 from ..errors import EvaluationError
 from ..geometry import Grid, Patient, Structure
+from .dose_volume import _number
 
 
 def _beam(influence, beam: int):
@@ -109,7 +110,8 @@ def pvdr(dose, grid: Grid, influence, *, beam: int = 0, within: np.ndarray | Non
     mine = np.asarray(influence.beamlets["beam"]) == beam
     centres = np.asarray(influence.beamlets["u_mm" if bm["across"] == "u" else "v_mm"])[mine]
     along = np.asarray(influence.beamlets["v_mm" if bm["across"] == "u" else "u_mm"])[mine]
-    edge = pattern.ctc_mm if edge_mm is None else _number(edge_mm, "edge_mm", 0.0)
+    edge = pattern.ctc_mm if edge_mm is None else _number(edge_mm, "edge_mm", "a finite number >= 0 mm",
+                                                          lambda x: x >= 0)
     region = region & (a >= centres.min() + edge - 1e-9) & (a <= centres.max() - edge + 1e-9)
     # along the array too: past a slit's ends (or the outer pins) only the tails reach, which
     # pulled the peak and valley means of every depth down (3x with 8 mm slits on a 24 mm grid)
@@ -119,7 +121,8 @@ def pvdr(dose, grid: Grid, influence, *, beam: int = 0, within: np.ndarray | Non
     region = region & (b >= lo - 1e-9) & (b <= hi + 1e-9)
     if not (region & peak).any() or not (region & valley).any():
         raise EvaluationError("within: no peak or no valley voxel inside the array's field; widen the field")
-    step = max(grid.spacing_mm) if bin_mm is None else _number(bin_mm, "bin_mm", 0.0, strict=True)
+    step = max(grid.spacing_mm) if bin_mm is None else _number(bin_mm, "bin_mm", "a finite number > 0 mm",
+                                                               lambda x: x > 0)
     t0 = t[region].min()
     k = np.floor((t - t0) / step + 1e-9).astype(int)
     rows = []
@@ -138,14 +141,6 @@ def pvdr(dose, grid: Grid, influence, *, beam: int = 0, within: np.ndarray | Non
         out_s[name] = {"peak_mean_Gy": float(p.mean()), "valley_mean_Gy": float(v.mean()),
                        "valley_max_Gy": float(v.max()), "pvdr": _ratio(p.mean(), v.mean())}
     return {"by_depth": rows, "structures": out_s}
-
-
-def _number(value, name: str, low: float, strict: bool = False) -> float:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not np.isfinite(value) or (value <= low if strict else value < low):
-        raise EvaluationError(f"{name}: expected a finite number {'>' if strict else '>='} {low:g} mm, "
-                              f"got {value!r}")
-    return float(value)
 
 
 def _mask(mask, grid: Grid, name: str) -> np.ndarray:
