@@ -429,7 +429,9 @@ def test_a_lowered_penalty_still_certifies_clarabels_optimum():
     problem = PlanProblem(ct, inf, fractions=phantoms.TG119_CSHAPE_FRACTIONS, max_voxels_per_structure=None)
     for term in phantoms.cshape_planning_terms():
         problem += term
-    problem += DVHMax("Core", 24.0, volume_pct=10)
+    # (D10 <= 24 Gy raised the penalty once and lowered it again with the beamlets placed around
+    # the resampled target; around the CT target it never lowers, D5 <= 24 Gy does)
+    problem += DVHMax("Core", 24.0, volume_pct=5)
     fo = problem.solve(solver="FIRST_ORDER")
     steps = [h["penalty_steps"] for h in fo.solver["history"]]
     top = max(steps)

@@ -90,6 +90,8 @@ class BeamSetup:
         when the dose is computed on a coarser dose grid (``influence(..., dose_grid=...)``), so a
         dose-grid point has the depth of its position in the CT, not in the resampled density;
         None: ``density`` on the patient's grid
+    ct : the CT patient when the dose is computed on a coarser dose grid: beamlets and spots are
+        placed around its target (:meth:`placement`), None otherwise
     """
 
     patient: Patient
@@ -102,10 +104,22 @@ class BeamSetup:
     geometries: tuple[BeamGeometry, ...]
     wepl_error: tuple[float, float] = (1.0, 0.0)
     trace: tuple[np.ndarray, Grid] | None = None
+    ct: Patient | None = None
 
     @property
     def grid(self) -> Grid:
         return self.patient.grid
+
+    def placement(self) -> tuple[Patient, np.ndarray]:
+        """(patient, target mask) the beamlets and spots are placed around: the CT's on a dose
+        grid. Why: the resampled target is smaller by up to half a dose-grid voxel, and a field
+        placed around it missed ``margin_mm`` on the CT target (2 mm CT, 4 mm dose grid, margin
+        5 mm: 33 photon beamlets instead of 73, 202 proton spots instead of 468)."""
+        if self.target_mask is None:
+            raise BeamError("target: no target structure for this computation")
+        if self.ct is None:
+            return self.patient, self.target_mask
+        return self.ct, self.ct.structure(self.target).mask
 
     def depth(self, geom: BeamGeometry, positions_xyz: np.ndarray, ray_spacing_mm: float | None = None,
               step_mm: float | None = None, exact_surface: bool = False):
@@ -144,10 +158,9 @@ class BeamSetup:
         return self.grid.positions_mm(sample), len(self.voxels) / len(sample)
 
     def target_positions_mm(self) -> np.ndarray:
-        """(N, 3) LPS positions of the target voxels, mm."""
-        if self.target_mask is None:
-            raise BeamError("target: no target structure for this computation")
-        return self.grid.positions_mm(np.flatnonzero(self.target_mask.ravel()))
+        """(N, 3) LPS positions of the target voxels, mm (on the CT grid: :meth:`placement`)."""
+        patient, mask = self.placement()
+        return patient.grid.positions_mm(np.flatnonzero(mask.ravel()))
 
 
 def _check_flag(value, name: str) -> bool:
@@ -384,8 +397,10 @@ class BeamModel(ABC):
         return fine, patient, dose_mask, isocenter_mm
 
     def _traced(self, setup: BeamSetup, fine: Patient | None) -> BeamSetup:
-        """``setup`` with its depths traced through the CT patient ``fine`` (BeamSetup.depth)."""
-        return setup if fine is None else dataclasses.replace(setup, trace=(self._density(fine), fine.grid))
+        """``setup`` with its depths traced through the CT patient ``fine`` (BeamSetup.depth) and
+        its beamlets placed around the CT target (BeamSetup.placement)."""
+        return setup if fine is None else dataclasses.replace(setup, trace=(self._density(fine), fine.grid),
+                                                              ct=fine)
 
     def _estimate_for(self, patient, target, isocenter_mm, dose_mask, dose_grid=None, target_rule="centre",
                       **options: Any) -> dict[str, float]:

@@ -334,13 +334,14 @@ class ProtonBeams(BeamModel):
 
     def _place(self, setup: BeamSetup, with_let=True) -> list:
         """(geometry, spots, beam info) of every beam: the spots whose Bragg peaks fall in the
-        target grown by ``margin_mm``."""
-        patient, target = setup.patient, setup.target
-        grown = patient.expand(target, self.margin_mm) if self.margin_mm > 0 else setup.target_mask
+        target grown by ``margin_mm`` (on a dose grid the CT's target: BeamSetup.placement)."""
+        patient, mask = setup.placement()
+        target = setup.target
+        grown = patient.expand(target, self.margin_mm) if self.margin_mm > 0 else mask
         grown_idx = np.flatnonzero(grown.ravel())
         placed = []
         for b, geom in enumerate(setup.geometries):  # a loop, not a comprehension: warnings' stacklevel
-            placed.append((geom, *self._place_spots(b, geom, setup, grown_idx, target)))
+            placed.append((geom, *self._place_spots(b, geom, setup, patient.grid, grown_idx, target)))
         return placed
 
     traces_wepl = True
@@ -412,8 +413,7 @@ class ProtonBeams(BeamModel):
                 stacklevel=6)
         return ranges
 
-    def _place_spots(self, b, geom, setup, grown_idx, target):
-        grid = setup.grid
+    def _place_spots(self, b, geom, setup, grid, grown_idx, target):
         pos = grid.positions_mm(grown_idx)
         u, v, t, w = setup.depth(geom, pos, exact_surface=True)
         if self.energies_MeV is not None:
