@@ -397,6 +397,7 @@ class PhotonBeams(BeamModel):
             if any(self.kernel.density_scaled):
                 sig_max /= DENSITY_CLIP[0]
             reach = w / 2 + self._reach_rings(sig_max) * w
+        reach += 1e-6  # a point exactly at the reach (a mirrored beam's too) is in, not left to rounding
         return ((u >= u0 - reach) & (u <= u0 + (nu - 1) * w + reach)
                 & (v >= v0 - reach) & (v <= v0 + (nv - 1) * w + reach))
 
