@@ -43,16 +43,21 @@ class FluenceSmoothness(Term):
     def __init__(self, weight: float):
         super().__init__(None, weight, Weights())
         self._sqrt_w = cp.Parameter(nonneg=True, name="FluenceSmoothness.sqrt_weight")
-        self._D: dict[int, sp.csr_matrix] = {}  # one difference matrix, keyed by the beamlet table
+        self._D: tuple[tuple, sp.csr_matrix] | None = None  # (the beamlet table's columns, D)
 
     def _differences(self, ctx) -> sp.csr_matrix:
         if ctx.beamlets is None:
             raise TermError("FluenceSmoothness: needs the beamlet table (ctx.beamlets)")
-        cols = [np.ascontiguousarray(ctx.beamlets[k]) for k in ("beam", "row", "col") if k in ctx.beamlets]
-        key = hash(b"".join(c.tobytes() for c in cols))
-        if key not in self._D:
-            self._D = {key: neighbour_differences(ctx.beamlets)}
-        return self._D[key]
+        # the key is every column the pairs depend on, compared by value (a table that differed
+        # only in its layers reused the other table's pairs: cost 202 for 101)
+        key = tuple(np.array(ctx.beamlets[k]) for k in ("beam", "layer", "row", "col") if k in ctx.beamlets)
+        if self._D is not None:
+            cached, D = self._D
+            if len(cached) == len(key) and all(np.array_equal(a, b) for a, b in zip(cached, key)):
+                return D
+        D = neighbour_differences(ctx.beamlets)
+        self._D = (key, D)
+        return D
 
     def refresh(self, ctx):
         self._sqrt_w.value = float(np.sqrt(float(self.weight.value)))
