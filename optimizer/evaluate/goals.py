@@ -118,15 +118,15 @@ def goal_tolerance(plan, limit: float, tolerance: float | None = None, rel_tol: 
     """Tolerance a goal with this limit is judged with: ``tolerance`` if given (in the goal's
     unit), else the plan's certified hard-term tolerance (``plan.solver["hard_tolerance"]``, 0
     when absent); never below ``max(GOAL_RELATIVE_TOLERANCE, rel_tol) x |limit|``."""
-    if tolerance is None:
-        tolerance = float((getattr(plan, "solver", None) or {}).get("hard_tolerance", 0.0))
-    tolerance = _tolerance_number(tolerance, "tolerance")
+    tolerance = (_certified_dose_tolerance(plan) if tolerance is None
+                 else _tolerance_number(tolerance, "tolerance"))
     relative = max(GOAL_RELATIVE_TOLERANCE, _tolerance_number(rel_tol, "rel_tol"))
     return max(tolerance, relative * abs(float(limit)))
 
 
 def _certified_dose_tolerance(plan) -> float:
-    return _tolerance_number(float((getattr(plan, "solver", None) or {}).get("hard_tolerance", 0.0)),
+    """The plan's certified hard-term tolerance (``plan.solver["hard_tolerance"]``, 0 when absent)."""
+    return _tolerance_number((getattr(plan, "solver", None) or {}).get("hard_tolerance", 0.0),
                              "plan.solver['hard_tolerance']")
 
 
