@@ -29,14 +29,11 @@ import cvxpy as cp
 import numpy as np
 
 from .errors import TermError
-from .terms import Term, positive_number
+from .terms import Term, positive_number, real_number
 
 
 def _nonneg(value, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TermError(f"{name}: expected a number >= 0, got {value!r}") from None
+    v = real_number(value, name, "a number >= 0")
     if not np.isfinite(v) or v < 0:
         raise TermError(f"{name}: expected a finite number >= 0, got {value!r}")
     return v

@@ -17,7 +17,16 @@ import numpy as np
 from . import projections as pj
 from .errors import TermError
 from .quantities import ParameterSets, array_module, at_voxels
-from .terms import Term, TermContext, fixed_setting, lower_cvar, nonneg_parameter, upper_cvar, volume_fraction
+from .terms import (
+    Term,
+    TermContext,
+    fixed_setting,
+    lower_cvar,
+    nonneg_parameter,
+    real_number,
+    upper_cvar,
+    volume_fraction,
+)
 
 
 def _vol(ctx: TermContext, like):
@@ -207,10 +216,7 @@ class GEUDMax(_Limited):
 
     def __init__(self, structure, limit, a, quantity=None, weight=None):
         super().__init__(structure, limit, quantity, weight)
-        try:
-            self._a_value = float(a)
-        except (TypeError, ValueError):
-            raise TermError(f"{type(self).__name__}.a: expected a number >= 1, got {a!r}") from None
+        self._a_value = real_number(a, f"{type(self).__name__}.a", "a number >= 1")
         if not (np.isfinite(self._a_value) and self._a_value >= 1):
             raise TermError(f"{type(self).__name__}.a: expected a finite a >= 1 (gEUD is convex only there), "
                             f"got {a!r}")

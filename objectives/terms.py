@@ -45,12 +45,21 @@ class TermContext:
     beamlets: dict | None = None
 
 
+def _numeric(value, name: str, expected: str) -> np.ndarray:
+    """``value`` as a float array; booleans and strings are refused (True was taken as 1 Gy,
+    '30' as 30 Gy)."""
+    try:
+        raw = np.asarray(value)
+    except (TypeError, ValueError):
+        raw = None
+    if raw is None or raw.dtype.kind not in "iuf":
+        raise TermError(f"{name}: expected {expected}, got {value!r}")
+    return raw.astype(float)
+
+
 def nonneg_parameter(value, name: str, *, shape=()) -> cp.Parameter:
     """A non-negative cvxpy Parameter with validation that names the field."""
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        raise TermError(f"{name}: expected a finite number >= 0, got {value!r}") from None
+    arr = _numeric(value, name, "a finite number >= 0")
     if arr.shape != tuple(shape) and not (shape == () and arr.size == 1):
         raise TermError(f"{name}: expected shape {shape}, got {arr.shape}")
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
@@ -58,11 +67,16 @@ def nonneg_parameter(value, name: str, *, shape=()) -> cp.Parameter:
     return cp.Parameter(shape, nonneg=True, value=arr.reshape(shape) if shape else float(arr.item()))
 
 
+def real_number(value, name: str, expected: str = "a number") -> float:
+    """One real number (not a boolean or a string), else TermError naming ``name``."""
+    arr = _numeric(value, name, expected)
+    if arr.ndim != 0:
+        raise TermError(f"{name}: expected {expected}, got {value!r}")
+    return float(arr.item())
+
+
 def positive_number(value, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TermError(f"{name}: expected a number, got {value!r}") from None
+    v = real_number(value, name)
     if not np.isfinite(v) or v <= 0:
         raise TermError(f"{name}: expected a finite number > 0, got {value!r}")
     return v
@@ -145,6 +159,19 @@ class Term:
             raise TermError(f"{type(self).__name__}.weight: is fixed as a cvxpy Parameter when the term is "
                             f"made; {what}, got {value!r}")
         super().__setattr__(key, value)
+
+    def check_parameters(self) -> None:
+        """Refuse a Parameter value set after the term was made that no solver can take:
+        ``term.limit.value = inf`` silently removed the limit (cvxpy checks only the sign), NaN
+        or None left the solvers to fail on it. PlanProblem.solve calls this for every term."""
+        for key, value in self.__dict__.items():
+            if isinstance(value, Term):
+                value.check_parameters()  # a wrapped term (Robust)
+            elif isinstance(value, cp.Parameter) and not key.startswith("_"):
+                v = value.value
+                if v is None or not np.all(np.isfinite(v)):
+                    raise TermError(f"{type(self).__name__}('{self.structure}').{key}: expected a finite "
+                                    f"value, got {v!r}; set {key}.value to a finite number")
 
     @property
     def hard(self) -> bool:

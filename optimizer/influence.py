@@ -61,6 +61,22 @@ class InfluenceMatrix:
         if "beam" not in self.beamlets:
             raise BeamError("beamlets: a 'beam' column is required")
 
+    def freeze(self) -> None:
+        """Make the matrix arrays, ``voxel_index`` and the beamlet columns read-only (in place,
+        no copy). :class:`~optimizer.problem.PlanProblem` freezes what it takes: a solver keeps a
+        model built from them, and an in-place edit (``matrix.data *= 1.5``) reached the plan's
+        dose but not the cached model (CLARABEL re-solved 'optimal', 10 Gy over a hard max).
+        Edit a copy (``dataclasses.replace(inf, matrix=inf.matrix * 1.5)``) and build a new
+        problem instead. Other views of the same memory (the SciPy matrix this one was made from
+        without a copy) stay writeable: NumPy cannot reach them; an edit through them is still
+        caught for hard terms, which every solve checks on the returned weights' dose."""
+        self.matrix.sum_duplicates()  # canonical now: SciPy never sorts it in place later
+        arrays = [self.matrix.data, self.matrix.indices, self.matrix.indptr, self.voxel_index]
+        for arr in arrays + [c for c in self.beamlets.values() if isinstance(c, np.ndarray)]:
+            while isinstance(arr, np.ndarray):  # the arrays it views too (the user's matrix)
+                arr.flags.writeable = False
+                arr = arr.base
+
     # -- sizes -------------------------------------------------------------------------------
     @property
     def n_beamlets(self) -> int:

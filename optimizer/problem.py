@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 import time
 from dataclasses import dataclass
@@ -153,24 +154,21 @@ class PlanProblem:
                                      or let_dose.grid != patient.grid
                                      or let_dose.n_beamlets != influence.n_beamlets):
             raise PlanError("let_dose: expected an InfluenceMatrix of the same grid and spots as influence")
-        # the first-order solver takes a given tolerance as its violation_tol
-        self._hard_tolerance_given = hard_tolerance is not None
-        if hard_tolerance is None:
-            hard_tolerance = 1e-3
-        try:
-            hard_tolerance = float(hard_tolerance)
-        except (TypeError, ValueError):
-            raise PlanError(f"hard_tolerance: expected a number > 0, got {hard_tolerance!r}") from None
-        if not np.isfinite(hard_tolerance) or hard_tolerance <= 0:
-            raise PlanError(f"hard_tolerance: expected a finite number > 0, got {hard_tolerance!r}")
+        if hard_tolerance is None:  # each solver's own (the first-order one's violation_tol)
+            self._hard_tolerance, self._hard_tolerance_given = 1e-3, False
+        else:
+            self.hard_tolerance = hard_tolerance
         self.patient = patient
         self.ct_grid_structures = self._check_ct_grid_structures(ct_grid_structures)
+        # the solvers cache models built from these arrays: frozen before they are shared
+        given = list(influence.forms.values()) if isinstance(influence, InfluenceSet) else [influence]
+        for form in given + ([] if let_dose is None else [let_dose]):
+            form.freeze()
         # one influence type: the set of named linear forms ("dose", "let_dose", ...)
         self.influence = InfluenceSet.of(influence, let_dose=let_dose)
         self.fractions = fractions
         self.max_voxels_per_structure = max_voxels_per_structure
         self.seed = _check_int(seed, "seed", 0)
-        self.hard_tolerance = hard_tolerance
         self.terms: list[Term] = []
         self._problem: cp.Problem | None = None
         self._x: cp.Variable | None = None
@@ -185,6 +183,22 @@ class PlanProblem:
         self._warm, self._warm_state = None, None  # first-order iterates for warm starts
         self.build_time_s = 0.0
 
+    @property
+    def hard_tolerance(self) -> float:
+        """Largest violation of a hard term on the full grid that still counts as met (see the
+        class docstring); set it to a finite number > 0. A value set here is used by every solver,
+        the first-order one included (it was read only from the constructor there, and a NaN set
+        here switched the full-grid check off)."""
+        return self._hard_tolerance
+
+    @hard_tolerance.setter
+    def hard_tolerance(self, value) -> None:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise PlanError(f"hard_tolerance: expected a finite number > 0, got {value!r}")
+        value = float(value)
+        if not np.isfinite(value) or value <= 0:
+            raise PlanError(f"hard_tolerance: expected a finite number > 0, got {value!r}")
+        self._hard_tolerance, self._hard_tolerance_given = value, True
     def _check_ct_grid_structures(self, names) -> frozenset:
         """Canonical (CT patient's) names of the structures optimized on the CT grid."""
         if names is None:
@@ -388,7 +402,9 @@ class PlanProblem:
             q = forms["dose"] if list(forms) == ["dose"] else forms
             if term.hard:
                 g = term.violation(q, ctx)
-                if vs is not None and vs.sampled and g.size != len(vs.voxel_index):
+                # aggregate: not one entry per sampled voxel; a sample of one voxel cannot tell
+                # (a mean limit on it was taken as per-voxel and held on that voxel only)
+                if vs is not None and vs.sampled and (g.size != len(vs.voxel_index) or g.size == 1):
                     aggregate.add(vs.name)
                 self._hard.append((term, g))
                 constraints.append(g <= 0)
@@ -499,6 +515,8 @@ class PlanProblem:
         """
         from .solvers import cvxpy_backend, plan_first_order
 
+        for term in self.terms:
+            term.check_parameters()
         name = self._pick_solver(solver)
         if not isinstance(verbose, bool):
             raise PlanError(f"verbose: expected True or False, got {verbose!r}")

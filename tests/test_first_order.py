@@ -6,7 +6,7 @@ import pytest
 from conftest import make_toy
 
 from objectives import DVHMin, MaxDose, MeanDose, SquaredDeviation, SquaredOverdose
-from optimizer import PlanProblem, SolverError
+from optimizer import PlanError, PlanProblem, SolverError
 
 
 def _problem(patient, inf, fractions=5, d95=19.0):
@@ -246,6 +246,20 @@ def test_the_problems_hard_tolerance_is_the_first_order_violation_tolerance(toy)
     s = tight.solve(solver="FIRST_ORDER").solver
     assert s["hard_tolerance"] == 1e-4 and s["max_violation"] <= 1e-4
     assert tight.solve(solver="FIRST_ORDER", violation_tol=0.02).solver["hard_tolerance"] == 0.02
+
+
+def test_a_hard_tolerance_set_after_construction_is_used_and_checked(toy):
+    """problem.hard_tolerance = x after construction: the first-order solver ignored it (it read
+    only the constructor's), and nothing checked it (NaN switched the full-grid check off)."""
+    patient, inf = toy
+    problem = _problem(patient, inf)
+    problem.hard_tolerance = 1e-4
+    s = problem.solve(solver="FIRST_ORDER").solver
+    assert s["hard_tolerance"] == 1e-4 and s["max_violation"] <= 1e-4
+    for bad in (float("nan"), -1.0, 0.0, float("inf"), "0.01", True, None):
+        with pytest.raises(PlanError, match="hard_tolerance: expected a finite number > 0"):
+            problem.hard_tolerance = bad
+    assert problem.hard_tolerance == 1e-4
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e3])

@@ -15,6 +15,7 @@ import pytest
 from conftest import make_toy
 from scipy.optimize import linprog
 
+import objectives
 from objectives import MaxDose, MeanDose, SquaredDeviation, SquaredOverdose
 from objectives.errors import BioplanError
 from objectives.terms import Term
@@ -323,3 +324,58 @@ def test_round_trip_still_exact(tmp_path, solved_plan):
     np.testing.assert_array_equal(back.weights, solved_plan.weights)
     assert back.solver["hard_tolerance"] == solved_plan.solver["hard_tolerance"]
     assert isinstance(PlanError("x"), BioplanError) and cp.installed_solvers()
+
+
+def test_an_influence_a_problem_took_is_frozen():
+    """A problem's solvers keep a model built from the influence arrays: an in-place edit after a
+    solve (``inf.matrix.data *= 1.5``) reached the plan's dose but not CLARABEL's cached model,
+    which re-solved 'optimal' with the OAR 10 Gy over its hard max. The influence's arrays are
+    now read-only, and a re-solve gives the same plan."""
+    from optimizer import InfluenceMatrix
+
+    patient, inf, _ = make_toy(n_target=8, n_oar=8, n_beamlets=5)
+    problem = PlanProblem(patient, inf, fractions=10)
+    problem += SquaredDeviation("T", 60.0, weight=100.0)
+    problem += MaxDose("O", 20.0)
+    first = problem.solve(solver="CLARABEL")
+    for arr in (inf.matrix.data, inf.matrix.indices, inf.matrix.indptr, inf.voxel_index, inf.beamlets["col"]):
+        with pytest.raises(ValueError, match="read-only"):
+            arr *= 2
+    again = problem.solve(solver="CLARABEL")
+    np.testing.assert_allclose(again.dose, first.dose, atol=1e-6)
+    # a changed influence goes into a new problem, from a copy
+    scaled = InfluenceMatrix(inf.matrix * 1.5, inf.voxel_index, inf.grid, dict(inf.beamlets), inf.beams)
+    other = PlanProblem(patient, scaled, fractions=10)
+    for term in problem.terms:
+        other += term
+    assert other.solve(solver="CLARABEL").dose[patient.structure("O").mask].max() <= 20.0 + 1e-3
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: MaxDose("T", True), "MaxDose.dose_Gy"),
+    (lambda: MaxDose("T", "30"), "MaxDose.dose_Gy"),
+    (lambda: MaxDose("T", 30.0, weight=True), "weight"),
+    (lambda: objectives.DVHMax("T", 30.0, volume_pct=True), "DVHMax.volume_pct"),
+    (lambda: objectives.GEUDMax("T", 30.0, a=True), "GEUDMax.a"),
+    (lambda: objectives.FluenceSmoothness(weight="1"), "weight"),
+])
+def test_booleans_and_strings_are_not_limits(make, field):
+    """MaxDose('T', True) was a 1 Gy limit, MaxDose('T', '30') a 30 Gy one, GEUDMax(a=True) a
+    mean: each is now refused naming the field."""
+    with pytest.raises(BioplanError, match=field.replace(".", r"\.") + ": expected"):
+        make()
+
+
+@pytest.mark.parametrize("attr, value", [("limit", np.inf), ("weight", np.inf)])
+def test_a_limit_or_weight_set_to_a_non_finite_value_is_refused_at_solve(attr, value):
+    """``term.limit.value = inf`` passed cvxpy's sign check and removed the limit: the plan came
+    back 'optimal' with the OAR above what the user had asked for. solve() now refuses it."""
+    patient, inf, _ = make_toy()
+    problem = PlanProblem(patient, inf, fractions=10)
+    problem += SquaredDeviation("T", 60.0, weight=1.0)
+    term = MaxDose("O", 20.0, weight=None if attr == "limit" else 1.0)
+    problem += term
+    getattr(term, attr).value = value
+    for solver in ("CLARABEL", "FIRST_ORDER"):
+        with pytest.raises(BioplanError, match=rf"MaxDose\('O'\)\.{attr}: expected a finite value"):
+            problem.solve(solver=solver)
