@@ -39,9 +39,13 @@ def _unit(unit: str) -> str:
 
 
 def _array(value, name: str) -> np.ndarray:
-    """``value`` as a float array (any values, NaN included)."""
+    """``value`` as a float array (any values, NaN included); booleans and strings are refused
+    (an alpha/beta of True was 1 Gy, of '3' 3 Gy)."""
     try:
-        arr = np.asarray(value, dtype=float)
+        raw = np.asarray(value)
+        if raw.dtype.kind not in "iuf":
+            raise TypeError
+        arr = raw.astype(float)
     except (TypeError, ValueError):
         raise BiologyError(f"{name}: expected a number or an array of numbers, got {value!r}") from None
     return arr

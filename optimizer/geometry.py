@@ -77,7 +77,12 @@ def hu_to_red(hu: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
 def _numbers(value, name: str, expected: str, kind) -> tuple:
     """A tuple of numbers from a sequence, or a GeometryError naming the field."""
     try:
-        items = np.atleast_1d(np.asarray(value, dtype=float))
+        raw = np.atleast_1d(np.asarray(value))
+        odd = (bool, np.bool_, str, bytes)
+        mixed = isinstance(value, (list, tuple)) and any(isinstance(v, odd) for v in value)
+        if raw.dtype.kind not in "iuf" or mixed:  # booleans and strings: True was a 1 mm voxel
+            raise TypeError
+        items = raw.astype(float)
         if items.ndim != 1 or (kind is int and not np.all(np.isfinite(items) & (items == np.round(items)))):
             raise ValueError
         return tuple(kind(v) for v in items)

@@ -8,16 +8,17 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import GeometryError
-from .geometry import Grid, Patient, Structure
+from .geometry import Grid, Patient, Structure, _numbers
 
 
 def _grid_for(size_mm, spacing_mm) -> Grid:
-    size = np.asarray(size_mm, dtype=float)
-    spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
-    if size.shape != (3,) or np.any(size <= 0):
+    size = np.asarray(_numbers(size_mm, "size_mm", "3 positive extents (z, y, x) in mm", float))
+    spacing = np.asarray(_numbers(spacing_mm, "spacing_mm", "positive voxel size(s) in mm", float))
+    if size.shape != (3,) or not np.all(np.isfinite(size) & (size > 0)):
         raise GeometryError(f"size_mm: expected 3 positive extents (z, y, x) in mm, got {size_mm}")
-    if np.any(spacing <= 0):
+    if spacing.shape not in ((1,), (3,)) or not np.all(np.isfinite(spacing) & (spacing > 0)):
         raise GeometryError(f"spacing_mm: expected positive voxel size(s) in mm, got {spacing_mm}")
+    spacing = np.broadcast_to(spacing, (3,))
     shape = tuple(int(max(1, round(s / h))) for s, h in zip(size, spacing))
     origin = tuple(-(n - 1) * h / 2 for n, h in zip(shape, spacing))
     return Grid(shape, tuple(spacing), origin)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from objectives import DVHMax, MaxDose, SquaredDeviation, TermError
+from objectives import LQ, DVHMax, MaxDose, SquaredDeviation, TermError
+from objectives.errors import BioplanError
 from optimizer import GeometryError, Grid, Patient, PlanError, PlanProblem, SolverError, Structure, phantoms
 
 
@@ -128,3 +129,20 @@ def test_clarabel_almost_solved_is_retried_once_then_refused(toy, monkeypatch):
     monkeypatch.setattr(cp.Problem, "solve", almost(True))
     with pytest.raises(SolverError, match="'optimal_inaccurate', not a certified optimum after a retry"):
         problem().solve(solver="CLARABEL")
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: Grid((2, 2, 2), (True, 1.0, 1.0)), "spacing_mm"),
+    (lambda: Grid((2, 2, 2), ("3", "3", "3")), "spacing_mm"),
+    (lambda: Grid((2, 2, 2), (1.0, 1.0, 1.0), (True, 0.0, 0.0)), "origin_mm"),
+    (lambda: phantoms.water_box(size_mm=(10, 10, 10), spacing_mm=True), "spacing_mm"),
+    (lambda: phantoms.tg119_cshape(spacing_mm="3"), "spacing_mm"),
+    (lambda: phantoms.tg119_cshape(spacing_mm=float("nan")), "spacing_mm"),
+    (lambda: LQ({"T": True}), "alpha_beta"),
+    (lambda: LQ(default="3"), "default"),
+])
+def test_booleans_and_strings_are_not_lengths_or_ratios(make, field):
+    """A voxel size of True was 1 mm, an alpha/beta of True 1 Gy and of '3' 3 Gy: refused now,
+    naming the field."""
+    with pytest.raises(BioplanError, match=field):
+        make()
