@@ -488,3 +488,17 @@ def test_a_beamlet_no_termed_voxel_sees_keeps_the_others_scaled():
     assert objectives["FIRST_ORDER"] == pytest.approx(objectives["CLARABEL"], rel=1e-4)
     scale, _ = first_order._diagonal_scaling(first_order.build_model(problem))
     assert float(scale.min()) > 0.5 and float(scale.max()) < 2.0
+
+
+@pytest.mark.parametrize("factor", [3.0, 10.0])
+def test_the_penalty_step_factor_is_an_option_and_certifies_clarabels_optimum(toy, factor):
+    """solve(..., penalty_factor=f): each raise or lowering of the hard terms' penalty is by f (the
+    default 10). The certified objective is CLARABEL's either way; f <= 1 is refused by name."""
+    patient, inf = toy
+    problem = _problem(patient, inf)
+    fo = problem.solve(solver="FIRST_ORDER", penalty_factor=factor, warm_start=False).solver
+    ref = problem.solve(solver="CLARABEL").solver
+    assert fo["status"] == "optimal" and fo["objective"] == pytest.approx(ref["objective"], rel=1e-4)
+    for bad in (1.0, 0.5, float("nan"), "3"):
+        with pytest.raises(SolverError, match="penalty_factor: expected"):
+            problem.solve(solver="FIRST_ORDER", penalty_factor=bad)

@@ -77,6 +77,9 @@ class Settings:
     # (6 mm, equal time), 1865 / 2109 (4 mm example): no size wins everywhere
     memory: int = 20
     rho0: float = 10.0  # initial penalty, relative to the soft terms' curvature
+    # the factor of one penalty step up or down (_penalty_step); steps count against
+    # INFEASIBLE_RAISES
+    penalty_factor: float = 10.0
     working_set: bool = True  # multiply only the rows that can act in an inner solve (CPU)
     # wall-clock budget of one solve, s (None: none): past it the solve stops at the next check
     # (every CHECK_EVERY inner iterations) and raises SolverError with the residuals reached
@@ -84,15 +87,19 @@ class Settings:
     verbose: bool = False
 
     def __post_init__(self):
-        for name in ("violation_tol", "gap_tol", "kkt_tol", "rho0"):
+        for name in ("violation_tol", "gap_tol", "kkt_tol", "rho0", "penalty_factor"):
             value = getattr(self, name)
             try:
+                if isinstance(value, (bool, np.bool_, str, bytes)):
+                    raise TypeError
                 value = float(value)
             except (TypeError, ValueError):
                 raise SolverError(f"{name}: expected a number > 0, got {value!r}") from None
             if not (np.isfinite(value) and value > 0):
                 raise SolverError(f"{name}: expected a finite number > 0, got {value!r}")
             setattr(self, name, value)
+        if self.penalty_factor <= 1:
+            raise SolverError(f"penalty_factor: expected a number > 1, got {self.penalty_factor!r}")
         if self.time_limit_s is not None:
             try:
                 limit = float(self.time_limit_s)
@@ -682,7 +689,7 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
                 f"solver='CLARABEL'")
         step = _penalty_step(cert, prev_viol, history[-2]["rel_gap"] if len(history) > 1 else np.inf,
                              steps, settings)
-        rho = [r * 10.0 ** step for r in rho]
+        rho = [r * settings.penalty_factor ** step for r in rho]
         steps += step
         prev_viol = cert["max_violation"]
         if _looks_infeasible(history, steps, settings):
@@ -691,7 +698,8 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
                 f"first-order solver: the hard terms look infeasible: the largest violation stayed at "
                 f"{cert['max_violation']:.3g} (tolerance {settings.violation_tol:g}; worst: {worst['term']}, "
                 f"{worst['max_violation']:.3g}) over the last {INFEASIBLE_ROUNDS} outer iterations while the "
-                f"penalty grew {10 ** steps:.0e}-fold ({outer} outer iterations, {evals} evaluations); "
+                f"penalty grew {settings.penalty_factor ** steps:.0e}-fold ({outer} outer iterations, "
+                f"{evals} evaluations); "
                 f"relax the hard terms, or run problem.diagnose_infeasibility() to name those in conflict")
         # the same for the epigraphs of robust worst cases (relative constraint violation; not
         # below a tenth of the gap tolerance, where it no longer limits the certificate)
