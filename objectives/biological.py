@@ -180,7 +180,9 @@ class GARDFloor(shapes.Floor):
     """Every voxel GARD >= ``gard`` (scalar or 3-D map), GARD_i = alpha_i d_i + beta d_i^2 / n
     (Scott et al., Lancet Oncol 2017;18:202-211), alpha_i from ``rsi`` (in (0, 1)) or given as
     ``alpha`` (Gy^-1): exactly the dose floor d_i >= :func:`~objectives.radiobiology.dose_for_gard`
-    (the larger root; valid even for alpha < 0)."""
+    (the larger root; valid even for alpha < 0). A voxel whose ``gard`` is 0 has no floor (a
+    dose-painting map is 0 outside its boost); with alpha < 0, GARD is negative below
+    -n alpha / beta, so such a voxel's GARD may come out below 0."""
 
     _limit_name = "gard"
 

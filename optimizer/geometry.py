@@ -18,6 +18,10 @@ from .errors import GeometryError
 
 ROLES = ("target", "oar", "other")
 
+#: a voxel centre this close (mm) to a margin counts as at it (Patient.expand): float noise of
+#: the distance transform, far below any voxel size
+MARGIN_TIE_MM = 1e-6
+
 # HU -> relative electron density (electron density relative to water), piecewise linear.
 # Representative bilinear CT calibration of the kind described by Schneider, Pedroni & Lomax,
 # Phys Med Biol 1996;41:111 and tabulated for commissioning in AAPM TG-66 (Mutic et al., Med Phys
@@ -241,6 +245,10 @@ class Patient:
     def __setattr__(self, key, value):
         if key == "grid" and not isinstance(value, Grid):
             raise GeometryError(f"grid: expected an optimizer.Grid, got {type(value).__name__}")
+        if key == "grid" and "ct_hu" in self.__dict__ and value.shape != self.ct_hu.shape:
+            # the CT and the masks stay on the old shape: positions would index them wrongly
+            raise GeometryError(f"grid: shape {value.shape} does not match the CT's {self.ct_hu.shape}; "
+                                f"make a new Patient (or patient.resample) for another grid")
         if key == "name" and not isinstance(value, str):
             raise GeometryError(f"name: expected a string, got {type(value).__name__}")
         if key == "ct_hu":
@@ -349,23 +357,33 @@ class Patient:
 
     # -- derived structures -----------------------------------------------------------------
     def _distance_outside(self, mask: np.ndarray) -> np.ndarray:
+        """Distance (mm) of every voxel to the nearest voxel of ``mask`` (0 inside it)."""
         return ndimage.distance_transform_edt(~mask, sampling=self.grid.spacing_mm)
 
     def _distance_inside(self, mask: np.ndarray) -> np.ndarray:
+        """Distance (mm) of every voxel of ``mask`` to the nearest voxel outside it (0 outside);
+        a mask that fills the grid has none (the grid's edge is not a boundary, as for any mask
+        that touches it): infinite. SciPy's transform of an all-True mask dropped voxels near
+        [0, 0, 0] from a shrunk full-grid structure."""
+        if mask.all():
+            return np.full(mask.shape, np.inf)
         return ndimage.distance_transform_edt(mask, sampling=self.grid.spacing_mm)
 
     def expand(self, name: str, margin_mm: float) -> np.ndarray:
         """Mask of a structure grown (margin > 0) or shrunk (margin < 0) isotropically, mm.
 
         Uses the exact Euclidean distance transform with the grid spacing, so the margin is
-        correct for anisotropic voxels.
+        correct for anisotropic voxels. A voxel whose centre lies at the margin (to
+        MARGIN_TIE_MM) is inside the grown structure and outside the shrunk one.
         """
         if not np.isfinite(margin_mm):
             raise GeometryError("margin_mm: expected a finite number of mm")
         mask = self.structure(name).mask
+        # a voxel at exactly the margin is in (3 x 1.1 mm is 3.3000000000000003 in floats: a
+        # 3.3 mm margin on 1.1 mm voxels kept 5 voxels in a line, not 7)
         if margin_mm >= 0:
-            return self._distance_outside(mask) <= margin_mm
-        return self._distance_inside(mask) > -margin_mm
+            return self._distance_outside(mask) <= margin_mm + MARGIN_TIE_MM
+        return self._distance_inside(mask) > -margin_mm + MARGIN_TIE_MM
 
     def ring(self, name: str, inner_mm: float, outer_mm: float, within: str | None = None) -> np.ndarray:
         """Shell between ``inner_mm`` and ``outer_mm`` outside a structure, optionally clipped

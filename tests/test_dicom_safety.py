@@ -390,3 +390,15 @@ def test_symlink_at_the_target_is_never_followed(tmp_path, writer):
         write(patient, info, dangling / name, False)
     assert not missing.exists()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+@pytest.mark.parametrize("tiny", [1e-305, 1e-318])
+def test_rtdose_of_a_vanishing_dose_is_refused_not_hung(tmp_path, tiny):
+    """A maximum dose below 1e-290 Gy made DoseGridScaling subnormal: the writer looped for ever
+    (1e-305) or divided by zero (1e-318). It is refused by name; a zero dose writes."""
+    dose, patient, info = _dose_args(tmp_path)
+    with pytest.raises(DicomError, match="dose_Gy: maximum .* too small for DoseGridScaling"):
+        write_rtdose(dose * tiny, patient, tmp_path / "RD.dcm", info)
+    write_rtdose(dose * 0.0, patient, tmp_path / "RD0.dcm", info)
+    back, _ = load_rtdose(tmp_path / "RD0.dcm")
+    assert np.all(back == 0)

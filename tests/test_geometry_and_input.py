@@ -146,3 +146,38 @@ def test_booleans_and_strings_are_not_lengths_or_ratios(make, field):
     naming the field."""
     with pytest.raises(BioplanError, match=field):
         make()
+
+
+def _line_patient(spacing: float, n: int = 9, full: bool = False):
+    g = Grid((1, 1, n), (spacing, spacing, spacing))
+    mask = np.ones(g.shape, bool) if full else np.zeros(g.shape, bool)
+    mask[0, 0, n // 2] = True
+    return Patient(g, np.zeros(g.shape), [Structure("S", mask)])
+
+
+@pytest.mark.parametrize("spacing", [1.1, 1.3, 0.1, 2.2, 1.2])
+def test_a_margin_of_whole_voxels_reaches_the_voxel_at_it(spacing):
+    """A 3-voxel margin grows a one-voxel structure to 7 voxels in a line, by hand; 3 x 1.1 mm is
+    3.3000000000000003 in floats, and a 3.3 mm margin kept 5. Shrinking the 7 by 1 voxel keeps 5."""
+    p = _line_patient(spacing)
+    grown = p.expand("S", 3 * spacing)
+    assert grown.sum() == 7
+    p.add_structure(Structure("G", grown))
+    assert p.expand("G", -spacing).sum() == 5
+
+
+def test_shrinking_a_structure_that_fills_the_grid_keeps_it_whole():
+    """No voxel lies outside a structure that fills the grid, and the grid's edge is not a
+    boundary (as for any structure that touches it): shrinking keeps all 27 voxels (SciPy's
+    transform of an all-True mask dropped 5 voxels near [0, 0, 0])."""
+    g = Grid((3, 3, 3), (1.0, 1.0, 1.0))
+    p = Patient(g, np.zeros(g.shape), [Structure("Body", np.ones(g.shape, bool))])
+    assert p.expand("Body", -2.1).all() and p.expand("Body", 2.0).all()
+
+
+def test_a_patients_grid_cannot_change_shape_under_its_ct():
+    p = _line_patient(1.0)
+    with pytest.raises(GeometryError, match=r"grid: shape \(1, 1, 10\) does not match the CT's"):
+        p.grid = Grid((1, 1, 10), (1.0, 1.0, 1.0))
+    p.grid = Grid((1, 1, 9), (2.0, 2.0, 2.0))  # the same shape, other voxels: allowed
+    assert p.grid.spacing_mm == (2.0, 2.0, 2.0)

@@ -254,3 +254,15 @@ def test_gard_is_the_lq_log_cell_kill_of_tcp():
     ln_tcp = [rb.log_tcp([d], n, alpha, rb.GARD_BETA_GY2, clonogen_density_per_cc=1.0, voxel_volumes_cc=1.0)
               for d in D]
     np.testing.assert_allclose(ln_tcp, -np.exp(-g), rtol=1e-14)
+
+
+@pytest.mark.parametrize("kwargs", [{"rsi": 0.9}, {"alpha": -0.05}, {"alpha": 0.2}])
+def test_a_gard_of_zero_needs_no_dose(kwargs):
+    """GARD(0 Gy) = 0 meets a GARD of 0, so its dose floor is 0 (a dose-painting map is 0 outside
+    its boost). With alpha < 0 (RSI 0.9: alpha -0.047) the larger root -n alpha / beta was
+    returned: 28.4 Gy in 30 fractions for nothing asked. A GARD above 0 keeps the larger root."""
+    assert rb.dose_for_gard(0.0, 30, **kwargs) == 0.0
+    g = np.array([0.0, 1e-9, 20.0])
+    floors = rb.dose_for_gard(g, 30, **kwargs)
+    assert floors[0] == 0.0
+    np.testing.assert_allclose(rb.gard(floors[1:], 30, **kwargs), g[1:], rtol=1e-6, atol=1e-9)

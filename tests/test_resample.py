@@ -9,6 +9,7 @@ import pytest
 from optimizer import (
     BeamError,
     GeometryError,
+    Grid,
     Patient,
     PhotonBeams,
     PlanError,
@@ -234,7 +235,6 @@ def test_centre_rule_ties_go_to_the_upper_fine_voxel(fine_mm, ratio):
     """At an even spacing ratio every coarse centre lies on a fine voxel boundary: it takes the
     upper fine voxel on every axis, at every ratio and with DICOM spacings' float noise (np.rint
     took the lower voxel at ratio 2, the upper at ratio 4, and alternated with 0.976562 mm)."""
-    from optimizer import Grid
 
     rng = np.random.default_rng(ratio)
     n = 12 * ratio
@@ -254,7 +254,6 @@ def test_centre_rule_ties_go_to_the_upper_fine_voxel(fine_mm, ratio):
 def test_a_grid_as_dose_grid_and_its_errors():
     """influence(..., dose_grid=Grid) computes on that grid and PlanProblem plans on it; a grid
     away from the patient and a bad dose_grid are refused naming dose_grid."""
-    from optimizer import Grid
 
     ct = phantoms.tg119_cshape(spacing_mm=6.0)
     beams = PhotonBeams([0, 180], beamlet_mm=10.0)
@@ -374,7 +373,6 @@ def test_support_mask_is_what_the_interpolation_reads(fine, where):
     voxels the trilinear interpolation of the mask's voxels reads (interpolation_matrix, equal to
     resample_dose); fine voxels outside a partial grid read none (they used to clamp onto its edge
     voxels: a grid inside the core got 35 'PTV' voxels, 30 of them core)."""
-    from optimizer import Grid
     from optimizer.resample import interpolation_matrix
 
     if where == "whole box":
@@ -430,3 +428,17 @@ def test_on_patient_carries_the_extra_maps_letd_dose_averaged():
     plan.dose[0, 0, 1], plan.extras["LETd_keV_um"][0, 0, 1] = 0.0, np.nan  # no dose, no LETd
     letd = plan.on_patient(there).extras["LETd_keV_um"].ravel()
     assert letd[:2] == pytest.approx([2.0, 2.0]) and np.isnan(letd[2])
+
+
+@pytest.mark.parametrize("fine_mm, coarse_mm", [(1.2, 3.6), (0.3, 0.9), (0.7, 2.1), (1.1, 3.3)])
+def test_support_rule_of_a_voxel_on_a_coarse_centre_is_that_voxel(fine_mm, coarse_mm):
+    """A fine target voxel whose centre is a coarse voxel centre reads that coarse voxel alone
+    (by hand); float noise gave the lower neighbour a weight of 1e-16 and the target a second
+    coarse voxel (1.2 mm CT, 3.6 mm dose grid: [0, 1] instead of [1])."""
+    fine = Grid((3, 3, 9), (fine_mm,) * 3, (0.0, 0.0, 0.0))
+    coarse = coarse_grid(fine, coarse_mm)
+    for i in (1, 4, 7):  # on coarse centres 0, 1, 2
+        mask = np.zeros(fine.shape, bool)
+        mask[1, 1, i] = True
+        got = support_mask(mask, fine, coarse)
+        assert np.argwhere(got).tolist() == [[0, 0, i // 3]]

@@ -75,7 +75,8 @@ def dose_for_gard(target_gard, fractions, rsi=None, alpha=None, beta_Gy2: float 
     of :func:`gard`): the larger root of (beta/n) D^2 + alpha D - G = 0,
     D = n (sqrt(alpha^2 + 4 beta G / n) - alpha) / (2 beta). For G > 0 every D >= 0 with
     GARD(D) >= G satisfies D >= this root (GARD is convex with GARD(0) = 0), so it is the exact
-    dose floor even when alpha < 0.
+    dose floor even when alpha < 0. For G = 0 the floor is 0 (GARD(0) = 0 already meets it;
+    the larger root, -n alpha / beta when alpha < 0, forced 28.4 Gy for RSI 0.9 in 30 fractions).
 
     Parameters
     ----------
@@ -90,7 +91,7 @@ def dose_for_gard(target_gard, fractions, rsi=None, alpha=None, beta_Gy2: float 
     # rationalized form 2G / (alpha + s) when alpha > 0 (no cancellation), direct form otherwise
     positive = a > 0
     stable = 2.0 * G / np.where(positive, a + s, 1.0)
-    return _out(np.where(positive, stable, n * (s - a) / (2.0 * b)))
+    return _out(np.where(G > 0, np.where(positive, stable, n * (s - a) / (2.0 * b)), 0.0))
 
 
 def gard_prescription(target_gard, fractions, rsi, beta_Gy2: float = GARD_BETA_GY2):

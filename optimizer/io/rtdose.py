@@ -41,6 +41,8 @@ from ._dicom_write import (
 __all__ = ["load_rtdose", "write_rtdose"]
 
 _MAX_STORED = 4294967295.0  # 2^32 - 1: 32-bit unsigned PixelData
+#: the smallest maximum dose (Gy) written: below it DoseGridScaling = max / _MAX_STORED is subnormal
+_MIN_MAX_DOSE_GY = 1e-290
 #: The SOP class of the plan an RT Dose references, by plan modality: RT Plan for photons, RT Ion
 #: Plan for protons (and other ions).
 _PLAN_CLASS = {"photon": RTPlanStorage, "proton": RTIonPlanStorage}
@@ -188,6 +190,9 @@ def _rtdose_of_array(dose_Gy: np.ndarray, patient: Patient, path: str | os.PathL
     if np.any(dose < 0):
         raise DicomError(f"dose_Gy: contains negative doses (min {dose.min():g} Gy)")
     max_dose = float(dose.max())
+    if 0 < max_dose < _MIN_MAX_DOSE_GY:  # the scaling would be subnormal: the loop below never ended
+        raise DicomError(f"dose_Gy: maximum {max_dose:g} Gy is below {_MIN_MAX_DOSE_GY:g} Gy, too small for "
+                         f"DoseGridScaling; write zeros (np.zeros_like) or the dose in other units")
     scaling = float(_ds(max_dose / _MAX_STORED)) if max_dose > 0 else 1.0
     while max_dose / scaling > _MAX_STORED:  # the decimal string rounded down
         scaling = float(_ds(scaling * (1 + 1e-9)))
