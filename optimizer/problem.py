@@ -112,7 +112,10 @@ class PlanProblem:
     hard_tolerance : largest violation of a hard term (in the term's unit: Gy for dose limits)
         on the full grid that still counts as met; a solve whose result exceeds it raises
         :class:`SolverError` instead of returning a plan. Default (None): each solver's own,
-        1e-3 for the cvxpy solvers, 0.01 for FIRST_ORDER (its ``violation_tol``); given, both use it
+        1e-3 for the cvxpy solvers, 0.01 for FIRST_ORDER (its ``violation_tol``); given, both use it.
+        FIRST_ORDER judges a limit on the beamlet weights by the most course dose its excess can
+        add to a voxel (Gy), so the tolerance means the same at any scale of the influence (the
+        excess in weights is in ``plan.solver["hard_terms"][k]["max_violation_weights"]``)
     ct_grid_structures : names of structures to optimize on the CT grid when the influence is on
         a coarser dose grid: their voxels are those of ``problem.ct_patient`` and their dose the
         trilinear interpolation of the dose grid, exactly what ``plan.on_patient(ct_patient)``

@@ -502,3 +502,38 @@ def test_the_penalty_step_factor_is_an_option_and_certifies_clarabels_optimum(to
     for bad in (1.0, 0.5, float("nan"), "3"):
         with pytest.raises(SolverError, match="penalty_factor: expected"):
             problem.solve(solver="FIRST_ORDER", penalty_factor=bad)
+
+
+def test_a_small_optimum_is_certified_relative_to_itself():
+    """The gap was relative to max(objective, sum of soft weights x (1 Gy)^2): with weights
+    summing to 1 and an optimum of 5.9e-4, the first-order plan certified 4 % above CLARABEL's
+    (6.14e-4, recorded rel_gap 2.5e-5). The floor is now the cost of a hard_tolerance dose error
+    (0.01 Gy); the objective must be CLARABEL's to 1e-4, and the record carries the gap and floor."""
+    import scipy.sparse as sp
+
+    from objectives import MinDose, SquaredDeviation, SquaredOverdose
+    from optimizer import Grid, InfluenceMatrix, Patient, Structure
+
+    nt, nb = 5, 7
+    grid = Grid((1, 2, nt), (3.0, 3.0, 3.0))
+    t = np.zeros(grid.shape, bool)
+    t[0, 0] = True
+    patient = Patient(grid, np.zeros(grid.shape), [Structure("T", t, "target"), Structure("O", ~t, "oar")])
+    rng = np.random.default_rng(23)
+    dense = np.zeros((grid.n_voxels, nb))
+    dense[np.flatnonzero(t.ravel())] = 1.0 + 3e-3 * rng.standard_normal((nt, nb))  # nearly flat
+    dense[np.flatnonzero(~t.ravel())] = rng.uniform(0.0, 0.3, (nt, nb))
+    table = {"beam": np.zeros(nb, int), "row": np.zeros(nb, int), "col": np.arange(nb)}
+    beams = [{"gantry_deg": 0.0, "couch_deg": 0.0, "isocenter_mm": [0, 0, 0], "map_shape": [1, nb]}]
+    matrix = sp.csr_matrix(dense.astype(np.float32))
+    inf = InfluenceMatrix(matrix, np.arange(grid.n_voxels), grid, table, beams)
+    problem = PlanProblem(patient, inf, fractions=5, max_voxels_per_structure=None)
+    problem += SquaredDeviation("T", 20.0, weight=1.0)
+    problem += SquaredOverdose("O", 0.0, weight=1e-4)
+    problem += MinDose("T", 19.95)
+    fo = problem.solve(solver="FIRST_ORDER").solver
+    exact = problem.solve(solver="CLARABEL").solver
+    assert exact["objective"] < 1e-3
+    assert fo["objective"] == pytest.approx(exact["objective"], rel=1e-4)
+    assert fo["gap_floor"] == pytest.approx((1.0 + 1e-4) * 0.01**2)
+    assert fo["gap"] <= 1e-4 * max(fo["objective"], fo["gap_floor"])

@@ -47,6 +47,10 @@ def solve_plan(problem, verbose: bool, options: dict):
                         f"<= {settings.kkt_tol:g} (all voxels)"),
         "max_violation": cert["max_violation"],
         "rel_gap": cert["rel_gap"],
+        # the gap in the objective's unit, and the floor rel_gap is relative to where the
+        # objective is below it (the cost of a hard_tolerance dose error in every soft voxel)
+        "gap": cert["gap"],
+        "gap_floor": cert["gap_floor"],
         "kkt": cert["kkt"],
         "hard_tolerance": settings.violation_tol,
         "hard_terms": cert["hard_terms"],
