@@ -537,3 +537,48 @@ def test_a_small_optimum_is_certified_relative_to_itself():
     assert fo["objective"] == pytest.approx(exact["objective"], rel=1e-4)
     assert fo["gap_floor"] == pytest.approx((1.0 + 1e-4) * 0.01**2)
     assert fo["gap"] <= 1e-4 * max(fo["objective"], fo["gap_floor"])
+
+
+def test_a_stalled_violation_tightens_the_inner_solve():
+    """A feasible hard BED limit on a helper that overlaps the target (1 fraction): the inner
+    solves, at ftol 1e-8 while the violation was above tolerance, ended after 2 evaluations round
+    after round under the raised penalty, the violation stayed at 0.0205 (tolerance 0.01) and the
+    solver raised "the hard terms look infeasible". Once the violation stops falling the inner
+    solve is tight; the certified objective is CLARABEL's. (A probe's random instance, seed 30.)"""
+    import scipy.sparse as sp
+
+    from objectives import LQ, BEDMax, EQD2Max, SquaredDeviation
+    from optimizer import Grid, InfluenceMatrix, Patient, Structure
+
+    rng = np.random.default_rng(30)
+    nt, no, nx = (int(v) for v in rng.integers(2, 25, 3))
+    nb = int(rng.integers(2, 12))
+    grid = Grid((1, 3, max(nt, no, nx)), (3.0, 3.0, 3.0))
+    masks = {}
+    for r, (name, k) in enumerate([("target", nt), ("oar", no), ("other", nx)]):
+        masks[name] = np.zeros(grid.shape, bool)
+        masks[name][0, r, :k] = True
+    if rng.random() < 0.5:
+        masks["other"][0, 0, : nt // 2] = True
+    roles = {"target": "target", "oar": "oar", "other": "other"}
+    patient = Patient(grid, np.zeros(grid.shape), [Structure(n, m, roles[n]) for n, m in masks.items()])
+    dense = np.zeros((grid.n_voxels, nb))
+    dense[np.flatnonzero(masks["target"].ravel())] = rng.uniform(0.5, 1.5, (nt, nb))
+    oar_rows = rng.uniform(0.0, 0.3, (no, nb))
+    dense[np.flatnonzero(masks["oar"].ravel())] = oar_rows * (rng.random((no, nb)) < 0.6)
+    ox = np.flatnonzero(masks["other"].ravel() & ~masks["target"].ravel())
+    dense[ox] = rng.uniform(0.0, 1.0, (len(ox), nb)) * (rng.random((len(ox), nb)) < 0.5)
+    dense = (dense * float(rng.choice([1.0, 1e-2, 1e2, 1e-4]))).astype(np.float32)
+    rows = np.flatnonzero(dense.any(axis=1))
+    table = {"beam": np.zeros(nb, int), "row": np.arange(nb) // 2, "col": np.arange(nb) % 2}
+    beam = {"gantry_deg": 0.0, "couch_deg": 0.0, "isocenter_mm": [0, 0, 0], "map_shape": [(nb + 1) // 2, 2]}
+    inf = InfluenceMatrix(sp.csr_matrix(dense[rows]), rows, grid, table, [beam])
+    problem = PlanProblem(patient, inf, fractions=1, max_voxels_per_structure=None)
+    problem += SquaredDeviation("target", 20.0, weight=0.01)
+    problem += MaxDose("target", 22.891239414033205)
+    problem += BEDMax("other", 11.64935372642705, LQ({"oar": 3.0, "target": 10.0, "other": 2.0}))
+    problem += EQD2Max("oar", 4.665107456718588, LQ({"oar": 2.0, "target": 10.0, "other": 3.0}))
+    fo = problem.solve(solver="FIRST_ORDER").solver
+    exact = problem.solve(solver="CLARABEL").solver
+    assert fo["status"] == "optimal" and fo["max_violation"] <= 0.01
+    assert fo["objective"] == pytest.approx(exact["objective"], rel=1e-3)
