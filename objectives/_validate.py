@@ -38,17 +38,22 @@ def _unit(unit: str) -> str:
     return f" {unit}" if unit else ""
 
 
-def _array(value, name: str) -> np.ndarray:
-    """``value`` as a float array (any values, NaN included); booleans and strings are refused
-    (an alpha/beta of True was 1 Gy, of '3' 3 Gy)."""
+def numeric_array(value, name: str, expected: str, error=BiologyError) -> np.ndarray:
+    """``value`` as a float array (any values, NaN included), else ``error`` naming ``name``:
+    booleans, strings and other non-numeric values are refused (an alpha/beta of True was 1 Gy,
+    of '3' 3 Gy; a MaxDose limit of True 1 Gy). The one such check of ``objectives``."""
     try:
         raw = np.asarray(value)
-        if raw.dtype.kind not in "iuf":
-            raise TypeError
-        arr = raw.astype(float)
     except (TypeError, ValueError):
-        raise BiologyError(f"{name}: expected a number or an array of numbers, got {value!r}") from None
-    return arr
+        raw = None
+    if raw is None or raw.dtype.kind not in "iuf":
+        raise error(f"{name}: expected {expected}, got {value!r}")
+    return raw.astype(float)
+
+
+def _array(value, name: str) -> np.ndarray:
+    """``value`` as a float array (:func:`numeric_array`), BiologyError naming ``name``."""
+    return numeric_array(value, name, "a number or an array of numbers")
 
 
 def _require(arr: np.ndarray, bad, name: str, expected: str) -> np.ndarray:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 
+from ._validate import numeric_array
 from .errors import TermError
 
 
@@ -45,21 +46,9 @@ class TermContext:
     beamlets: dict | None = None
 
 
-def _numeric(value, name: str, expected: str) -> np.ndarray:
-    """``value`` as a float array; booleans and strings are refused (True was taken as 1 Gy,
-    '30' as 30 Gy)."""
-    try:
-        raw = np.asarray(value)
-    except (TypeError, ValueError):
-        raw = None
-    if raw is None or raw.dtype.kind not in "iuf":
-        raise TermError(f"{name}: expected {expected}, got {value!r}")
-    return raw.astype(float)
-
-
 def nonneg_parameter(value, name: str, *, shape=()) -> cp.Parameter:
     """A non-negative cvxpy Parameter with validation that names the field."""
-    arr = _numeric(value, name, "a finite number >= 0")
+    arr = numeric_array(value, name, "a finite number >= 0", TermError)
     if arr.shape != tuple(shape) and not (shape == () and arr.size == 1):
         raise TermError(f"{name}: expected shape {shape}, got {arr.shape}")
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
@@ -69,7 +58,7 @@ def nonneg_parameter(value, name: str, *, shape=()) -> cp.Parameter:
 
 def real_number(value, name: str, expected: str = "a number") -> float:
     """One real number (not a boolean or a string), else TermError naming ``name``."""
-    arr = _numeric(value, name, expected)
+    arr = numeric_array(value, name, expected, TermError)
     if arr.ndim != 0:
         raise TermError(f"{name}: expected {expected}, got {value!r}")
     return float(arr.item())
