@@ -50,13 +50,14 @@ class FluenceSmoothness(Term):
             raise TermError("FluenceSmoothness: needs the beamlet table (ctx.beamlets)")
         # the key is every column the pairs depend on, compared by value (a table that differed
         # only in its layers reused the other table's pairs: cost 202 for 101)
-        key = tuple(np.array(ctx.beamlets[k]) for k in ("beam", "layer", "row", "col") if k in ctx.beamlets)
+        # (compared as they are on every call, copied only when a new matrix is cached)
+        key = [np.asarray(ctx.beamlets[k]) for k in ("beam", "layer", "row", "col") if k in ctx.beamlets]
         if self._D is not None:
             cached, D = self._D
             if len(cached) == len(key) and all(np.array_equal(a, b) for a, b in zip(cached, key)):
                 return D
         D = neighbour_differences(ctx.beamlets)
-        self._D = (key, D)
+        self._D = (tuple(np.array(c) for c in key), D)
         return D
 
     def refresh(self, ctx):
