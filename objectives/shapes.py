@@ -281,6 +281,21 @@ class _Squared(_Limited):
         r = self._residual_values(q, float(self.limit.value))
         return 2.0 * _vol(ctx, q) * r * self._residual_sign
 
+    #: the slopes the cost takes (its conjugate's domain): an over-dose penalty only rises
+    _slope_range = (-np.inf, np.inf)
+
+    def quadratic_conjugate(self, forms, ctx, **extra):
+        # h_i(y) = (c_i / 2) r_i^2 with c_i = 2 w v_i and r the residual (y - t, one-sided or
+        # not): h_i*(v) = v t + v^2 / (2 c_i) on the slopes h_i takes (by hand, Fenchel-Young)
+        name = self.quantity.form
+        w = float(self.weight.value) if self.weight is not None else 0.0
+        if name is None or not self.quantity.affine or w <= 0:
+            return None
+        y = self._forms(forms, extra)[name]
+        lower, upper = self._slope_range
+        return {"form": name, "slope": w * self._gradient(y, ctx), "curvature": 2.0 * w * _vol(ctx, y),
+                "limit": float(self.limit.value), "lower": lower, "upper": upper}
+
 
 class SquaredOver(_Squared):
     """Soft: weight x sum_i v_i max(q_i - limit, 0)^2. Convex for convex non-negative q
@@ -294,6 +309,8 @@ class SquaredOver(_Squared):
     def _residual_values(self, q, limit):
         return array_module(q).maximum(q - limit, 0)
 
+    _slope_range = (0.0, np.inf)
+
 
 class SquaredUnder(_Squared):
     """Soft: weight x sum_i v_i max(limit - q_i, 0)^2. Affine quantities only."""
@@ -306,6 +323,8 @@ class SquaredUnder(_Squared):
 
     def _residual_values(self, q, limit):
         return array_module(q).maximum(limit - q, 0)
+
+    _slope_range = (-np.inf, 0.0)
 
 
 class SquaredDeviation(_Squared):

@@ -207,6 +207,15 @@ class Term:
         """``weight x cost`` as one expression (convex; not DPP when the cost has Parameters)."""
         return self.weight * self.cost(forms, ctx, **extra)
 
+    def quadratic_conjugate(self, forms, ctx: TermContext, **extra) -> dict | None:
+        """For a soft term that is, voxel by voxel, a quadratic spline of one linear form y (the
+        dose, ...): its weighted cost h_i(y_i) and convex conjugate h_i*(v) = v t_i + v^2 / (2 c_i)
+        for ``lower <= v <= upper`` (infinite outside), as the dict ``{"form", "slope" (u =
+        h'(y), per voxel), "curvature" (c), "limit" (t), "lower", "upper"}``. None (the default)
+        where the term is not of that kind. A first-order solver moves its dual point within
+        these ranges to turn an inexact gradient into a duality-gap bound that holds exactly."""
+        return None
+
     # shapes implement these on the quantity q
     def _violation(self, q, ctx):
         raise NotImplementedError

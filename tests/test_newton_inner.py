@@ -50,6 +50,19 @@ def test_newton_inner_certifies_the_clarabel_optimum_of_a_proton_plan():
     assert newton["objective"] == pytest.approx(ref["objective"], rel=1e-3)
 
 
+def test_proton_spots_take_the_newton_inner_solver_by_default_and_photons_lbfgsb(toy):
+    """inner="auto": Newton for spot problems (the beamlet table has finite energies), where
+    L-BFGS-B with the exact gap did not certify the C-shape 8 mm in 40 rounds; L-BFGS-B for
+    photon beamlets (the toy's table has no energies)."""
+    problem = _proton_problem()
+    assert problem.solve(solver="FIRST_ORDER", warm_start=False).solver["inner"] == "newton"
+    patient, inf = toy[0], toy[1]
+    photons = PlanProblem(patient, inf, fractions=5, max_voxels_per_structure=None)
+    photons += SquaredOverdose("O", 0.0, weight=1.0)
+    photons += SquaredUnderdose("T", 20.0, weight=1.0)
+    assert photons.solve(solver="FIRST_ORDER").solver["inner"] == "lbfgsb"
+
+
 def test_newton_inner_refuses_voxelwise_robust_worst_cases():
     patient, inf, _ = make_scenario_toy(2, 2, 10, 8, 0.7, (0.75, 1.25), 3, 0)
     problem = PlanProblem(patient, inf, fractions=10, max_voxels_per_structure=None)

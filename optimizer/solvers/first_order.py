@@ -17,7 +17,8 @@ voxelwise's per-voxel variables are free variables appended to the weights.
 Certificate (all on the full voxel sets): the largest violation of every hard term (in its
 unit, Gy for dose limits), the relative KKT residual of the bound constraints, and a duality
 gap from the Lagrangian lower bound ``phi(x) - g^T x - sigma_C(lambda)`` (phi: objective plus
-lambda^T y, g its gradient; a valid bound when g >= 0, which the KKT residual measures; a
+lambda^T y, g its gradient; a valid bound only when g >= 0, so before a plan is certified the
+squared penalties' dual point is moved until it holds exactly, :mod:`.dual_certificate`; a
 robust worst case enters it through its multiplier-weighted scenario mixture, a minorant).
 "Optimal" only when all three are within tolerance; otherwise :class:`SolverError` with the
 residuals reached.
@@ -41,7 +42,7 @@ from threadpoolctl import threadpool_limits
 from objectives.errors import TermError
 
 from ..errors import PlanError, SolverError
-from . import newton_lm, products
+from . import dual_certificate, newton_lm, products
 from .epigraph import Epigraph, is_worst_case, unsupported_reason
 from .working_set import WorkingSet
 
@@ -68,7 +69,9 @@ class Settings:
     max_outer: int = 40
     max_inner: int = 3000  # inner evaluations per outer round (6 mm C-shape: ~3000 needed)
     # "lbfgsb" (CPU), "newton" (CPU; damped Newton for spot problems, :mod:`.newton_lm`), "spg"
-    # (CPU or GPU); "auto": lbfgsb on the CPU, spg on the GPU
+    # (CPU or GPU); "auto": on the CPU newton for proton spots (without robust epigraph
+    # variables), else lbfgsb; spg on the GPU. C-shape 8 mm protons with the exact gap: newton
+    # certified in 430 evaluations / 20 s, L-BFGS-B not in 40 rounds (17,755 evaluations, 191 s)
     inner: str = "auto"
     device: str = "cpu"
     matrix_dtype: str = "auto"  # storage of the matrices the products read (see MATRIX_DTYPES)
@@ -249,6 +252,10 @@ class Model:
     threads: int = 1  # product threads of the operators (row blocks); the working set's copies too
     matrix_dtype: str = "float64"  # storage the products read (MATRIX_DTYPES, "auto" resolved)
     gy_per_weight: float = 1.0  # the largest course dose of one unit of weight in a voxel, Gy
+    spots: bool = False  # proton spots (the beamlet table has finite energies)
+    certificate_products: int = 0  # products (K s or K^T r) the exact gaps took
+    evaluations: int = 0  # objective evaluations so far (each two products)
+    priced_at: tuple = (-1, 0)  # (evaluations, certificate products) when the last exact gap began
 
     @cached_property
     def epigraph_terms(self) -> list:
@@ -431,7 +438,12 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "auto", thread
     peak = float(np.abs(dose.matrix.data).max()) if dose is not None and dose.matrix.nnz else 1.0
     return Model(operators, block_rows, terms, problem.influence.n_beamlets, xp,
                  time.perf_counter() - t0, pool, n_aux, threads=threads, matrix_dtype=matrix_dtype,
-                 gy_per_weight=float(problem.fractions) * peak)
+                 gy_per_weight=float(problem.fractions) * peak, spots=_has_spots(problem.influence))
+
+
+def _has_spots(influence) -> bool:
+    energies = (influence.beamlets or {}).get("energy_MeV")
+    return energies is not None and bool(np.isfinite(np.asarray(energies, dtype=float)).any())
 
 
 def _on_device(M, xp):
@@ -507,6 +519,7 @@ class _Objective:
     def __call__(self, z):
         m, xp = self.m, self.m.xp
         self.evals += 1
+        m.evaluations += 1
         x, a = z[:m.n_beamlets], z[m.n_beamlets:]
         total, gy, gx, ga = self.at_forms(_forms_at(m, x, full=False), x, a)
         if len(gy):
@@ -607,7 +620,7 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         * (model.gy_per_weight ** 2 if "weights" in t.blocks else 1.0) for t in hard]
     inner = settings.inner
     if inner == "auto":
-        inner = "lbfgsb" if xp is np else "spg"
+        inner = "spg" if xp is not np else "newton" if model.spots and not model.n_aux else "lbfgsb"
     if inner in ("lbfgsb", "newton") and xp is not np:
         raise SolverError(f"inner={inner!r} runs on the CPU only; use inner='spg' with device='cuda'")
     if inner == "newton" and model.n_aux:
@@ -649,7 +662,8 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
                 return True
             if blocks is None:
                 blocks = _forms_at(model, zk[:model.n_beamlets])
-            _, _, cert_k = _update_and_certify(model, zk, lam, rho, mu, rho_e, blocks, floors)
+            _, _, cert_k = _update_and_certify(model, zk, lam, rho, mu, rho_e, blocks, floors, settings,
+                                               throttle=True)
             seen.append((cert_k["max_violation"], cert_k["objective"], abs(cert_k["complementarity"])))
             if _meets(cert_k, settings) or _stalled(seen, cert_k, settings):
                 return True
@@ -676,7 +690,7 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
                 break
         model.working = None
         evals += f.evals
-        lam_new, mu, cert = _update_and_certify(model, z, lam, rho, mu, rho_e, blocks, floors)
+        lam_new, mu, cert = _update_and_certify(model, z, lam, rho, mu, rho_e, blocks, floors, settings)
         history.append({"outer": outer, "evals": f.evals, "penalty_steps": steps,
                         **{k: cert[k] for k in ("max_violation", "rel_gap", "kkt")}})
         if settings.verbose:
@@ -737,6 +751,8 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
     x_np = np.asarray(x.get() if hasattr(x, "get") else x, dtype=float)
     info = {
         "iterations": evals,
+        # the exact gaps' products (:mod:`.dual_certificate`), besides the evaluations (2 each)
+        "certificate_products": model.certificate_products,
         "outer_iterations": len(history),
         "build_s": model.build_s,
         "solve_s": time.perf_counter() - t_start - model.build_s,
@@ -897,6 +913,12 @@ def _stalled(seen: list, cert: dict, settings: Settings) -> bool:
     return max(recent) - min(recent) <= 0.1 * settings.gap_tol * max(abs(recent[-1]), 1e-12)
 
 
+#: a gap this many times the previous round's is a swing (the penalty is lowered); below, a
+#: rise is the inner solve's noise: on CT photons the gap alternated 3.29 / 2.98 / 3.10 / 2.87e-4
+#: round after round, lowering and raising the penalty in turn, and crept for 25 rounds
+GAP_SWING = 1.5
+
+
 def _penalty_step(cert: dict, prev_viol: float, prev_gap: float, steps: int, settings: Settings) -> int:
     """The hard terms' penalty for the next round, in tenfold steps (``steps``: how many it is
     above the initial penalty); ``prev_viol`` and ``prev_gap``: the previous round's violation and
@@ -919,7 +941,7 @@ def _penalty_step(cert: dict, prev_viol: float, prev_gap: float, steps: int, set
         return 1 if viol > 0.25 * prev_viol else 0
     if abs(cert["complementarity"]) <= settings.gap_tol:
         return 0
-    if steps > 0 and cert["rel_gap"] > prev_gap:
+    if steps > 0 and cert["rel_gap"] > GAP_SWING * prev_gap:
         return -1
     if cert["kkt"] <= settings.kkt_tol and cert["rel_gap"] > 0.5 * prev_gap:
         return 1
@@ -954,9 +976,11 @@ def _residuals(cert: dict, settings: Settings) -> str:
             f"{cert['kkt']:.2e} (tolerance {settings.kkt_tol:g})")
 
 
-def _meets(cert: dict, settings: Settings) -> bool:
-    return (cert["max_violation"] <= settings.violation_tol and cert["rel_gap"] <= settings.gap_tol
-            and cert["kkt"] <= settings.kkt_tol)
+def _meets(cert: dict, settings: Settings, slack: float = 1.0) -> bool:
+    """All three measures within tolerance (``slack`` x the gap tolerance); the gap only once it
+    is exact (:mod:`.dual_certificate`)."""
+    return (cert["max_violation"] <= settings.violation_tol and cert["rel_gap"] <= slack * settings.gap_tol
+            and cert["kkt"] <= settings.kkt_tol and (slack != 1.0 or cert["gap_exact"]))
 
 
 def _fits(model, hard: list, lam: list) -> bool:
@@ -1077,11 +1101,21 @@ def _spg(f, x, max_iter: int, xp, memory: int = 10, check=None, lower=0.0):
     return x
 
 
-def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None, floors=(0.0, 0.0)):
+#: the exact gap (:mod:`.dual_certificate`: some 35 products) is worked out once the first-order
+#: gap |g^T x - comp| is within PRICE_AT x the gap tolerance (it may be above or below it)
+PRICE_AT = 10.0
+
+
+def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None, floors=(0.0, 0.0),
+                        settings: Settings | None = None, throttle: bool = False):
     """New multipliers (hard terms, epigraphs) and the certificate at z = (x, auxiliary
     variables) (all voxels); ``floors``: of the gap's and the KKT residual's scales
     (:func:`_certificate_floors`). A robust worst case enters the bound through its multiplier
-    mixture (:meth:`.epigraph.Epigraph.bound`): the gap adds its true value minus the mixture."""
+    mixture (:meth:`.epigraph.Epigraph.bound`): the gap adds its true value minus the mixture.
+    With ``settings``, a certificate whose first-order gap is near them (PRICE_AT) gets its exact
+    gap (:mod:`.dual_certificate`; only that one certifies). ``throttle`` (the checks inside an
+    inner solve): not before the evaluations since the last exact gap have cost as much as it did,
+    so exact gaps take at most about half the time."""
     xp = model.xp
     x, a = z[:model.n_beamlets], z[model.n_beamlets:]
     blocks = _forms_at(model, x) if blocks is None else blocks
@@ -1140,10 +1174,20 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None,
     gap_abs = abs(float(gx @ x) - comp) + max(minorant, 0.0)
     scale = max(abs(soft), floors[0], 1e-12)
     # complementarity: lambda^T (y - P(z)), the gap's part that only a multiplier update moves
-    return lam_new, mu_new, {"objective": soft, "max_violation": worst, "rel_gap": gap_abs / scale,
-                             "gap": gap_abs, "gap_floor": floors[0],
-                     "kkt": kkt / g_scale, "complementarity": comp / scale, "hard_terms": checks,
-                     "epigraph_infeasibility": infeasible, "epigraph_worst": worst_costs}
+    cert = {"objective": soft, "max_violation": worst, "rel_gap": gap_abs / scale,
+            "gap": gap_abs, "gap_floor": floors[0],
+            "kkt": kkt / g_scale, "complementarity": comp / scale, "hard_terms": checks,
+            "epigraph_infeasibility": infeasible, "epigraph_worst": worst_costs,
+            "gap_estimated": 0.0, "dual_moved": 0.0, "gap_exact": False}
+    last_evals, last_products = model.priced_at
+    due = not throttle or 2 * (model.evaluations - last_evals) >= model.certificate_products - last_products
+    if settings is not None and due and _meets(cert, settings, PRICE_AT):
+        model.priced_at = (model.evaluations, model.certificate_products)
+        gap, estimate, details = dual_certificate.bound(model, x, blocks, gx, float(gx @ x) - comp,
+                                                        settings.gap_tol * scale)
+        gap += max(minorant, 0.0)
+        cert.update(gap=gap, rel_gap=gap / scale, gap_estimated=estimate, gap_exact=True, **details)
+    return lam_new, mu_new, cert
 
 
 def _np(a):

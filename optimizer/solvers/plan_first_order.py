@@ -51,6 +51,11 @@ def solve_plan(problem, verbose: bool, options: dict):
         # objective is below it (the cost of a hard_tolerance dose error in every soft voxel)
         "gap": cert["gap"],
         "gap_floor": cert["gap_floor"],
+        # the gap holds for the inexact gradient (:mod:`.dual_certificate`): a bound on the
+        # objective's excess over the optimum, but for the part estimated where a beamlet with a
+        # negative gradient reaches no squared penalty (then gap_is_bound is False)
+        "gap_estimated": cert["gap_estimated"],
+        "gap_is_bound": cert["gap_estimated"] == 0.0,
         "kkt": cert["kkt"],
         "hard_tolerance": settings.violation_tol,
         "hard_terms": cert["hard_terms"],
