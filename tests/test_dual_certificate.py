@@ -69,3 +69,27 @@ def test_the_certified_gap_bounds_the_excess_over_the_optimum(seed, max_inner):
     assert excess >= -1e-9 * optimum  # no hard terms: nothing can buy a lower objective
     assert excess <= s["gap"] + 1e-9 * optimum
     assert s["gap"] <= 1e-3 * s["objective"]
+
+
+def test_a_negative_gradient_no_squared_penalty_reaches_is_an_estimate_not_a_bound():
+    """Without a squared penalty nothing can cover a negative gradient: the gap adds the
+    first-order estimate -g_i x_i, and says it is no bound, also where that estimate is 0 (a
+    beamlet at weight 0); with no negative part the gap is the Lagrangian bound's."""
+    from objectives import MeanDose
+    from optimizer.solvers import dual_certificate, first_order
+
+    patient, inf, _ = make_toy(n_target=6, n_oar=6, n_beamlets=4, seed=0)
+    problem = PlanProblem(patient, inf, fractions=5, max_voxels_per_structure=None)
+    problem += MeanDose("O", 0.0, weight=1.0)
+    model = first_order.build_model(problem)
+    x = np.array([1.0, 2.0, 0.0, 0.5])
+    blocks = first_order._forms_at(model, x)
+    g = np.array([0.3, -0.1, 0.2, 0.0])
+    gap, estimated, details = dual_certificate.bound(model, x, blocks, g, base=0.05)
+    assert estimated == pytest.approx(0.2) and gap == pytest.approx(0.25) and not details["gap_is_bound"]
+    gap, estimated, details = dual_certificate.bound(model, x, blocks, np.array([0.3, 0.1, -0.2, 0.0]),
+                                                     base=0.05)
+    assert estimated == 0.0 and gap == pytest.approx(0.05) and not details["gap_is_bound"]
+    gap, estimated, details = dual_certificate.bound(model, x, blocks, np.abs(g), base=0.05)
+    assert estimated == 0.0 and gap == pytest.approx(0.05) and details["gap_is_bound"]
+    model.close()

@@ -69,7 +69,8 @@ def conjugate_shift(data: dict, delta) -> float:
 
 
 def bound(model, x, blocks, g, base: float, target: float = 0.0) -> tuple[float, float, dict]:
-    """(gap, estimated part, details) for the weights ``x`` (>= 0), the forms ``blocks`` = K x,
+    """(gap, estimated part, details: ``dual_moved``, ``gap_is_bound``) for the weights ``x``
+    (>= 0), the forms ``blocks`` = K x,
     the gradient ``g`` of the Lagrangian in x and ``base`` = g^T x - comp; ``target``: the gap
     sought (the conjugate gradients stop once their own estimate is within half). The gap is >= the
     objective's excess over the optimum where ``estimated`` is 0. Its absolute value is taken, as
@@ -79,7 +80,8 @@ def bound(model, x, blocks, g, base: float, target: float = 0.0) -> tuple[float,
     need = xp.maximum(-g, 0.0)
     terms = quadratic_terms(model, blocks, x)
     if not terms:
-        return abs(base) + float(need @ x), float(need @ x), {"dual_moved": 0.0}
+        return abs(base) + float(need @ x), float(need @ x), {"dual_moved": 0.0,
+                                                             "gap_is_bound": not bool((need > 0).any())}
     # the beamlets to cancel on: those in use, then also those left with a negative gradient
     # (a raise there costs about their column's dose, not their weight, which is 0)
     free = x > 0
@@ -92,10 +94,10 @@ def bound(model, x, blocks, g, base: float, target: float = 0.0) -> tuple[float,
         if not bool(more.any()):
             break
         free = free | more
-    raised, estimate = _raise(model, xp.maximum(-g1, 0.0), x, terms)
+    raised, estimate, uncovered = _raise(model, xp.maximum(-g1, 0.0), x, terms)
     deltas = [d + r for d, r in zip(deltas, raised)]
     moved = sum(conjugate_shift(data, d) for (_, _, data), d in zip(terms, deltas))
-    return abs(base + moved) + estimate, estimate, {"dual_moved": moved}
+    return abs(base + moved) + estimate, estimate, {"dual_moved": moved, "gap_is_bound": not uncovered}
 
 
 def _stacked(model, pieces):
@@ -164,17 +166,18 @@ def _cancel(model, x, g, terms, base: float, target: float, free) -> list:
             for (_, block, data), c in zip(terms, active)]
 
 
-def _raise(model, need, x, terms) -> tuple[list, float]:
+def _raise(model, need, x, terms) -> tuple[list, float, bool]:
     """Step (2): delta >= 0 per term with K^T delta >= ``need`` on every beamlet some term that
     may raise its slopes reaches (each beamlet's need over its squared column, then rescaled by
-    need / cover, then scaled up to cover); and the first-order estimate for the others."""
+    need / cover, then scaled up to cover); the first-order estimate for the others, and whether
+    there are any (a beamlet at weight 0 among them adds 0 to the estimate, but no bound holds)."""
     xp = model.xp
     out = [xp.zeros_like(data["slope"]) for _, _, data in terms]
     if not x.size or float(need.max()) == 0.0:
-        return out, 0.0
+        return out, 0.0, False
     up = [k for k, (_, _, data) in enumerate(terms) if data["upper"] == np.inf]
     if not up:
-        return out, float(need @ x)
+        return out, float(need @ x), True
     weights = [xp.zeros(b.size) for b in model.block_rows]
     for k in up:
         weights[terms[k][1]] += 1.0
@@ -195,4 +198,4 @@ def _raise(model, need, x, terms) -> tuple[list, float]:
         theta = float((need[covered] / cover[covered]).max()) * (1.0 + 1e-9)
         for k, d in raised.items():
             out[k] = theta * d
-    return out, estimate
+    return out, estimate, bool(uncovered.any())

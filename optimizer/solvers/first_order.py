@@ -1178,7 +1178,7 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None,
             "gap": gap_abs, "gap_floor": floors[0],
             "kkt": kkt / g_scale, "complementarity": comp / scale, "hard_terms": checks,
             "epigraph_infeasibility": infeasible, "epigraph_worst": worst_costs,
-            "gap_estimated": 0.0, "dual_moved": 0.0, "gap_exact": False}
+            "gap_estimated": 0.0, "dual_moved": 0.0, "gap_is_bound": False, "gap_exact": False}
     last_evals, last_products = model.priced_at
     due = not throttle or 2 * (model.evaluations - last_evals) >= model.certificate_products - last_products
     if settings is not None and due and _meets(cert, settings, PRICE_AT):
