@@ -1101,8 +1101,9 @@ def _spg(f, x, max_iter: int, xp, memory: int = 10, check=None, lower=0.0):
     return x
 
 
-#: the exact gap (:mod:`.dual_certificate`: some 35 products) is worked out once the first-order
-#: gap |g^T x - comp| is within PRICE_AT x the gap tolerance (it may be above or below it)
+#: the exact gap (:mod:`.dual_certificate`: up to ~1200 products, mostly far fewer) is worked out
+#: once the first-order gap |g^T x - comp| is within PRICE_AT x the gap tolerance (the exact one
+#: may come out above or below it)
 PRICE_AT = 10.0
 
 
