@@ -198,4 +198,10 @@ def _raise(model, need, x, terms) -> tuple[list, float, bool]:
         theta = float((need[covered] / cover[covered]).max()) * (1.0 + 1e-9)
         for k, d in raised.items():
             out[k] = theta * d
+        # an influence matrix with negative entries (accepted) can push another beamlet's
+        # gradient below 0: that part is then an estimate too, and no bound is claimed
+        pushed = (need == 0) & (theta * cover < 0)
+        if bool(pushed.any()):
+            estimate += float(-theta * cover[pushed] @ x[pushed])
+            uncovered = uncovered | pushed
     return out, estimate, bool(uncovered.any())
