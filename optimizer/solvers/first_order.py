@@ -976,11 +976,15 @@ def _residuals(cert: dict, settings: Settings) -> str:
             f"{cert['kkt']:.2e} (tolerance {settings.kkt_tol:g})")
 
 
-def _meets(cert: dict, settings: Settings, slack: float = 1.0) -> bool:
-    """All three measures within tolerance (``slack`` x the gap tolerance); the gap only once it
-    is exact (:mod:`.dual_certificate`)."""
-    return (cert["max_violation"] <= settings.violation_tol and cert["rel_gap"] <= slack * settings.gap_tol
-            and cert["kkt"] <= settings.kkt_tol and (slack != 1.0 or cert["gap_exact"]))
+def _within(cert: dict, settings: Settings, gap_factor: float) -> bool:
+    """Violation and KKT residual within tolerance, the gap within ``gap_factor`` x its own."""
+    return (cert["max_violation"] <= settings.violation_tol and cert["kkt"] <= settings.kkt_tol
+            and cert["rel_gap"] <= gap_factor * settings.gap_tol)
+
+
+def _meets(cert: dict, settings: Settings) -> bool:
+    """All three measures within tolerance, the gap exact (:mod:`.dual_certificate`)."""
+    return cert["gap_exact"] and _within(cert, settings, 1.0)
 
 
 def _fits(model, hard: list, lam: list) -> bool:
@@ -1172,7 +1176,8 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None,
     # the parts that cancel at the optimum, is the KKT residual
     g_scale = max(max(float(xp.abs(g).max()) for g in g_parts), floors[1], 1e-30) if x.size else 1.0
     kkt = float(xp.maximum(-gx, 0).max()) if x.size else 0.0
-    gap_abs = abs(float(gx @ x) - comp) + max(minorant, 0.0)
+    base = float(gx @ x) - comp  # the first-order gap: exact where g >= 0 (see dual_certificate)
+    gap_abs = abs(base) + max(minorant, 0.0)
     scale = max(abs(soft), floors[0], 1e-12)
     # complementarity: lambda^T (y - P(z)), the gap's part that only a multiplier update moves
     cert = {"objective": soft, "max_violation": worst, "rel_gap": gap_abs / scale,
@@ -1182,10 +1187,9 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None,
             "gap_estimated": 0.0, "dual_moved": 0.0, "gap_is_bound": False, "gap_exact": False}
     last_evals, last_products = model.priced_at
     due = not throttle or 2 * (model.evaluations - last_evals) >= model.certificate_products - last_products
-    if settings is not None and due and _meets(cert, settings, PRICE_AT):
+    if settings is not None and due and _within(cert, settings, PRICE_AT):
         model.priced_at = (model.evaluations, model.certificate_products)
-        gap, estimate, details = dual_certificate.bound(model, x, blocks, gx, float(gx @ x) - comp,
-                                                        settings.gap_tol * scale)
+        gap, estimate, details = dual_certificate.bound(model, x, blocks, gx, base, settings.gap_tol * scale)
         gap += max(minorant, 0.0)
         cert.update(gap=gap, rel_gap=gap / scale, gap_estimated=estimate, gap_exact=True, **details)
     return lam_new, mu_new, cert
