@@ -93,3 +93,89 @@ def test_a_negative_gradient_no_squared_penalty_reaches_is_an_estimate_not_a_bou
     gap, estimated, details = dual_certificate.bound(model, x, blocks, np.abs(g), base=0.05)
     assert estimated == 0.0 and gap == pytest.approx(0.05) and details["gap_is_bound"]
     model.close()
+
+
+def _overlapping_pencils(n=120, n_beamlets=80, sigma=2.0):
+    """A 1 x 2 x n grid, target "T" in the middle half of row 0, OAR "O" row 1; Gaussian
+    pencil beams (sigma in voxels) ~1.5 voxels apart, so neighbours overlap as proton spots do and
+    the conjugate gradients on K^T D K converge slowly. Returns the problem and the BVLS optimum."""
+    import scipy.sparse as sp
+
+    from optimizer import Grid, InfluenceMatrix, Patient, Structure
+
+    grid = Grid((1, 2, n), (3.0, 3.0, 3.0))
+    t = np.zeros(grid.shape, bool)
+    t[0, 0, n // 4:3 * n // 4] = True
+    o = np.zeros(grid.shape, bool)
+    o[0, 1, :] = True
+    patient = Patient(grid, np.zeros(grid.shape), [Structure("T", t, "target"), Structure("O", o, "oar")])
+    profile = np.exp(-0.5 * ((np.arange(n)[:, None] - np.linspace(0, n - 1, n_beamlets)[None]) / sigma) ** 2)
+    A = np.zeros((grid.n_voxels, n_beamlets))
+    A[np.flatnonzero(t.ravel())] = profile[t[0, 0]]
+    A[np.flatnonzero(o.ravel())] = 0.3 * profile
+    rows = np.flatnonzero(A.any(axis=1))
+    inf = InfluenceMatrix(sp.csr_matrix(A[rows]), rows, grid,
+                          {"beam": np.zeros(n_beamlets, int), "row": np.zeros(n_beamlets, int),
+                           "col": np.arange(n_beamlets)},
+                          [{"gantry_deg": 0.0, "couch_deg": 0.0, "isocenter_mm": [0, 0, 0],
+                            "map_shape": [1, n_beamlets]}])
+    problem = PlanProblem(patient, inf, fractions=5, max_voxels_per_structure=None)
+    problem += SquaredDeviation("T", 20.0, weight=1.0)
+    problem += SquaredOverdose("O", 0.0, weight=0.3)
+    nt, no = int(t.sum()), int(o.sum())
+    M = np.vstack([np.sqrt(1.0 / nt) * 5 * A[np.flatnonzero(t.ravel())],
+                   np.sqrt(0.3 / no) * 5 * A[np.flatnonzero(o.ravel())]])
+    b = np.concatenate([np.sqrt(1.0 / nt) * 20.0 * np.ones(nt), np.zeros(no)])
+    ref = lsq_linear(M, b, bounds=(0, np.inf), method="bvls", tol=1e-14)
+    return problem, float(np.sum((M @ ref.x - b) ** 2))
+
+
+def test_the_conjugate_gradients_stop_on_a_plateau_far_from_the_target_and_the_bound_holds(monkeypatch):
+    """At a plan far from the optimum the gap estimate of the conjugate gradients flattens long
+    before their step limit: they stop after PLATEAU_STEPS steps without a 1 % gain and keep the
+    step with the lowest estimate. The gap is (to 1 %) the one all the steps give, and still
+    bounds the excess over the BVLS optimum; without the stop the steps run to the limit."""
+    from optimizer.solvers import dual_certificate, first_order
+
+    problem, optimum = _overlapping_pencils()
+    model = first_order.build_model(problem)
+    x = np.ones(problem.influence.n_beamlets)
+    value, g = first_order._Objective(model, [], [])(x)
+    blocks = first_order._forms_at(model, x)
+    results = {}
+    for far in (np.inf, dual_certificate.PLATEAU_FAR):
+        monkeypatch.setattr(dual_certificate, "PLATEAU_FAR", far)
+        before = model.certificate_products
+        gap, estimated, details = dual_certificate.bound(model, x, blocks, g, float(g @ x), 1e-6 * value)
+        assert estimated == 0.0 and details["gap_is_bound"]
+        results[far] = (gap, model.certificate_products - before)
+    model.close()
+    (gap_all, products_all), (gap, products) = results[np.inf], results[dual_certificate.PLATEAU_FAR]
+    assert products_all >= 2 * dual_certificate.CG_STEPS  # every step taken
+    assert products <= 2 * (3 * dual_certificate.PLATEAU_STEPS)
+    assert gap == pytest.approx(gap_all, rel=1e-2)
+    excess = value - optimum
+    assert excess > 1.0 and gap >= excess
+
+
+def test_a_point_priced_once_is_not_priced_again():
+    """An inner solve's last check and its round's certificate price the same weights: the second
+    exact gap is the first's, at no product; other weights are priced anew."""
+    from optimizer.solvers import first_order
+
+    problem, _ = _overlapping_pencils(n=40, n_beamlets=20)
+    model = first_order.build_model(problem)
+    x = np.ones(problem.influence.n_beamlets)
+    value, g = first_order._Objective(model, [], [])(x)
+    blocks = first_order._forms_at(model, x)
+    first = first_order._exact_gap(model, x, blocks, g, float(g @ x), 1e-6 * value)
+    products = model.certificate_products
+    assert products > 0
+    again = first_order._exact_gap(model, x.copy(), blocks, g.copy(), float(g @ x), 1e-6 * value)
+    assert again == first and model.certificate_products == products
+    y = x.copy()
+    y[0] = 2.0
+    value, g = first_order._Objective(model, [], [])(y)
+    first_order._exact_gap(model, y, first_order._forms_at(model, y), g, float(g @ y), 1e-6 * value)
+    assert model.certificate_products > products
+    model.close()

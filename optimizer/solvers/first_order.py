@@ -256,6 +256,9 @@ class Model:
     certificate_products: int = 0  # products (K s or K^T r) the exact gaps took
     evaluations: int = 0  # objective evaluations so far (each two products)
     priced_at: tuple = (-1, 0)  # (evaluations, certificate products) when the last exact gap began
+    # the last exact gap: (x, g, base, target, result); an inner solve's last check and its round's
+    # certificate price the same point (CT photons: 5 of 11 exact gaps, 1.4-1.8 s each)
+    last_bound: tuple = None
 
     @cached_property
     def epigraph_terms(self) -> list:
@@ -1188,11 +1191,23 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None,
     last_evals, last_products = model.priced_at
     due = not throttle or 2 * (model.evaluations - last_evals) >= model.certificate_products - last_products
     if settings is not None and due and _within(cert, settings, PRICE_AT):
-        model.priced_at = (model.evaluations, model.certificate_products)
-        gap, estimate, details = dual_certificate.bound(model, x, blocks, gx, base, settings.gap_tol * scale)
+        gap, estimate, details = _exact_gap(model, x, blocks, gx, base, settings.gap_tol * scale)
         gap += max(minorant, 0.0)
         cert.update(gap=gap, rel_gap=gap / scale, gap_estimated=estimate, gap_exact=True, **details)
     return lam_new, mu_new, cert
+
+
+def _exact_gap(model: Model, x, blocks, g, base: float, target: float) -> tuple:
+    """:func:`.dual_certificate.bound`, not worked out again for the point it last priced (the
+    same weights, gradient and first-order gap give the same bound)."""
+    xp, last = model.xp, model.last_bound
+    if last is not None and last[2] == base and last[3] == target and bool(xp.array_equal(last[0], x)) \
+            and bool(xp.array_equal(last[1], g)):
+        return last[4]
+    model.priced_at = (model.evaluations, model.certificate_products)
+    result = dual_certificate.bound(model, x, blocks, g, base, target)
+    model.last_bound = (x.copy(), g.copy(), base, target, result)
+    return result
 
 
 def _np(a):
