@@ -143,8 +143,11 @@ def test_the_conjugate_gradients_stop_on_a_plateau_far_from_the_target_and_the_b
     value, g = first_order._Objective(model, [], [])(x)
     blocks = first_order._forms_at(model, x)
     results = {}
+    near = dual_certificate.NEAR_PLATEAU_STEPS
     for far in (np.inf, dual_certificate.PLATEAU_FAR):
         monkeypatch.setattr(dual_certificate, "PLATEAU_FAR", far)
+        monkeypatch.setattr(dual_certificate, "NEAR_PLATEAU_STEPS",
+                            dual_certificate.CG_STEPS if far == np.inf else near)
         before = model.certificate_products
         gap, estimated, details = dual_certificate.bound(model, x, blocks, g, float(g @ x), 1e-6 * value)
         assert estimated == 0.0 and details["gap_is_bound"]

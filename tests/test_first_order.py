@@ -499,12 +499,16 @@ def test_a_beamlet_no_termed_voxel_sees_keeps_the_others_scaled():
 @pytest.mark.parametrize("factor", [3.0, 10.0])
 def test_the_penalty_step_factor_is_an_option_and_certifies_clarabels_optimum(toy, factor):
     """solve(..., penalty_factor=f): each raise or lowering of the hard terms' penalty is by f (the
-    default 10). The certified objective is CLARABEL's either way; f <= 1 is refused by name."""
+    default 10). The certified objective is CLARABEL's either way: above it by at most the
+    certified gap, below it only by what the hard terms' 0.01 Gy tolerance buys (within the issue's
+    1e-3; f = 3 certifies 2.6e-4 below at a violation of 0.0028 Gy); f <= 1 is refused by name."""
     patient, inf = toy
     problem = _problem(patient, inf)
     fo = problem.solve(solver="FIRST_ORDER", penalty_factor=factor, warm_start=False).solver
     ref = problem.solve(solver="CLARABEL").solver
-    assert fo["status"] == "optimal" and fo["objective"] == pytest.approx(ref["objective"], rel=1e-4)
+    assert fo["status"] == "optimal" and fo["max_violation"] <= 0.01
+    assert fo["objective"] <= ref["objective"] + fo["gap"] + 1e-7 * ref["objective"]
+    assert fo["objective"] == pytest.approx(ref["objective"], rel=1e-3)
     for bad in (1.0, 0.5, float("nan"), "3"):
         with pytest.raises(SolverError, match="penalty_factor: expected"):
             problem.solve(solver="FIRST_ORDER", penalty_factor=bad)

@@ -255,7 +255,10 @@ class Model:
     spots: bool = False  # proton spots (the beamlet table has finite energies)
     certificate_products: int = 0  # products (K s or K^T r) the exact gaps took
     evaluations: int = 0  # objective evaluations so far (each two products)
-    priced_at: tuple = (-1, 0)  # (evaluations, certificate products) when the last exact gap began
+    # non-zeros the evaluations have read (two products each, over the working set's rows): the
+    # exact gaps' products read every row, so the throttle compares reads, not product counts
+    evaluation_reads: float = 0.0
+    priced_at: tuple = (-1.0, 0)  # (evaluation reads, certificate products) when the last exact gap began
     # the last exact gap: (x, g, base, target, result); an inner solve's last check and its round's
     # certificate price the same point (CT photons: 5 of 11 exact gaps, 1.4-1.8 s each)
     last_bound: tuple = None
@@ -523,6 +526,7 @@ class _Objective:
         m, xp = self.m, self.m.xp
         self.evals += 1
         m.evaluations += 1
+        m.evaluation_reads += 2.0 * m.nnz * (m.working.share if m.working is not None else 1.0)
         x, a = z[:m.n_beamlets], z[m.n_beamlets:]
         total, gy, gx, ga = self.at_forms(_forms_at(m, x, full=False), x, a)
         if len(gy):
@@ -1122,8 +1126,9 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None,
     mixture (:meth:`.epigraph.Epigraph.bound`): the gap adds its true value minus the mixture.
     With ``settings``, a certificate whose first-order gap is near them (PRICE_AT) gets its exact
     gap (:mod:`.dual_certificate`; only that one certifies). ``throttle`` (the checks inside an
-    inner solve): not before the evaluations since the last exact gap have cost as much as it did,
-    so exact gaps take at most about half the time."""
+    inner solve): not before the evaluations since the last exact gap have read as many non-zeros
+    as it did (its products read every row, theirs the working set's; counted, not timed, so that
+    a solve does not depend on the machine's speed)."""
     xp = model.xp
     x, a = z[:model.n_beamlets], z[model.n_beamlets:]
     blocks = _forms_at(model, x) if blocks is None else blocks
@@ -1188,8 +1193,9 @@ def _update_and_certify(model: Model, z, lam, rho, mu=(), rho_e=(), blocks=None,
             "kkt": kkt / g_scale, "complementarity": comp / scale, "hard_terms": checks,
             "epigraph_infeasibility": infeasible, "epigraph_worst": worst_costs,
             "gap_estimated": 0.0, "dual_moved": 0.0, "gap_is_bound": False, "gap_exact": False}
-    last_evals, last_products = model.priced_at
-    due = not throttle or 2 * (model.evaluations - last_evals) >= model.certificate_products - last_products
+    last_reads, last_products = model.priced_at
+    due = not throttle or (model.evaluation_reads - last_reads
+                           >= (model.certificate_products - last_products) * model.nnz)
     if settings is not None and due and _within(cert, settings, PRICE_AT):
         gap, estimate, details = _exact_gap(model, x, blocks, gx, base, settings.gap_tol * scale)
         gap += max(minorant, 0.0)
@@ -1204,7 +1210,7 @@ def _exact_gap(model: Model, x, blocks, g, base: float, target: float) -> tuple:
     if last is not None and last[2] == base and last[3] == target and bool(xp.array_equal(last[0], x)) \
             and bool(xp.array_equal(last[1], g)):
         return last[4]
-    model.priced_at = (model.evaluations, model.certificate_products)
+    model.priced_at = (model.evaluation_reads, model.certificate_products)
     result = dual_certificate.bound(model, x, blocks, g, base, target)
     model.last_bound = (x.copy(), g.copy(), base, target, result)
     return result
