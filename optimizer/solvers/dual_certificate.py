@@ -130,11 +130,12 @@ def _stacked(model, pieces):
     return model.xp.concatenate(parts) if parts else None
 
 
-def _cancel(model, x, g, terms, base: float, target: float, free) -> list:
+def _cancel(model, x, g, terms, base: float, target: float, free) -> tuple[list, bool]:
     """Step (1): delta per term from preconditioned conjugate gradients on the beamlets in use,
     clipped to each term's slope range. With delta = -D K s the gap is (g - H s)^T x - comp +
     s^T H s / 2 before clipping and step (2) (the conjugates' shift, by hand): on the beamlets in
-    use g - H s is the residual r, so each step knows its gap for two dot products."""
+    use g - H s is the residual r, so each step knows its gap for two dot products. Returns the
+    deltas and whether the steps ended on a plateau of that estimate (PLATEAU_STEPS)."""
     xp = model.xp
     # curvature where the slope is inside its range (a one-sided penalty below its limit is flat)
     active = [data["curvature"] * ((data["slope"] > data["lower"]) & (data["slope"] < data["upper"]))

@@ -254,7 +254,6 @@ class Model:
     gy_per_weight: float = 1.0  # the largest course dose of one unit of weight in a voxel, Gy
     spots: bool = False  # proton spots (the beamlet table has finite energies)
     certificate_products: int = 0  # products (K s or K^T r) the exact gaps took
-    evaluations: int = 0  # objective evaluations so far (each two products)
     # non-zeros the evaluations have read (two products each, over the working set's rows): the
     # exact gaps' products read every row, so the throttle compares reads, not product counts
     evaluation_reads: float = 0.0
@@ -525,7 +524,6 @@ class _Objective:
     def __call__(self, z):
         m, xp = self.m, self.m.xp
         self.evals += 1
-        m.evaluations += 1
         m.evaluation_reads += 2.0 * m.nnz * (m.working.share if m.working is not None else 1.0)
         x, a = z[:m.n_beamlets], z[m.n_beamlets:]
         total, gy, gx, ga = self.at_forms(_forms_at(m, x, full=False), x, a)
