@@ -19,13 +19,19 @@ def make_toy(n_target=6, n_oar=6, n_beamlets=4, seed=0):
     A = np.zeros((grid.n_voxels, n_beamlets))
     A[np.flatnonzero(t.ravel())] = rng.uniform(0.5, 1.5, (n_target, n_beamlets))
     A[np.flatnonzero(o.ravel())] = rng.uniform(0.0, 0.6, (n_oar, n_beamlets))
+    return patient, dense_influence(A, grid), A.astype(np.float32).astype(float)
+
+
+def dense_influence(A, grid):
+    """An InfluenceMatrix of a dense (voxels of ``grid`` x beamlets) array: its non-zero rows, one
+    beam of one row of beamlets."""
+    n_beamlets = A.shape[1]
     rows = np.flatnonzero(A.any(axis=1))
-    inf = InfluenceMatrix(sp.csr_matrix(A[rows]), rows, grid,
-                          {"beam": np.zeros(n_beamlets, int), "row": np.zeros(n_beamlets, int),
-                           "col": np.arange(n_beamlets)},
-                          [{"gantry_deg": 0.0, "couch_deg": 0.0, "isocenter_mm": [0, 0, 0],
-                            "map_shape": [1, n_beamlets]}])
-    return patient, inf, A.astype(np.float32).astype(float)
+    return InfluenceMatrix(sp.csr_matrix(A[rows]), rows, grid,
+                           {"beam": np.zeros(n_beamlets, int), "row": np.zeros(n_beamlets, int),
+                            "col": np.arange(n_beamlets)},
+                           [{"gantry_deg": 0.0, "couch_deg": 0.0, "isocenter_mm": [0, 0, 0],
+                             "map_shape": [1, n_beamlets]}])
 
 
 @pytest.fixture

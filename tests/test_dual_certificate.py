@@ -3,7 +3,7 @@ excess over the optimum, measured against an independent bounded least-squares s
 
 import numpy as np
 import pytest
-from conftest import make_toy
+from conftest import dense_influence, make_toy
 from scipy.optimize import lsq_linear
 
 from objectives import SquaredDeviation, SquaredOverdose, SquaredUnderdose
@@ -99,9 +99,7 @@ def _overlapping_pencils(n=120, n_beamlets=80, sigma=2.0):
     """A 1 x 2 x n grid, target "T" in the middle half of row 0, OAR "O" row 1; Gaussian
     pencil beams (sigma in voxels) ~1.5 voxels apart, so neighbours overlap as proton spots do and
     the conjugate gradients on K^T D K converge slowly. Returns the problem and the BVLS optimum."""
-    import scipy.sparse as sp
-
-    from optimizer import Grid, InfluenceMatrix, Patient, Structure
+    from optimizer import Grid, Patient, Structure
 
     grid = Grid((1, 2, n), (3.0, 3.0, 3.0))
     t = np.zeros(grid.shape, bool)
@@ -113,13 +111,7 @@ def _overlapping_pencils(n=120, n_beamlets=80, sigma=2.0):
     A = np.zeros((grid.n_voxels, n_beamlets))
     A[np.flatnonzero(t.ravel())] = profile[t[0, 0]]
     A[np.flatnonzero(o.ravel())] = 0.3 * profile
-    rows = np.flatnonzero(A.any(axis=1))
-    inf = InfluenceMatrix(sp.csr_matrix(A[rows]), rows, grid,
-                          {"beam": np.zeros(n_beamlets, int), "row": np.zeros(n_beamlets, int),
-                           "col": np.arange(n_beamlets)},
-                          [{"gantry_deg": 0.0, "couch_deg": 0.0, "isocenter_mm": [0, 0, 0],
-                            "map_shape": [1, n_beamlets]}])
-    problem = PlanProblem(patient, inf, fractions=5, max_voxels_per_structure=None)
+    problem = PlanProblem(patient, dense_influence(A, grid), fractions=5, max_voxels_per_structure=None)
     problem += SquaredDeviation("T", 20.0, weight=1.0)
     problem += SquaredOverdose("O", 0.0, weight=0.3)
     nt, no = int(t.sum()), int(o.sum())
