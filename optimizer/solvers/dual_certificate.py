@@ -115,18 +115,9 @@ def bound(model, x, blocks, g, base: float, target: float = 0.0) -> tuple[float,
     return abs(base + moved) + estimate, estimate, {"dual_moved": moved, "gap_is_bound": not uncovered}
 
 
-def _per_block(model, pieces) -> list:
-    """One array per model block, zero but for ``pieces`` = (block, values or scalar) added."""
-    xp = model.xp
-    parts = [xp.zeros(b.size) for b in model.block_rows]
-    for block, d in pieces:
-        parts[block] = parts[block] + d
-    return parts
-
-
 def _stacked(model, pieces):
-    """:func:`_per_block` stacked into one vector over the model's rows."""
-    parts = _per_block(model, pieces)
+    """``model.per_block(pieces)`` stacked into one vector over the model's rows."""
+    parts = model.per_block(pieces)
     return model.xp.concatenate(parts) if parts else None
 
 
@@ -140,7 +131,7 @@ def _cancel(model, x, g, terms, base: float, target: float, free) -> tuple[list,
     # curvature where the slope is inside its range (a one-sided penalty below its limit is flat)
     active = [data["curvature"] * ((data["slope"] > data["lower"]) & (data["slope"] < data["upper"]))
               for _, _, data in terms]
-    curv = _per_block(model, [(block, c) for (_, block, _), c in zip(terms, active)])
+    curv = model.per_block([(block, c) for (_, block, _), c in zip(terms, active)])
     zero = [xp.zeros_like(data["slope"]) for _, _, data in terms]
     b = xp.where(free, g, 0.0)
     if not bool(free.any()) or float(xp.abs(b).max()) == 0.0:
@@ -214,7 +205,7 @@ def _raise(model, need, x, terms) -> tuple[list, float, bool]:
     up = [k for k, (_, _, data) in enumerate(terms) if data["upper"] == np.inf]
     if not up:
         return out, float(need @ x), True
-    diag = model.column_norms(_per_block(model, [(terms[k][1], 1.0) for k in up])) ** 2
+    diag = model.column_norms(model.per_block([(terms[k][1], 1.0) for k in up])) ** 2
     s = xp.where(diag > 0, need / xp.where(diag > 0, diag, 1.0), 0.0)
     for round_ in range(RAISE_ROUNDS + 1):
         model.certificate_products += 2

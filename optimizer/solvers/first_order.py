@@ -331,6 +331,13 @@ class Model:
                 xp.add.at(acc[b.o], b.rows, part)
         return acc
 
+    def per_block(self, pieces) -> list:
+        """One array per block, zero but for ``pieces`` = (block, values or scalar) added."""
+        parts = [self.xp.zeros(b.size) for b in self.block_rows]
+        for block, d in pieces:
+            parts[block] = parts[block] + d
+        return parts
+
     def split(self, y) -> list:
         off = self.offsets
         return [y[a:b] for a, b in zip(off[:-1], off[1:])]
@@ -814,15 +821,8 @@ def _aux_scale(model: Model, z_scale, rho_e, curvature: float, rho0: float):
 def _soft_row_weights(model: Model) -> list:
     """Per form block: sum of weight x relative volume of the soft terms reading each row."""
     xp = model.xp
-    weights = [xp.zeros(b.size) for b in model.block_rows]
-    for t in model.terms:
-        if t.hard:
-            continue
-        w = float(t.term.weight.value)
-        for b in t.blocks.values():
-            if b != "weights":
-                weights[b] = weights[b] + w * xp.asarray(t.ctx.volumes, dtype=float)
-    return weights
+    return model.per_block([(b, float(t.term.weight.value) * xp.asarray(t.ctx.volumes, dtype=float))
+                            for t in model.terms if not t.hard for b in t.blocks.values() if b != "weights"])
 
 
 #: the deviation (in the terms' unit: Gy for dose) whose pull floors the certificate's KKT
