@@ -98,6 +98,28 @@ def test_bad_input_and_non_convergence_are_named(toy):
     assert np.isfinite(inf.matrix.sum())
 
 
+def test_the_model_reads_a_float32_influence_in_place_without_a_copy_of_its_values():
+    """The solver's model of a float32 influence whose rows it all reads allocates far less than
+    one copy of the values: a transient copy (np.abs of the data for the dose scale) made the
+    clinical case's peak 1.68x the matrix where the target is 1.5x."""
+    import tracemalloc
+
+    from optimizer.solvers import first_order as fo
+
+    patient, inf, _ = make_toy(n_target=60, n_oar=60, n_beamlets=3000)
+    assert inf.matrix.dtype == np.float32 and inf.matrix.data.nbytes == 120 * 3000 * 4
+    problem = _problem(patient, inf)
+    tracemalloc.start()
+    try:
+        model = fo.build_model(problem, matrix_dtype="float32")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    model.close()
+    assert model.operators[0].M.data is problem.influence.forms["dose"].matrix.data  # used in place
+    assert peak < 0.25 * inf.matrix.data.nbytes, peak
+
+
 def test_threaded_in_place_products_equal_the_plain_ones():
     """Row blocks (views, in threads) and picked rows give K x and K^T r of the stacked blocks."""
     import scipy.sparse as sp
