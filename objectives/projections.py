@@ -97,6 +97,52 @@ def upper_cvar_projection(z, v, fraction: float, limit: float, iterations: int =
     exactly; ``iterations`` caps its steps. Total O(n log n) (one sort for the feasibility test).
     """
     xp = array_module(z)
+    solved = _upper_cvar_solution(z, v, fraction, limit, iterations)
+    if solved is None:
+        return xp.array(z, copy=True)
+    v, t, mu = solved
+    return z - xp.clip(z - t, 0, mu * v)
+
+
+def upper_cvar_projection_jacobian(z, v, fraction: float, limit: float):
+    """The Jacobian of z - P(z), P = :func:`upper_cvar_projection`, as diag(d) + U C U^T (d: n,
+    U: n x r, C: r x r symmetric, r <= 2); the curvature of the distance term
+    1/2 ||z - P(z)||^2 of an augmented Lagrangian (its gradient is z - P(z)).
+
+    On the partition of the solution (A: capped, p_i = mu v_i; M: at the threshold, p_i =
+    z_i - t; the rest untouched) equations (1) and (2) of :func:`upper_cvar_projection` are
+    linear in (t, mu): m t + b mu = sum_M z and b t - W mu = a limit - sum_A v_i z_i, with
+    b = a - V_A, W = sum_A v_i^2. Differentiating them gives grad t = (W 1_M - b v_A) / D and
+    grad mu = (b 1_M + m v_A) / D, D = m W + b^2, hence, with U = [1_M, v_A],
+    d = 1_M and C = [[-W, b], [b, m]] / D (nothing capped, W = 0: t = limit, a clip, and the
+    Jacobian is diag(1_M); D = 0: no voxel at the threshold, p = v_A v_A^T z / W on the capped
+    ones). A voxel on a kink of the partition is taken on the side the solution's
+    own test puts it (an element of the generalised Jacobian). Zero where z is feasible."""
+    xp = array_module(z)
+    n = len(z)
+    solved = _upper_cvar_solution(z, v, fraction, limit)
+    if solved is None:
+        return xp.zeros(n), xp.zeros((n, 0)), xp.zeros((0, 0))
+    v, t, mu = solved
+    gap = z - t
+    cap = gap > mu * v
+    mid = (gap >= 0) & ~cap
+    va, wa, m = float(v[cap].sum()), dot(v[cap], v[cap]), float(mid.sum())
+    b = float(fraction) - va
+    den = m * wa + b * b
+    d = mid.astype(float)
+    if wa <= 0:  # nothing capped: t = limit, a clip (diagonal)
+        return d, xp.zeros((n, 0)), xp.zeros((0, 0))
+    if den <= 0:
+        return d, xp.where(cap, v, 0.0)[:, None], xp.asarray([[1.0 / wa]])
+    U = xp.stack([d, xp.where(cap, v, 0.0)], axis=1)
+    return d, U, xp.asarray([[-wa, b], [b, m]]) / den
+
+
+def _upper_cvar_solution(z, v, fraction: float, limit: float, iterations: int = 200):
+    """(v normalised to sum 1, t, mu) of :func:`upper_cvar_projection`'s solution, or None when
+    z is feasible (its own projection)."""
+    xp = array_module(z)
     v = xp.asarray(v, dtype=z.dtype)
     v = v / float(v.sum())
     a = float(fraction)
@@ -109,7 +155,7 @@ def upper_cvar_projection(z, v, fraction: float, limit: float, iterations: int =
     g0 = a * t0 + dot(v, xp.maximum(z - t0, 0)) - a * limit  # a (CVaR(z) - limit)
     scale = max(abs(limit), float(xp.abs(z).max()), 1.0)
     if g0 <= 1e-15 * a * scale:
-        return xp.array(z, copy=True)
+        return None
     zero = xp.zeros(1, dtype=z.dtype)
     pz = xp.concatenate([zero, xp.cumsum(zs)])
 
@@ -141,8 +187,7 @@ def upper_cvar_projection(z, v, fraction: float, limit: float, iterations: int =
     else:
         found = _newton_on_pieces(z, v, a, limit, t0, mu)
     if found is not None:
-        t, mu = found
-        return z - xp.clip(z - t, 0, mu * v)
+        return (v, *found)
     # safeguarded search over mu alone (t from (1) by sorting): always converges
     lo, hi = 0.0, np.inf
     t = t0
@@ -160,7 +205,7 @@ def upper_cvar_projection(z, v, fraction: float, limit: float, iterations: int =
         if not (lo < nxt < hi):
             nxt = 0.5 * (lo + hi) if np.isfinite(hi) else 2.0 * max(mu, nxt if np.isfinite(nxt) else mu)
         mu = nxt
-    return z - xp.clip(z - t, 0, mu * v)
+    return v, t, mu
 
 
 def _newton_on_pieces(z, v, a: float, limit: float, t: float, mu: float, max_iter: int = 30):
@@ -230,3 +275,9 @@ def lower_cvar_projection(z, v, fraction: float, limit: float):
     """Projection onto {q : mean of the coldest ``fraction`` of the volume >= limit} (exact; the
     mirror image of :func:`upper_cvar_projection`)."""
     return -upper_cvar_projection(-z, v, fraction, -limit)
+
+
+def lower_cvar_projection_jacobian(z, v, fraction: float, limit: float):
+    """:func:`upper_cvar_projection_jacobian` for :func:`lower_cvar_projection` (the mirror
+    image: z - P(z) = -((-z) - P_upper(-z)), so its Jacobian is the upper one at -z)."""
+    return upper_cvar_projection_jacobian(-z, v, fraction, -limit)

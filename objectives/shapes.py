@@ -159,6 +159,9 @@ class CVaRMax(_Limited):
     def _project(self, q, ctx):
         return pj.upper_cvar_projection(q, _vol(ctx, q), self._fraction, float(self.limit.value))
 
+    def _projection_jacobian(self, q, ctx):
+        return pj.upper_cvar_projection_jacobian(q, _vol(ctx, q), self._fraction, float(self.limit.value))
+
     def describe(self):
         return (f"{type(self).__name__}({self._where}, {self.quantity.symbol}{self.volume_pct:g} <= "
                 f"{self.limit.value:g} Gy)")
@@ -193,6 +196,9 @@ class CVaRMin(_Limited):
 
     def _project(self, q, ctx):
         return pj.lower_cvar_projection(q, _vol(ctx, q), self._fraction, float(self.limit.value))
+
+    def _projection_jacobian(self, q, ctx):
+        return pj.lower_cvar_projection_jacobian(q, _vol(ctx, q), self._fraction, float(self.limit.value))
 
     def describe(self):
         return (f"{type(self).__name__}({self._where}, {self.quantity.symbol}{self.volume_pct:g} >= "

@@ -265,6 +265,17 @@ class Term:
             return {name: self._project(forms[name], ctx)}
         self._cvxpy_only(f"the projection for {self.quantity.describe()}")
 
+    def projection_jacobian(self, forms, ctx: TermContext, **extra) -> dict | None:
+        """The Jacobian of z - P(z) (P: :meth:`project`) per form as (d, U, C), meaning
+        diag(d) + U C U^T, where a shape couples voxels (a CVaR limit); None where it does not
+        give one (a voxelwise limit's Jacobian is diagonal, which a solver can probe)."""
+        forms = self._forms(forms, extra)
+        name = self.quantity.form
+        if name is None:
+            return None
+        jac = self._projection_jacobian(forms[name], ctx)
+        return None if jac is None else {name: jac}
+
     def prox(self, forms, tau: float, ctx: TermContext, **extra) -> dict:
         """Proximal operator of ``tau x weight x cost`` at the forms (one-form quantities)."""
         forms = self._forms(forms, extra)
@@ -292,6 +303,9 @@ class Term:
 
     def _prox(self, q, tau, ctx):
         self._cvxpy_only("the proximal operator")
+
+    def _projection_jacobian(self, q, ctx):
+        return None
 
     # -- labels --------------------------------------------------------------------------------
     @property

@@ -443,6 +443,8 @@ def test_the_penalty_is_raised_on_a_slow_violation_and_lowered_when_the_gap_grow
     held = {"max_violation": 0.004, "rel_gap": 0.3, "complementarity": 0.2, "kkt": 1e-2}
     assert fo._penalty_step(held, 0.005, 0.1, 3, s) == -1  # the gap grew 0.1 -> 0.3
     assert fo._penalty_step(held, 0.005, 0.1, 0, s) == 0  # never below the initial penalty
+    # the Newton inner solver's penalty, once lowered and raised again, is not lowered any more
+    assert fo._penalty_step(held, 0.005, 0.1, 3, s, cycled=True) == 0
     assert fo._penalty_step(held, 0.005, 0.5, 3, s) == 0  # the gap shrank (inexact inner solve)
     assert fo._penalty_step({**held, "complementarity": 1e-5}, 0.005, 0.1, 3, s) == 0
     creeping = {"max_violation": 0.001, "rel_gap": 1.7e-4, "complementarity": 1.5e-4, "kkt": 1e-6}

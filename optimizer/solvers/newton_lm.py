@@ -10,11 +10,14 @@ Each step (x >= 0, objective f: the augmented Lagrangian of one outer round, pie
 in the forms y = K x):
 
 * the row curvature D of f in y, probed from the form gradients at y and at y + eps s (s random
-  signs; no product of K; exact for the voxelwise squared penalties, a diagonal approximation
-  for the DVH / CVaR terms);
-* H = K_C^T D K_C, dense on the candidate spots C (x > 0 or gradient < 0; at most
-  MAX_CANDIDATES: a larger set, as at a cold start, first gets PRESOLVE_EVALS evaluations of
-  L-BFGS-B);
+  signs; no product of K; exact for the voxelwise squared penalties and limits); for the hard
+  DVH / CVaR limits the exact generalised Jacobian of their projection instead
+  (:func:`coupled_curvature`): a diagonal on the voxels at the threshold plus a rank-2 coupling
+  (the threshold moves with them), which the diagonal probe misses;
+* H = K_C^T D K_C + (K^T U) rho C (K^T U)^T, dense on the candidate spots C (x > 0 or gradient
+  < 0; a set larger than MAX_CANDIDATES at the start of an inner solve, as at a cold start,
+  first gets PRESOLVE_EVALS evaluations of L-BFGS-B); K_C^T D K_C is kept from step to step
+  (:class:`Gram`) and updated by the rows whose curvature changed;
 * the bound-constrained quadratic model min g^T d + 1/2 d^T (H + mu diag(Gmax)) d, x + d >= 0,
   solved in spot space by an active-set projected Newton method (no product of K); Gmax is the
   curvature every row can reach (D probed at y +- 1000, in the forms' unit), so mu damps each
@@ -23,11 +26,12 @@ in the forms y = K x):
   x4 below 0.25, as in trust-region methods) and rejects steps below 1e-4; mu carries over to
   the next outer round.
 
-It is the one place the solver forms a product of K with itself: a dense block of at most
-MAX_CANDIDATES^2 (32 MB) per step. Measured (C-shape 8 mm, 2 proton beams, 4550 spots, 2 cores):
-49,000 evaluations / 175-249 s with L-BFGS-B against 398 evaluations / 13.9-15.6 s, the same
-certified objective within 1.1e-5; on photons (6 mm) it takes fewer evaluations (516 vs 1324)
-but more time (14.9 vs 8.7 s: the dense algebra), so it is not the default.
+It is the one place the solver forms a product of K with itself: a dense block on the spots
+kept (up to GRAM_GROWTH x the candidates; CT-size protons: ~2500 spots, 50 MB).
+Measured (C-shape 8 mm, 2 proton beams, 4550 spots, 2 cores): 49,000 evaluations / 175-249 s
+with L-BFGS-B against 398 evaluations / 13.9-15.6 s, the same certified objective within 1.1e-5;
+on photons (6 mm) it takes fewer evaluations (516 vs 1324) but more time (14.9 vs 8.7 s: the
+dense algebra), so it is not the default.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-#: largest candidate set the dense Newton step is built on (spots)
+#: more candidate spots than this at the start of an inner solve get an L-BFGS-B presolve first
 MAX_CANDIDATES = 2000
 #: L-BFGS-B evaluations first when more spots are candidates (a cold start)
 PRESOLVE_EVALS = 300
@@ -46,32 +50,147 @@ QP_ITERATIONS = 30
 MU0 = 1e-3
 #: probe offset of the forms for the reachable curvature (forms' unit, Gy for dose)
 REACH_SHIFT = 1e3
+#: the Gram matrix is rebuilt when more than this share of its curved rows changed curvature
+GRAM_REBUILD_SHARE = 0.3
+#: ... or after this many updates by changed rows (their rounding adds up)
+GRAM_MAX_UPDATES = 20
+#: a row's curvature counts as changed when it moved by more than this, relative
+GRAM_RTOL = 1e-6
+#: its spot set is the union of the candidates seen while at most this multiple of the candidates
+GRAM_GROWTH = 1.5
+#: new candidates up to this share of its spots are added as columns, more rebuild it
+GRAM_NEW_SHARE = 0.2
 
 
-def row_curvature(model, f, blocks, x, rng, shift: float = 0.0):
+def row_curvature(model, f, blocks, x, rng, shift: float = 0.0, skip=()):
     """Curvature of ``f`` per row of each form block at the forms ``blocks + shift`` (list of
     arrays, >= 0) and of the terms on the weights themselves (array), by one gradient difference
-    along random signs with a step of 1e-6 of the largest form (no product of K)."""
+    along random signs with a step of 1e-6 of the largest form (no product of K); the hard terms
+    numbered in ``skip`` are left out (:func:`coupled_curvature` gives theirs)."""
     a = np.zeros(model.n_aux)
     base = [b + shift for b in blocks]
-    _, gy0, gx0, _ = f.at_forms(base, x, a)
+    _, gy0, gx0, _ = f.at_forms(base, x, a, skip)
     signs = [rng.choice([-1.0, 1.0], size=len(b)) for b in base]
     eps = [1e-6 * max(float(np.abs(b).max()), 1e-12) if len(b) else 1.0 for b in base]
     s_x = rng.choice([-1.0, 1.0], size=len(x))
     e_x = 1e-6 * max(float(np.abs(x).max()), 1e-12)
-    _, gy1, gx1, _ = f.at_forms([b + e * s for b, e, s in zip(base, eps, signs)], x + e_x * s_x, a)
+    _, gy1, gx1, _ = f.at_forms([b + e * s for b, e, s in zip(base, eps, signs)], x + e_x * s_x, a, skip)
     rows = [np.maximum(s * (g1 - g0) / e, 0.0) for s, g0, g1, e in zip(signs, gy0, gy1, eps)]
     return rows, np.maximum(s_x * (gx1 - gx0) / e_x, 0.0)
 
 
-def _weighted_rows(model, rows_curv):
-    """sqrt(D) K per operator (CSC, only rows with D > 0): its Gram on columns C is K_C^T D K_C."""
+def coupled_curvature(model, f, blocks, x):
+    """The exact curvature of the hard terms whose projection couples voxels (CVaR limits):
+    rho (diag(d) + U C U^T) per form block of their augmented-Lagrangian distance term (a
+    diagonal probe sees only diag(d), plus noise, and misses that the voxels at a CVaR threshold
+    move together with it). Returns (the hard terms' numbers, per-block diagonal pieces
+    (block, rho d), low-rank pieces (K^T U as spots x r, rho C)); K^T U costs r products."""
+    from .first_order import _shifted_projection  # (first_order imports this module)
+
+    numbers, diagonal, low_rank = [], [], []
+    for h, t in enumerate(t for t in model.terms if t.hard):
+        forms = model.forms(t, blocks, x)
+        z, _ = _shifted_projection(t, forms, f.lam[h], f.rho[h])
+        jac = t.term.projection_jacobian(z, t.ctx)
+        if jac is None or any(t.blocks[k] == "weights" for k in jac):
+            continue
+        numbers.append(h)
+        rho = float(f.rho[h])
+        for k, (d, U, C) in jac.items():
+            b = t.blocks[k]
+            diagonal.append((b, rho * d))
+            if U.shape[1]:
+                KU = np.stack([model.rmatvec(np.concatenate(model.per_block([(b, u)]))) for u in U.T], axis=1)
+                low_rank.append((KU, rho * C))
+    return numbers, diagonal, low_rank
+
+
+def _operator_curvature(model, rows_curv) -> list:
+    """The curvature ``rows_curv`` (one array per block) on each operator's rows, in units of
+    its unscaled matrix (the operator's factor squared folded in)."""
+    return [d[:-1] * op.factor ** 2 for op, d in zip(model.operators, model.unstack(rows_curv))]
+
+
+def _weighted_rows(model, curv_ops):
+    """sqrt(D) K per operator (CSC, only rows with D > 0; ``curv_ops`` from
+    :func:`_operator_curvature`): its Gram on columns C is K_C^T D K_C."""
     out = []
-    for op, d in zip(model.operators, model.unstack(rows_curv)):
-        rows = np.flatnonzero(d[:-1] > 0)
+    for op, d in zip(model.operators, curv_ops):
+        rows = np.flatnonzero(d > 0)
         if len(rows):
-            out.append((sp.diags(np.sqrt(d[rows]) * op.factor) @ op.M[rows].astype(np.float64)).tocsc())
+            out.append((sp.diags(np.sqrt(d[rows])) @ op.M[rows].astype(np.float64)).tocsc())
     return out
+
+
+class Gram:
+    """H = K_S^T D K_S, dense, on a set S of spots, kept from one Newton step to the next.
+
+    A step changes the curvature D of few rows (CT-size protons: ~700 of ~8200 curved rows, each
+    read by ~600 spots), so H is updated by the changed rows only, H += K_r^T (D_new - D_old) K_r.
+    Candidates outside S (a few per step) are added as columns, K_new^T D K_S over the rows they
+    reach, while they are at most GRAM_NEW_SHARE of S and S stays within GRAM_GROWTH of the
+    candidates. H is rebuilt in full otherwise (on the union of S and the candidates within
+    GRAM_GROWTH, else on the candidates), when more than GRAM_REBUILD_SHARE of the curved rows
+    changed, or after GRAM_MAX_UPDATES updates (rounding)."""
+
+    def __init__(self):
+        self.S, self.d, self.H, self.updates = None, None, None, 0
+        self.rebuilds = 0  # full builds so far (reported by tests and benchmarks)
+        self.extensions = 0  # extensions by new spots so far
+
+    def on(self, model, curv, C):
+        """K_C^T D K_C (dense) for the row curvature ``curv`` (one array per block) and the
+        sorted candidate spots ``C``."""
+        d = _operator_curvature(model, curv)
+        changed = None
+        if self.S is not None:
+            new = C[~np.isin(C, self.S, assume_unique=True)]
+            if len(new) <= GRAM_NEW_SHARE * len(self.S) and len(self.S) + len(new) <= GRAM_GROWTH * len(C):
+                if len(new):
+                    self._add_columns(model, new)
+                # a row whose curvature moved by rounding only (it is probed by a difference of
+                # gradients) keeps its old value in H and in self.d
+                changed = [np.flatnonzero(np.abs(a - b) > GRAM_RTOL * np.maximum(np.abs(a), np.abs(b)))
+                           for a, b in zip(d, self.d)]
+        curved = sum(int(np.count_nonzero(a)) for a in d)
+        if changed is None or self.updates >= GRAM_MAX_UPDATES or \
+                sum(len(c) for c in changed) > GRAM_REBUILD_SHARE * max(curved, 1):
+            S = C if self.S is None else np.union1d(C, self.S)
+            self.S = S if len(S) <= GRAM_GROWTH * len(C) else C
+            self.H = np.zeros((len(self.S), len(self.S)))
+            for W in _weighted_rows(model, d):
+                Ws = W[:, self.S]
+                self.H += (Ws.T @ Ws).toarray()
+            self.d = d
+            self.updates, self.rebuilds = 0, self.rebuilds + 1
+        else:
+            for op, rows, a, b in zip(model.operators, changed, d, self.d):
+                if len(rows):
+                    U = op.M[rows][:, self.S].astype(np.float64)
+                    self.H += (U.T @ sp.diags(a[rows] - b[rows]) @ U).toarray()
+                    b[rows] = a[rows]
+            self.updates += 1
+        at = np.searchsorted(self.S, C)
+        return self.H[np.ix_(at, at)]
+
+    def _add_columns(self, model, new):
+        """Extend H to the spots S + ``new`` (not in S) at the curvature it holds: the new rows
+        and columns are K_new^T D K over the rows the new spots reach (a few of all)."""
+        S = np.union1d(self.S, new)
+        old_at, new_at = np.searchsorted(S, self.S), np.searchsorted(S, new)
+        cross = np.zeros((len(new), len(S)))
+        for op, d in zip(model.operators, self.d):
+            rows = np.flatnonzero(np.diff(op.M[:, new].indptr))  # the rows the new spots reach
+            rows = rows[d[rows] > 0]
+            if len(rows):
+                M = op.M[rows].astype(np.float64)
+                cross += (M[:, new].T @ sp.diags(d[rows]) @ M[:, S]).toarray()
+        H = np.zeros((len(S), len(S)))
+        H[np.ix_(old_at, old_at)] = self.H
+        H[new_at, :] = cross
+        H[:, new_at] = cross.T
+        self.S, self.H = S, H
+        self.extensions += 1
 
 
 def box_qp(B, g, x, iterations: int = QP_ITERATIONS):
@@ -129,7 +248,7 @@ def inner_solve(f, x0, max_evals: int, ftol: float, certified, presolve, state: 
     reach = [np.maximum(a, b) for a, b in zip(row_curvature(model, f, blocks, x, rng, REACH_SHIFT)[0],
                                               row_curvature(model, f, blocks, x, rng, -REACH_SHIFT)[0])]
     scale = np.zeros(model.n_beamlets)
-    for W in _weighted_rows(model, reach):
+    for W in _weighted_rows(model, _operator_curvature(model, reach)):
         scale += np.asarray(W.multiply(W).sum(axis=0)).ravel()
     scale = np.maximum(scale, 1e-12 * max(float(scale.max()), 1e-300))
     fx, g = f(x)
@@ -138,14 +257,17 @@ def inner_solve(f, x0, max_evals: int, ftol: float, certified, presolve, state: 
         fx, g = f(x)
         blocks = _full_forms(f, x)
     mu = state.get("mu") or MU0
+    gram = state.setdefault("gram", Gram())
     small = 0
     while f.evals - start < max_evals:
         C = np.flatnonzero((x > 0) | (g < 0))
-        curv, curv_x = row_curvature(model, f, blocks, x, rng)
-        H = np.zeros((len(C), len(C)))
-        for W in _weighted_rows(model, curv):
-            Wc = W[:, C]
-            H += (Wc.T @ Wc).toarray()
+        coupled, diagonal, low_rank = coupled_curvature(model, f, blocks, x)
+        curv, curv_x = row_curvature(model, f, blocks, x, rng, skip=coupled)
+        for b, d in diagonal:
+            curv[b] = curv[b] + d
+        H = gram.on(model, curv, C)
+        for KU, R in low_rank:
+            H += KU[C] @ R @ KU[C].T
         H[np.diag_indices_from(H)] += curv_x[C]
         ratio = 0.0
         while f.evals - start < max_evals and mu <= 1e12:
