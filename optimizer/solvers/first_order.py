@@ -925,8 +925,8 @@ def _stalled(seen: list, cert: dict, settings: Settings) -> bool:
     return max(recent) - min(recent) <= 0.1 * settings.gap_tol * max(abs(recent[-1]), 1e-12)
 
 
-#: with the Newton inner solver, a penalty lowered and then raised again for the violation is not
-#: lowered any more: CT-size protons were lowered on a grown gap at 0.007-0.0096 Gy (tolerance
+#: with the Newton inner solver, a penalty lowered and then raised again is not lowered any
+#: more: CT-size protons were lowered on a grown gap at 0.007-0.0096 Gy (tolerance
 #: 0.01), raised on the 0.027-0.035 Gy that followed, in turn for 18 rounds without a certificate
 #: (with the rule: certified in 11 rounds). Not for L-BFGS-B: CT photons lower and raise it in turn
 #: several times on their way to a certificate (with the rule: 10,711 evaluations against 5311).
