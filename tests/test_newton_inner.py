@@ -12,8 +12,14 @@ from optimizer import PlanProblem, ProtonBeams, SolverError, phantoms
 from optimizer.solvers.newton_lm import box_qp
 
 
+@pytest.mark.parametrize("schur", [0.0, 1.0])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_box_qp_equals_the_quadratic_program_solved_by_cvxpy(seed):
+def test_box_qp_equals_the_quadratic_program_solved_by_cvxpy(seed, schur, monkeypatch):
+    """Both ways of an active-set iteration: a factorisation of the free block (schur 0) and the
+    whole B's factor with a Schur complement on the variables fixed at their bound (1)."""
+    from optimizer.solvers import newton_lm
+
+    monkeypatch.setattr(newton_lm, "SCHUR_SHARE", schur)
     rng = np.random.default_rng(seed)
     n = 30
     R = rng.standard_normal((2 * n, n))
