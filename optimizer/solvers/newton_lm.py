@@ -209,7 +209,8 @@ def box_qp(B, g, x, iterations: int = QP_ITERATIONS):
         F, A = np.flatnonzero(free), np.flatnonzero(~free)
         target = np.zeros(n)
         target[A] = -x[A]  # the bound variables go to their bound
-        if len(A) <= SCHUR_SHARE * n and _whole(whole, B, g):
+        solved = len(A) <= SCHUR_SHARE * n and _whole(whole, B, g)
+        if solved:
             # min over d with d_A = target_A: d = u + Z m, Z = B^-1 E_A, (Z_A) m = target_A - u_A
             # (Lagrange multipliers m of the fixed ones; O(n^2 |A|) instead of a factorisation)
             target = whole["u"].copy()
@@ -217,10 +218,13 @@ def box_qp(B, g, x, iterations: int = QP_ITERATIONS):
                 E = np.zeros((n, len(A)))
                 E[A, np.arange(len(A))] = 1.0
                 Z = sla.cho_solve(whole["factor"], E, check_finite=False)
-                m = np.linalg.solve(Z[A], -x[A] - whole["u"][A])
-                target += Z @ m
-                target[A] = -x[A]
-        else:
+                try:
+                    target += Z @ np.linalg.solve(Z[A], -x[A] - whole["u"][A])
+                    target[A] = -x[A]
+                except np.linalg.LinAlgError:
+                    solved, target = False, np.zeros(n)
+                    target[A] = -x[A]
+        if not solved:
             rhs = -(g[F] + B[np.ix_(F, A)] @ target[A]) if len(A) else -g[F]
             try:
                 factor = sla.cho_factor(B[np.ix_(F, F)], lower=True, check_finite=False)
