@@ -215,9 +215,7 @@ def box_qp(B, g, x, iterations: int = QP_ITERATIONS):
             # (Lagrange multipliers m of the fixed ones; O(n^2 |A|) instead of a factorisation)
             target = whole["u"].copy()
             if len(A):
-                E = np.zeros((n, len(A)))
-                E[A, np.arange(len(A))] = 1.0
-                Z = sla.cho_solve(whole["factor"], E, check_finite=False)
+                Z = _inverse_columns(whole, A)
                 try:
                     target += Z @ np.linalg.solve(Z[A], -x[A] - whole["u"][A])
                     target[A] = -x[A]
@@ -258,6 +256,22 @@ def _whole(cache: dict, B, g) -> bool:
         except np.linalg.LinAlgError:
             cache["factor"] = None
     return cache["factor"] is not None
+
+
+def _inverse_columns(cache: dict, A):
+    """The columns A of B^-1 from the factor in ``cache`` (:func:`_whole`); each column is solved
+    once per subproblem (the fixed set grows and shrinks by a few per iteration)."""
+    n = len(cache["u"])
+    at = cache.setdefault("at", np.full(n, -1))
+    missing = A[at[A] < 0]
+    if len(missing):
+        E = np.zeros((n, len(missing)))
+        E[missing, np.arange(len(missing))] = 1.0
+        new = sla.cho_solve(cache["factor"], E, check_finite=False)
+        old = cache.get("Z")
+        at[missing] = np.arange(len(missing)) + (0 if old is None else old.shape[1])
+        cache["Z"] = new if old is None else np.concatenate([old, new], axis=1)
+    return cache["Z"][:, at[A]]
 
 
 def _full_forms(f, x) -> list:
