@@ -109,6 +109,22 @@ def coupled_curvature(model, f, blocks, x):
     return numbers, diagonal, low_rank
 
 
+def newton_hessian(model, f, blocks, x, C, rng, gram):
+    """The Newton model's Hessian of ``f`` on the candidate spots ``C`` at the forms ``blocks``:
+    K_C^T D K_C from ``gram`` (:class:`Gram`; D the probed rows of the soft terms and the hard
+    limits' exact diagonal), the hard limits' low-rank coupling and the curvature of the terms on
+    the weights themselves."""
+    coupled, diagonal, low_rank = coupled_curvature(model, f, blocks, x)
+    curv, curv_x = row_curvature(model, f, blocks, x, rng, skip=coupled)
+    for b, d in diagonal:
+        curv[b] = curv[b] + d
+    H = gram.on(model, curv, C)
+    for KU, R in low_rank:
+        H += KU[C] @ R @ KU[C].T
+    H[np.diag_indices_from(H)] += curv_x[C]
+    return H
+
+
 def _operator_curvature(model, rows_curv) -> list:
     """The curvature ``rows_curv`` (one array per block) on each operator's rows, in units of
     its unscaled matrix (the operator's factor squared folded in)."""
@@ -139,8 +155,8 @@ class Gram:
 
     def __init__(self):
         self.S, self.d, self.H, self.updates = None, None, None, 0
-        self.rebuilds = 0  # full builds so far (reported by tests and benchmarks)
-        self.extensions = 0  # extensions by new spots so far
+        self.rebuilds = 0  # full builds so far (read by the tests)
+        self.extensions = 0  # extensions by new spots so far (read by the tests)
 
     def on(self, model, curv, C):
         """K_C^T D K_C (dense) for the row curvature ``curv`` (one array per block) and the
@@ -209,20 +225,10 @@ def box_qp(B, g, x, iterations: int = QP_ITERATIONS):
         F, A = np.flatnonzero(free), np.flatnonzero(~free)
         target = np.zeros(n)
         target[A] = -x[A]  # the bound variables go to their bound
-        solved = len(A) <= SCHUR_SHARE * n and _whole(whole, B, g)
-        if solved:
-            # min over d with d_A = target_A: d = u + Z m, Z = B^-1 E_A, (Z_A) m = target_A - u_A
-            # (Lagrange multipliers m of the fixed ones; O(n^2 |A|) instead of a factorisation)
-            target = whole["u"].copy()
-            if len(A):
-                Z = _inverse_columns(whole, A)
-                try:
-                    target += Z @ np.linalg.solve(Z[A], -x[A] - whole["u"][A])
-                    target[A] = -x[A]
-                except np.linalg.LinAlgError:
-                    solved, target = False, np.zeros(n)
-                    target[A] = -x[A]
-        if not solved:
+        fixed = _fixed_step(whole, x, A) if len(A) <= SCHUR_SHARE * n and _whole(whole, B, g) else None
+        if fixed is not None:
+            target = fixed
+        else:
             rhs = -(g[F] + B[np.ix_(F, A)] @ target[A]) if len(A) else -g[F]
             try:
                 factor = sla.cho_factor(B[np.ix_(F, F)], lower=True, check_finite=False)
@@ -256,6 +262,22 @@ def _whole(cache: dict, B, g) -> bool:
         except np.linalg.LinAlgError:
             cache["factor"] = None
     return cache["factor"] is not None
+
+
+def _fixed_step(cache: dict, x, A):
+    """The minimiser of the quadratic with the variables A at their bound (d_A = -x_A) from the
+    whole B's factor (:func:`_whole`): d = u + Z m, Z = B^-1 E_A, (Z_A) m = -x_A - u_A (m: the
+    fixed ones' Lagrange multipliers; O(n^2 |A|) instead of a factorisation). None where Z_A is
+    singular (the caller factors the free block instead)."""
+    d = cache["u"].copy()
+    if len(A):
+        Z = _inverse_columns(cache, A)
+        try:
+            d += Z @ np.linalg.solve(Z[A], -x[A] - cache["u"][A])
+        except np.linalg.LinAlgError:
+            return None
+        d[A] = -x[A]
+    return d
 
 
 def _inverse_columns(cache: dict, A):
@@ -308,14 +330,7 @@ def inner_solve(f, x0, max_evals: int, ftol: float, certified, presolve, state: 
     small = 0
     while f.evals - start < max_evals:
         C = np.flatnonzero((x > 0) | (g < 0))
-        coupled, diagonal, low_rank = coupled_curvature(model, f, blocks, x)
-        curv, curv_x = row_curvature(model, f, blocks, x, rng, skip=coupled)
-        for b, d in diagonal:
-            curv[b] = curv[b] + d
-        H = gram.on(model, curv, C)
-        for KU, R in low_rank:
-            H += KU[C] @ R @ KU[C].T
-        H[np.diag_indices_from(H)] += curv_x[C]
+        H = newton_hessian(model, f, blocks, x, C, rng, gram)
         ratio = 0.0
         while f.evals - start < max_evals and mu <= 1e12:
             B = H.copy()
