@@ -52,8 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--soft-d95", action="store_true",
                     help="target D95 floor as a soft penalty (weight 10) instead of a hard constraint")
     ap.add_argument("--max-voxels", type=int, default=2000,
-                    help="helper structures are optimized on a sample of this many voxels")
-    ap.add_argument("--solver", default=None, help="any installed cvxpy solver (default CLARABEL)")
+                    help="CLARABEL: helper structures on a sample of this many voxels (FIRST_ORDER: all)")
+    ap.add_argument("--solver", default=None,
+                    help="FIRST_ORDER or a cvxpy solver (default: by problem size, PlanProblem.solve)")
     return ap
 
 

@@ -32,8 +32,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--solver", default=None,
                     help="FIRST_ORDER (matrix-free, every voxel) or any installed cvxpy solver, e.g. "
                          "CLARABEL (the exact reference, on a 1500-voxel sample of the helper structures); "
-                         "default: CLARABEL, FIRST_ORDER for very large problems or with "
-                         "--ct-grid-structures (PlanProblem.solve)")
+                         "default: FIRST_ORDER from 1 M non-zeros (the default 4 mm grid: 14.9 M) or with "
+                         "--ct-grid-structures, CLARABEL below (PlanProblem.solve)")
     ap.add_argument("--smoothness", type=float, default=1e-3,
                     help="weight of the fluence smoothness term (0: off)")
     ap.add_argument("--dose-grid-mm", type=float, default=None,

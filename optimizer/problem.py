@@ -28,17 +28,26 @@ DEFAULT_SOLVERS = ("CLARABEL", "ECOS", "SCS")
 FIRST_ORDER = "FIRST_ORDER"
 #: With no solver named (and no solver options), problems whose influence matrices hold at
 #: least this many non-zeros and whose terms all offer the numeric protocol go to the
-#: first-order solver (on every voxel), the rest to CLARABEL. The first-order solver wins only on
-#: small coarse problems (C-shape 12 mm: 14 s vs 31 s) and loses on every plan of realistic size
-#: measured on 2 cores (2026-11-27): C-shape 4 mm photons 97 s vs 79 s (CLARABEL on its sample),
-#: CT-size photons 102 vs 35 s, protons 604 vs ~50 s (C-shape, 7 M) and 1311 vs 101 s (CT size),
-#: minibeams (30 columns, 18.6 M) 100+ vs 9 s. So it is the default only where CLARABEL's
-#: factorisation runs out of memory (a 38 M non-zero proton plan took 3.1 GB). A first-order
-#: solve that does not certify falls back to CLARABEL (recorded). Structures on the CT grid
-#: (``ct_grid_structures``) also send a problem to it, whatever its size: CLARABEL gets their
-#: interpolated rows, the first-order solver multiplies the dose-grid rows once (C-shape, 9 beams,
-#: 2.5 mm CT, 5 mm dose grid, PTV on the CT grid: 48 vs 490 s, 2026-11-28).
-AUTO_FIRST_ORDER_NNZ = 30_000_000
+#: first-order solver (on every voxel, certified), the rest to CLARABEL (on its sampled helper
+#: structures). A first-order solve that does not certify falls back to CLARABEL (recorded).
+#: Measured on 2 cores, 2026-11-29, first-order on every voxel vs CLARABEL on the sample (solve
+#: seconds): C-shape photons 8 mm (1.8 M) 3.0 vs 27.4, 6 mm (4.3 M) 17.4 vs 72.2, 4 mm (14.9 M,
+#: the example) 37.9 vs 60.4. It loses on the CT-size photon plan (4.4 M) 50 vs 26 s, where
+#: CLARABEL on every voxel takes 137 s. Below 1 M CLARABEL's solves take seconds and stay the
+#: exact reference (the test suite's problems).
+AUTO_FIRST_ORDER_NNZ = 1_000_000
+#: ... and from this many for spot plans (beamlets with an energy: proton PBS, proton
+#: minibeams). It wins on those measured too (CT protons, 10.4 M: 72 vs 85 s; the 3-beam proton
+#: C-shape example, 13.9 M: 64 vs 75 s; proton minibeams, 19.7 M: 2.0 vs 5.8 s), but in that
+#: example its core LET x dose maximum of 50.0004 (hard limit 50, within the certificate's 0.01)
+#: reads "not met" in the example's strict check, and the robust proton example's soft-only
+#: nominal plan took 319 vs 30 s (an earlier measurement, not re-run). From here CLARABEL's
+#: factorisation runs out of memory (a 38 M non-zero proton plan took 3.1 GB).
+AUTO_FIRST_ORDER_NNZ_SPOTS = 30_000_000
+#: Structures on the CT grid (``ct_grid_structures``) also send a problem to the first-order
+#: solver, whatever its size: CLARABEL gets their interpolated rows, the first-order solver
+#: multiplies the dose-grid rows once (C-shape, 9 beams, 2.5 mm CT, 5 mm dose grid, PTV on the
+#: CT grid: 48 vs 490 s, 2026-11-28).
 
 
 #: the dose form of one robust scenario (:func:`objectives.robust.scenario_form`)
@@ -498,7 +507,8 @@ class PlanProblem:
         solver : any installed cvxpy solver name, or "FIRST_ORDER" (matrix-free, every voxel,
             certified). Default (None): "FIRST_ORDER" when no solver options are given, every term
             offers the numeric protocol and the influence matrices hold at least
-            ``AUTO_FIRST_ORDER_NNZ`` non-zeros or the problem has ``ct_grid_structures``, falling
+            ``AUTO_FIRST_ORDER_NNZ`` non-zeros (``AUTO_FIRST_ORDER_NNZ_SPOTS`` for spot plans) or
+            the problem has ``ct_grid_structures``, falling
             back to CLARABEL (the first of ``DEFAULT_SOLVERS``) if it does not certify, with the reason in
             ``plan.solver["fallback"]``; otherwise the first of ``DEFAULT_SOLVERS``.
         verbose : print the solver log
@@ -540,7 +550,8 @@ class PlanProblem:
 
         self._sync()
         nnz = sum(m.nnz for m in self.influence.forms.values())
-        large = nnz >= AUTO_FIRST_ORDER_NNZ or bool(self.ct_grid_structures)
+        least = AUTO_FIRST_ORDER_NNZ_SPOTS if first_order._has_spots(self.influence) else AUTO_FIRST_ORDER_NNZ
+        large = nnz >= least or bool(self.ct_grid_structures)
         return bool(self.terms) and large and not first_order.check_supported(self)
 
     def diagnose_infeasibility(self, solver: str | None = None) -> list[str]:

@@ -165,6 +165,25 @@ def test_default_solver_is_first_order_when_large_enough_with_a_recorded_fallbac
                                        "reason": "first-order solver: no certified optimum (test)"}
 
 
+def test_default_solver_threshold_is_higher_for_spot_plans(toy, monkeypatch):
+    """From AUTO_FIRST_ORDER_NNZ non-zeros a photon (fluence) plan goes to the first-order solver,
+    a spot plan (beamlets with an energy) only from AUTO_FIRST_ORDER_NNZ_SPOTS."""
+    from optimizer import InfluenceMatrix
+    from optimizer import problem as problem_module
+
+    patient, inf = toy
+    monkeypatch.setattr(problem_module, "AUTO_FIRST_ORDER_NNZ", inf.nnz)
+    monkeypatch.setattr(problem_module, "AUTO_FIRST_ORDER_NNZ_SPOTS", inf.nnz + 1)
+    assert _problem(patient, inf)._first_order_by_default()
+    spots = InfluenceMatrix(inf.matrix, inf.voxel_index, inf.grid,
+                            {**inf.beamlets, "energy_MeV": np.full(inf.n_beamlets, 150.0)}, inf.beams)
+    assert not _problem(patient, spots)._first_order_by_default()
+    monkeypatch.setattr(problem_module, "AUTO_FIRST_ORDER_NNZ_SPOTS", inf.nnz)
+    assert _problem(patient, spots)._first_order_by_default()
+    monkeypatch.setattr(problem_module, "AUTO_FIRST_ORDER_NNZ", inf.nnz + 1)
+    assert not _problem(patient, inf)._first_order_by_default()
+
+
 def test_infeasible_hard_terms_are_reported_early_not_after_max_outer(toy):
     """A target floor above its own ceiling: CLARABEL proves it infeasible; the first-order solver
     says the hard terms look infeasible (the violation stays while the penalty grows) within a
