@@ -89,7 +89,7 @@ def test_the_gram_matrix_kept_across_steps_equals_the_one_built_anew():
     model = fo.build_model(_proton_problem())
     try:
         rng = np.random.default_rng(3)
-        K = [op.factor * op.M.toarray() for op in model.operators]
+        K = [op.factor * op.M.toarray().astype(float) for op in model.operators]
         n = model.n_beamlets
         curv = [np.where(rng.random(b.size) < 0.5, rng.random(b.size), 0.0) for b in model.block_rows]
 

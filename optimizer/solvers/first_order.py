@@ -51,12 +51,15 @@ from .working_set import WorkingSet
 #: "float32" multiplies the float32 influence matrices where they lie (no copy: 8 bytes per
 #: non-zero) with the compiled kernels of :mod:`.products`, which accumulate in float64; it is
 #: for memory, not speed (C-shape 4 mm: 24.8 vs 22.4 ms per evaluation). "auto" (default) picks
-#: float32 from FLOAT32_NNZ non-zeros on. Float32 arithmetic is not offered: it stalled the line
-#: searches near the optimum (C-shape: relative gap stuck at 1e-4 to 1e-1). Without Numba, and on
-#: the GPU, "float32" falls back to the float64 copy.
+#: float32 from FLOAT32_NNZ non-zeros on, and for spot plans. Float32 arithmetic is not offered:
+#: it stalled the line searches near the optimum (C-shape: relative gap stuck at 1e-4 to 1e-1).
+#: Without Numba, and on the GPU, "float32" falls back to the float64 copy.
 MATRIX_DTYPES = ("auto", "float32", "float64")
 #: "auto" stores float32 from this many non-zeros on (the float64 copy would hold 2.4 GB at 200 M
-#: non-zeros, the issue's clinical size); below, float64 is a little faster
+#: non-zeros, the issue's clinical size); below, float64 is a little faster for the L-BFGS-B
+#: inner solver. Spot plans (the Newton inner solver) store float32 at any size: CT-size protons
+#: (10.4 M) 48.8 s, peak 911 MB against 64.5 s, 1179 MB with the float64 copy; 8 mm C-shape
+#: protons 14.9 vs 14.4 s (2026-11-29, side by side; the same certified objective within the gaps)
 FLOAT32_NNZ = 30_000_000
 
 @dataclass
@@ -419,7 +422,10 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "auto", thread
         else:
             terms.append(_Term(term, ctx, blocks, term.hard))
     if matrix_dtype == "auto":
-        matrix_dtype = "float32" if sum(int(M.nnz) for M in mats) >= FLOAT32_NNZ else "float64"
+        # spot plans go to the Newton inner solver (inner="auto"), whose time is its dense
+        # algebra, not the products: the float64 copy only adds memory there
+        newton = _has_spots(problem.influence) and not n_aux
+        matrix_dtype = "float32" if newton or sum(int(M.nnz) for M in mats) >= FLOAT32_NNZ else "float64"
     if matrix_dtype == "float32" and (xp is not np or not products.available()):
         matrix_dtype = "float64"  # SciPy / CuPy would multiply in float32: the exact float64 copy instead
     dtype = np.dtype(matrix_dtype)
