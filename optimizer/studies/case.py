@@ -47,7 +47,8 @@ class StudySetup:
     n_beams : equispaced 6 MV beams (gantry 0, 360/n, ...)
     fractions : number of fractions of every arm
     max_voxels : optimization sample of each helper structure (``PlanProblem.max_voxels_per_structure``)
-    solver : cvxpy solver name (None: the default, CLARABEL)
+    solver : cvxpy solver name or "FIRST_ORDER" (None: PlanProblem.solve's choice by size; CLARABEL at
+        the default size, 0.44 M non-zeros)
     solver_options : ((name, value), ...) passed to ``PlanProblem.solve``
     """
 
