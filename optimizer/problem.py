@@ -30,14 +30,14 @@ FIRST_ORDER = "FIRST_ORDER"
 #: least this many non-zeros and whose terms all offer the numeric protocol go to the
 #: first-order solver (on every voxel, certified), the rest to CLARABEL (on its sampled helper
 #: structures). A first-order solve that does not certify falls back to CLARABEL (recorded).
-#: Measured on 2 cores, 2026-11-29, first-order on every voxel vs CLARABEL on the sample (solve
-#: seconds): C-shape photons 8 mm (1.8 M) 3.0 vs 27.4, 6 mm (4.3 M) 17.4 vs 72.2, 4 mm (14.9 M,
-#: the example) 37.9 vs 60.4. It loses on the CT-size photon plan (4.4 M) 50 vs 26 s, where
-#: CLARABEL on every voxel takes 137 s. Below 1 M CLARABEL's solves take seconds and stay the
-#: exact reference (the test suite's problems).
+#: Measured on 2 cores, first-order on every voxel vs CLARABEL on the sample (solve seconds;
+#: ``bench_solvers.py``): C-shape photons 8 mm (1.8 M) 3.0 vs 27.4 and 6 mm (4.3 M) 17.4 vs 72.2
+#: (2026-11-27), 4 mm (14.9 M, the example) 37.9 vs 60.4 (2026-11-29). It loses on the CT-size
+#: photon plan (4.4 M) 50 vs 26 s, where CLARABEL on every voxel takes 137 s. Below 1 M
+#: CLARABEL's solves take seconds and stay the exact reference (the test suite's problems).
 AUTO_FIRST_ORDER_NNZ = 1_000_000
 #: ... and from this many for spot plans (beamlets with an energy: proton PBS, proton
-#: minibeams). It wins on those measured too (CT protons, 10.4 M: 72 vs 85 s; the 3-beam proton
+#: minibeams). It wins on those measured too (CT protons, 10.4 M: 46 vs 85 s; the 3-beam proton
 #: C-shape example, 13.9 M: 64 vs 75 s; proton minibeams, 19.7 M: 2.0 vs 5.8 s), but the robust
 #: proton example's robust plan (9 scenarios, 5.45 M) did not certify in 540 s (CLARABEL: 190 s).
 #: From here CLARABEL's factorisation runs out of memory (a 38 M non-zero proton plan took 3.1 GB).
