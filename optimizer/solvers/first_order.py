@@ -72,9 +72,12 @@ class Settings:
     max_outer: int = 40
     max_inner: int = 3000  # inner evaluations per outer round (6 mm C-shape: ~3000 needed)
     # "lbfgsb" (CPU), "newton" (CPU; damped Newton for spot problems, :mod:`.newton_lm`), "spg"
-    # (CPU or GPU); "auto": on the CPU newton for proton spots (without robust epigraph
-    # variables), else lbfgsb; spg on the GPU. C-shape 8 mm protons with the exact gap: newton
-    # certified in 430 evaluations / 20 s, L-BFGS-B not in 40 rounds (17,755 evaluations, 191 s)
+    # (CPU or GPU); "auto": on the CPU newton for proton spots without robust worst-case
+    # (epigraph) terms, else lbfgsb; spg on the GPU. C-shape 8 mm protons with the exact gap:
+    # newton certified in 430 evaluations / 20 s, L-BFGS-B not in 40 rounds (17,755 evaluations,
+    # 191 s). The robust proton example (9 scenarios, composite worst cases): L-BFGS-B certified
+    # in 91 s (5071 evaluations), Newton not in 540 s (its Gram matrix over the 9 scenario
+    # operators is rebuilt at ~1 s per step) (2026-11-29)
     inner: str = "auto"
     device: str = "cpu"
     matrix_dtype: str = "auto"  # storage of the matrices the products read (see MATRIX_DTYPES)
@@ -424,7 +427,7 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "auto", thread
     if matrix_dtype == "auto":
         # spot plans go to the Newton inner solver (inner="auto"), whose time is its dense
         # algebra, not the products: the float64 copy only adds memory there
-        newton = _has_spots(problem.influence) and not n_aux
+        newton = _newton_by_default(_has_spots(problem.influence), terms)
         matrix_dtype = "float32" if newton or sum(int(M.nnz) for M in mats) >= FLOAT32_NNZ else "float64"
     if matrix_dtype == "float32" and (xp is not np or not products.available()):
         matrix_dtype = "float64"  # SciPy / CuPy would multiply in float32: the exact float64 copy instead
@@ -459,6 +462,12 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "auto", thread
     return Model(operators, block_rows, terms, problem.influence.n_beamlets, xp,
                  time.perf_counter() - t0, pool, n_aux, threads=threads, matrix_dtype=matrix_dtype,
                  gy_per_weight=float(problem.fractions) * peak, spots=_has_spots(problem.influence))
+
+
+def _newton_by_default(spots: bool, terms) -> bool:
+    """``inner="auto"`` on the CPU takes the Newton inner solver: spot plans without robust
+    worst-case (epigraph) terms (see :attr:`Settings.inner`)."""
+    return spots and not any(t.epi is not None for t in terms)
 
 
 def _has_spots(influence) -> bool:
@@ -642,7 +651,8 @@ def _run(model: Model, settings: Settings, warm: dict | None, t_start: float):
         * (model.gy_per_weight ** 2 if "weights" in t.blocks else 1.0) for t in hard]
     inner = settings.inner
     if inner == "auto":
-        inner = "spg" if xp is not np else "newton" if model.spots and not model.n_aux else "lbfgsb"
+        newton = _newton_by_default(model.spots, model.terms)
+        inner = "spg" if xp is not np else "newton" if newton else "lbfgsb"
     if inner in ("lbfgsb", "newton") and xp is not np:
         raise SolverError(f"inner={inner!r} runs on the CPU only; use inner='spg' with device='cuda'")
     if inner == "newton" and model.n_aux:
