@@ -424,10 +424,11 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "auto", thread
             n_aux += size
         else:
             terms.append(_Term(term, ctx, blocks, term.hard))
+    spots = _has_spots(problem.influence)
     if matrix_dtype == "auto":
         # spot plans go to the Newton inner solver (inner="auto"), whose time is its dense
         # algebra, not the products: the float64 copy only adds memory there
-        newton = _newton_by_default(_has_spots(problem.influence), terms)
+        newton = _newton_by_default(spots, terms)
         matrix_dtype = "float32" if newton or sum(int(M.nnz) for M in mats) >= FLOAT32_NNZ else "float64"
     if matrix_dtype == "float32" and (xp is not np or not products.available()):
         matrix_dtype = "float64"  # SciPy / CuPy would multiply in float32: the exact float64 copy instead
@@ -461,7 +462,7 @@ def build_model(problem, device: str = "cpu", matrix_dtype: str = "auto", thread
     peak = max(float(data.max()), -float(data.min())) if data is not None and data.size else 1.0
     return Model(operators, block_rows, terms, problem.influence.n_beamlets, xp,
                  time.perf_counter() - t0, pool, n_aux, threads=threads, matrix_dtype=matrix_dtype,
-                 gy_per_weight=float(problem.fractions) * peak, spots=_has_spots(problem.influence))
+                 gy_per_weight=float(problem.fractions) * peak, spots=spots)
 
 
 def _newton_by_default(spots: bool, terms) -> bool:
